@@ -1,0 +1,25 @@
+"""mlverify: multilevel optimisation by implicit differentiation, exact and checked.
+
+Importing mlverify switches JAX to float64 (see :mod:`mlverify._config`, the one place).
+"""
+
+from . import _config  # noqa: F401  (float64 before anything traces)
+from .errors import (
+    ConvergenceError,
+    HessianError,
+    MlverifyError,
+    NonFiniteError,
+    ProblemDefinitionError,
+)
+from .problem import Level, MultilevelProblem
+
+__all__ = [
+    "ConvergenceError",
+    "HessianError",
+    "Level",
+    "MlverifyError",
+    "MultilevelProblem",
+    "NonFiniteError",
+    "ProblemDefinitionError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,50 @@
+"""Exceptions. Every one names the level (1 = top) and the quantity at fault (SPEC section 6)."""
+
+from __future__ import annotations
+
+
+class MlverifyError(Exception):
+    """Base class of every error mlverify raises on purpose."""
+
+    def __init__(self, message: str, *, level: int | None = None, quantity: str | None = None):
+        self.level = level
+        self.quantity = quantity
+        prefix = f"level {level}: " if level is not None else ""
+        super().__init__(prefix + message)
+
+
+class ProblemDefinitionError(MlverifyError, ValueError):
+    """The declared problem is malformed: shapes, variables, objectives, level count."""
+
+
+class HessianError(MlverifyError, ArithmeticError):
+    """A lower-level Hessian D_kk F_k is singular or indefinite at the point.
+
+    Attributes ``min_eigenvalue`` and ``condition_number`` hold what was measured (``None``
+    where the check was exact and symbolic).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        level: int,
+        min_eigenvalue: float | None = None,
+        condition_number: float | None = None,
+    ):
+        self.min_eigenvalue = min_eigenvalue
+        self.condition_number = condition_number
+        super().__init__(message, level=level, quantity="Hessian D_kk F_k")
+
+
+class ConvergenceError(MlverifyError, RuntimeError):
+    """An inner solve stopped before reaching its tolerance; ``residual`` is what it reached."""
+
+    def __init__(self, message: str, *, level: int, residual: float, tolerance: float):
+        self.residual = residual
+        self.tolerance = tolerance
+        super().__init__(message, level=level, quantity="gradient residual")
+
+
+class NonFiniteError(MlverifyError, FloatingPointError):
+    """A NaN or infinity appeared in an iterate, a Jacobian, a hypergradient or a bound."""

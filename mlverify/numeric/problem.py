@@ -1,0 +1,297 @@
+"""``NumericProblem``: an n-level problem as JAX callables, and its one numeric interface."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from ..errors import ConvergenceError, HessianError, NonFiniteError, ProblemDefinitionError
+from .implicit import DENSE_LIMIT, ImplicitCore, LinearSolve
+from .itd import itd_hypergradient
+
+METHODS = ("exact", "no-curvature", "cg", "neumann", "itd", "fd")
+
+#: A lower Hessian with condition number above this is reported as singular.
+SINGULAR_CONDITION = 1e12
+
+
+class LowerSolution(tuple):
+    """The lower-level solutions x_2*..x_n* (a tuple of blocks, shaped as declared), with
+    ``residuals`` (the gradient norm ||D_k F_k|| reached per level) and ``residual`` (their max)."""
+
+    residuals: tuple[float, ...]
+    residual: float
+    iterations: int
+
+    def __new__(cls, blocks, residuals, iterations):
+        obj = super().__new__(cls, blocks)
+        obj.residuals = tuple(residuals)
+        obj.residual = max(residuals) if residuals else 0.0
+        obj.iterations = iterations
+        return obj
+
+
+@dataclass(frozen=True)
+class _Block:
+    size: int
+    unravel: Callable
+
+
+class NumericProblem:
+    """An n-level problem on the JAX core (float64; jit, vmap and grad compose).
+
+    ``objectives[k](xs) -> scalar`` where ``xs`` is the tuple of all level variables (arrays
+    or pytrees, shaped like ``init``); ``init[k]`` is each level's starting point and fixes
+    its shape. Shapes and scalar outputs are checked here, before anything is traced.
+    """
+
+    def __init__(self, objectives: Sequence[Callable], init: Sequence, *, names=None):
+        objectives = tuple(objectives)
+        init = tuple(init)
+        if len(objectives) < 2:
+            raise ProblemDefinitionError(
+                f"a multilevel problem needs at least 2 levels, got {len(objectives)}",
+                quantity="level list",
+            )
+        if len(init) != len(objectives):
+            raise ProblemDefinitionError(
+                f"{len(objectives)} objectives but {len(init)} initial points", quantity="init"
+            )
+        blocks, flat_init = [], []
+        for k, x0 in enumerate(init, start=1):
+            flat, unravel = ravel_pytree(jax.tree_util.tree_map(_as_float64, x0))
+            if flat.size == 0:
+                raise ProblemDefinitionError("the variable block is empty", level=k, quantity="init")
+            if not bool(jnp.all(jnp.isfinite(flat))):
+                raise NonFiniteError("the initial point holds NaN or inf", level=k, quantity="init")
+            blocks.append(_Block(int(flat.size), unravel))
+            flat_init.append(flat)
+        self._blocks = tuple(blocks)
+        self.sizes = tuple(b.size for b in blocks)
+        self.n = len(objectives)
+        self.objectives = objectives
+        self.init = tuple(flat_init)
+        self.names = tuple(names) if names is not None else tuple(f"x{k}" for k in range(1, self.n + 1))
+        flat_fs = tuple(self._flat_objective(k) for k in range(self.n))
+        for k, f in enumerate(flat_fs, start=1):
+            out = jax.eval_shape(f, self.init)
+            if out.shape != ():
+                raise ProblemDefinitionError(
+                    f"the objective must return a scalar, got shape {out.shape}",
+                    level=k,
+                    quantity="objective",
+                )
+        self.core = ImplicitCore(flat_fs, self.sizes)
+        self._jit_cache: dict = {}
+
+    # ------------------------------------------------------------------ blocks
+    def _flat_objective(self, k):
+        f = self.objectives[k]
+        blocks = self._blocks
+
+        def flat(xs):
+            return jnp.asarray(f(tuple(b.unravel(x) for b, x in zip(blocks, xs, strict=True))))
+
+        return flat
+
+    def flatten(self, k: int, value) -> jax.Array:
+        """Block k (0-based) as a flat float64 vector, shape-checked (level named 1-based)."""
+        flat, _ = ravel_pytree(jax.tree_util.tree_map(_as_float64, value))
+        if flat.shape != (self.sizes[k],):
+            raise ProblemDefinitionError(
+                f"x_{k + 1} has {flat.size} entries but the block has {self.sizes[k]}",
+                level=k + 1,
+                quantity=f"x_{k + 1}",
+            )
+        return flat
+
+    def unflatten(self, k: int, flat) -> object:
+        return self._blocks[k].unravel(flat)
+
+    def _flat_all(self, xs) -> tuple:
+        if len(xs) != self.n:
+            raise ProblemDefinitionError(
+                f"expected {self.n} blocks (levels 1..{self.n}), got {len(xs)}", quantity="xs"
+            )
+        return tuple(self.flatten(k, x) for k, x in enumerate(xs))
+
+    def _jit(self, key, build):
+        if key not in self._jit_cache:
+            self._jit_cache[key] = jax.jit(build())
+        return self._jit_cache[key]
+
+    # ------------------------------------------------------------------ hypergradients
+    def hypergradient_frozen(self, xs, method: str = "exact", **options):
+        """The hypergradient by ``method`` at the given iterates ``xs`` (all n blocks), no solve.
+
+        Methods: ``exact`` (all curvature terms), ``no-curvature``, ``cg`` and ``neumann``
+        (``iterations=K`` truncated solves), ``itd`` (``steps=K`` unrolled inner steps per
+        level from these iterates, ``inner_lr``). Returns an array shaped like x_1.
+        """
+        flat = self._flat_all(xs)
+        value, status = self._frozen_flat(flat, method, options)
+        self._check_status(status, method)
+        return self.unflatten(0, value)
+
+    def hypergradient(self, x1, method: str = "exact", *, solve_options=None, **options):
+        """The hypergradient at x_1 with the lower levels solved (``solve_options`` go to
+        ``solve_lower``), by ``method`` (see ``hypergradient_frozen``; ``fd`` is central
+        finite differences of F_1 with tightly solved lower levels, ``step=h``)."""
+        solve_options = dict(solve_options or {})
+        if method == "fd":
+            return self.unflatten(0, self._finite_difference(x1, solve_options, **options))
+        if method == "itd":
+            # ITD starts from its own fixed inner initial point, not from a solution.
+            xs = (x1,) + tuple(self.unflatten(k, self.init[k]) for k in range(1, self.n))
+            return self.hypergradient_frozen(xs, method, **options)
+        lower = self.solve_lower(x1, **solve_options)
+        return self.hypergradient_frozen((x1, *lower), method, **options)
+
+    def _frozen_flat(self, flat, method, options):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if method == "fd":
+            raise ValueError("'fd' needs solved lower levels: use hypergradient(x1, method='fd')")
+        key = ("frozen", method, tuple(sorted(options.items())))
+        fn = self._jit(key, lambda: self._frozen_builder(method, dict(options)))
+        return fn(flat)
+
+    def _frozen_builder(self, method, options):
+        core = self.core
+        if method == "itd":
+            steps = int(options.pop("steps", 10))
+            inner_lr = options.pop("inner_lr", None)
+            _reject_unknown(options, method)
+
+            def run(flat):
+                value = itd_hypergradient(core, flat, steps, inner_lr)
+                return value, {"finite": jnp.all(jnp.isfinite(value))}
+
+            return run
+        curvature = method != "no-curvature"
+        if method in ("cg", "neumann"):
+            solve = LinearSolve(method, iterations=int(options.pop("iterations", 10)),
+                                step=options.pop("step", None))
+        else:
+            solve = LinearSolve(options.pop("linear_solver", "auto"), tol=options.pop("tol", 1e-12))
+        _reject_unknown(options, method)
+
+        def run(flat):
+            value = core.hypergradient_frozen(flat, solve, curvature)
+            return value, self._lower_status(flat, value)
+
+        return run
+
+    def _lower_status(self, flat, value):
+        """Per-level smallest and largest Hessian eigenvalue (dense blocks), and finiteness."""
+        status = {"finite": jnp.all(jnp.isfinite(value))}
+        dense_levels = [k for k in range(1, self.n) if self.sizes[k] <= DENSE_LIMIT]
+        if dense_levels:
+            consts = self.core.level_constants(flat, LinearSolve("dense"), True)
+            eig = {}
+            for k in dense_levels:
+                factor = consts[k][0].factor[0]
+                eig[k] = jnp.all(jnp.isfinite(factor))
+            status["cholesky_ok"] = eig
+        return status
+
+    def _check_status(self, status, method):
+        if "cholesky_ok" in status:
+            for k, ok in status["cholesky_ok"].items():
+                if not bool(ok):
+                    self._raise_hessian_problem(k)
+        if not bool(status["finite"]):
+            raise NonFiniteError(
+                f"the hypergradient by '{method}' holds NaN or inf", level=1, quantity="hypergradient"
+            )
+
+    # ------------------------------------------------------------------ diagnostics
+    def lower_hessians(self, xs):
+        """D_kk F_k (dense, levels 2..n) at the given iterates, lower levels by IFT."""
+        flat = self._flat_all(xs)
+        return [
+            np.asarray(self._grad_hess(k)(flat)[1]) for k in range(1, self.n)
+        ]
+
+    def _raise_hessian_problem(self, k, flat=None):
+        raise HessianError(
+            "the Hessian D_kk F_k is not positive definite at the point (its Cholesky "
+            "factorisation failed); call lower_hessians(xs) for its eigenvalues",
+            level=k + 1,
+        )
+
+    def _grad_hess(self, k):
+        dense = self.sizes[k] <= DENSE_LIMIT
+        return self._jit(
+            ("grad_hess", k),
+            lambda: lambda flat: self.core.reduced_gradient_hessian(k, flat, LinearSolve(), dense),
+        )
+
+    # ------------------------------------------------------------------ lower solves
+    def solve_lower(self, x1, *, tol: float = 1e-10, max_iter: int = 100, init=None,
+                    method: str = "newton"):
+        """Solve levels 2..n for x_1 by nested ``newton`` (dense, or CG on Hessian-vector
+        products for blocks over 200) or ``gd`` (Armijo), warm-started from ``init``
+        (default: the declared initial points). Returns a ``LowerSolution``."""
+        from .solvers import nested_solve
+
+        flat1 = self.flatten(0, x1)
+        start = list(self.init)
+        if init is not None:
+            if len(init) != self.n - 1:
+                raise ProblemDefinitionError(
+                    f"init must hold {self.n - 1} blocks (levels 2..{self.n}), got {len(init)}",
+                    quantity="init",
+                )
+            start[1:] = [self.flatten(k, x) for k, x in enumerate(init, start=1)]
+        start[0] = flat1
+        blocks, residuals, iterations = nested_solve(self, start, tol, max_iter, method)
+        for k in range(1, self.n):
+            if self.sizes[k] <= DENSE_LIMIT:
+                _check_dense_hessian(np.asarray(self._grad_hess(k)(tuple(blocks))[1]), k + 1)
+        return LowerSolution(
+            tuple(self.unflatten(k, blocks[k]) for k in range(1, self.n)), residuals, iterations
+        )
+
+    def reduced_objective(self, x1, **solve_options) -> float:
+        """F_1(x_1) = f_1(x_1, x_2*, ..., x_n*)."""
+        lower = self.solve_lower(x1, **solve_options)
+        flat = self._flat_all((x1, *lower))
+        return float(self.core.fs[0](flat))
+
+    def _finite_difference(self, x1, solve_options, step: float = 1e-5):
+        flat1 = np.asarray(self.flatten(0, x1))
+        solve_options.setdefault("tol", 1e-13)
+        grad = np.zeros_like(flat1)
+        for i in range(flat1.size):
+            values = []
+            for shift in (-2, -1, 1, 2):
+                x = flat1.copy()
+                x[i] += shift * step
+                values.append(self.reduced_objective(self.unflatten(0, jnp.asarray(x)), **solve_options))
+            # Fourth-order central difference.
+            grad[i] = (values[0] - 8 * values[1] + 8 * values[2] - values[3]) / (12 * step)
+        return jnp.asarray(grad)
+
+
+def _as_float64(x):
+    return jnp.asarray(x, dtype=jnp.float64)
+
+
+def _reject_unknown(options, method):
+    if options:
+        raise TypeError(f"method '{method}' got unknown option(s): {', '.join(sorted(options))}")
+
+
+def _check_dense_hessian(h: np.ndarray, level: int) -> None:
+    from ..symsolve import check_lower_hessian
+
+    check_lower_hessian(h, level)
+
+
+__all__ = ["NumericProblem", "LowerSolution", "METHODS", "ConvergenceError"]

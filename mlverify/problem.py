@@ -1,0 +1,281 @@
+"""Declaring an n-level problem in sympy, and validating it (SPEC sections 1 and 6).
+
+    min_{x_1} f_1(x_1, x_2*, ..., x_n*)
+      x_k* = argmin_{x_k} f_k(x_1, ..., x_k, x_{k+1}*, ..., x_n*)     k = 2..n
+
+Level 1 is the top. Each level owns a block of variables (one sympy Symbol, or a column of
+them) and a scalar objective in the symbols of all blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sympy as sp
+
+from .errors import ProblemDefinitionError
+
+
+def _as_block(var: Any, level: int) -> tuple[sp.Symbol, ...]:
+    """The scalar symbols of a block, in order."""
+    if isinstance(var, sp.Symbol):
+        return (var,)
+    if isinstance(var, sp.MatrixBase):
+        if min(var.shape) != 1:
+            raise ProblemDefinitionError(
+                f"the variable block must be a symbol or a column of symbols, got a "
+                f"{var.shape[0]}x{var.shape[1]} matrix",
+                level=level,
+                quantity="variable",
+            )
+        entries = tuple(var)
+    elif isinstance(var, Sequence) and not isinstance(var, str):
+        entries = tuple(var)
+    else:
+        raise ProblemDefinitionError(
+            f"the variable block must be a sympy Symbol, a Matrix of Symbols or a sequence of "
+            f"Symbols, got {type(var).__name__}",
+            level=level,
+            quantity="variable",
+        )
+    if not entries:
+        raise ProblemDefinitionError("the variable block is empty", level=level, quantity="variable")
+    for entry in entries:
+        if not isinstance(entry, sp.Symbol):
+            raise ProblemDefinitionError(
+                f"the variable block holds {entry!r}, which is not a plain sympy Symbol",
+                level=level,
+                quantity="variable",
+            )
+    return entries
+
+
+def _as_scalar(objective: Any, level: int) -> sp.Expr:
+    if isinstance(objective, sp.MatrixBase):
+        if objective.shape != (1, 1):
+            raise ProblemDefinitionError(
+                f"the objective must be scalar, got a {objective.shape[0]}x{objective.shape[1]} "
+                "matrix",
+                level=level,
+                quantity="objective",
+            )
+        objective = objective[0, 0]
+    if isinstance(objective, (list, tuple, np.ndarray)):
+        raise ProblemDefinitionError(
+            f"the objective must be scalar, got a {type(objective).__name__}",
+            level=level,
+            quantity="objective",
+        )
+    try:
+        expr = sp.sympify(objective)
+    except (sp.SympifyError, TypeError) as exc:
+        raise ProblemDefinitionError(
+            f"the objective {objective!r} is not a sympy expression", level=level, quantity="objective"
+        ) from exc
+    if not isinstance(expr, sp.Expr) or isinstance(expr, sp.MatrixBase):
+        raise ProblemDefinitionError(
+            f"the objective must be a scalar sympy expression, got {type(expr).__name__}",
+            level=level,
+            quantity="objective",
+        )
+    if not expr.is_commutative or expr.has(sp.I):
+        raise ProblemDefinitionError(
+            "the objective must be real-valued", level=level, quantity="objective"
+        )
+    return expr
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level: its variable block and its objective.
+
+    ``var`` is a sympy Symbol (a scalar block) or a Matrix / sequence of Symbols (a vector
+    block); ``objective`` is a scalar sympy expression in the variables of any levels.
+    """
+
+    var: Any
+    objective: Any
+
+
+@dataclass(frozen=True, eq=False)
+class MultilevelProblem:
+    """An n-level problem, top level first, validated on construction.
+
+    The derivations (SPEC section 3) are computed on first use and kept: the object is
+    immutable, so they never go stale.
+    """
+
+    levels: tuple[Level, ...]
+    blocks: tuple[tuple[sp.Symbol, ...], ...] = field(init=False, repr=False)
+    objectives: tuple[sp.Expr, ...] = field(init=False, repr=False)
+    _cache: dict = field(init=False, repr=False, compare=False)
+
+    def __init__(self, levels: Sequence[Level]):
+        levels = tuple(levels)
+        if len(levels) < 2:
+            raise ProblemDefinitionError(
+                f"a multilevel problem needs at least 2 levels, got {len(levels)}",
+                quantity="level list",
+            )
+        for k, level in enumerate(levels, start=1):
+            if not isinstance(level, Level):
+                raise ProblemDefinitionError(
+                    f"expected mlverify.Level, got {type(level).__name__}", level=k, quantity="level"
+                )
+        blocks = tuple(_as_block(level.var, k) for k, level in enumerate(levels, start=1))
+        objectives = tuple(_as_scalar(level.objective, k) for k, level in enumerate(levels, start=1))
+        _check_variables(blocks, objectives)
+        object.__setattr__(self, "levels", levels)
+        object.__setattr__(self, "blocks", blocks)
+        object.__setattr__(self, "objectives", objectives)
+        object.__setattr__(self, "_cache", {})
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def n(self) -> int:
+        """Number of levels."""
+        return len(self.levels)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Block sizes d_1..d_n."""
+        return tuple(len(b) for b in self.blocks)
+
+    @property
+    def variables(self) -> tuple[sp.Symbol, ...]:
+        """All scalar variables, level 1 first."""
+        return tuple(v for block in self.blocks for v in block)
+
+    def block(self, k: int) -> sp.Matrix:
+        """The variable block x_k as a column Matrix (k is 1-based)."""
+        self._check_level(k, lowest=1)
+        return sp.Matrix(self.blocks[k - 1])
+
+    def _check_level(self, k: int, lowest: int) -> None:
+        if not isinstance(k, (int, np.integer)) or not lowest <= k <= self.n:
+            raise ProblemDefinitionError(
+                f"level index {k!r} is out of range {lowest}..{self.n}", quantity="level index"
+            )
+
+    # ------------------------------------------------------------------ derivations
+    def derivation(self, curvature: bool = True):
+        """The memoised derivation graph of SPEC section 3 (see :mod:`mlverify.derive`)."""
+        key = ("derivation", bool(curvature))
+        if key not in self._cache:
+            from .derive import derive
+
+            self._cache[key] = derive(self.blocks, self.objectives, curvature=curvature)
+        return self._cache[key]
+
+    def best_response_jacobian(self, k: int, j: int, curvature: bool = True) -> sp.Matrix:
+        """D_j y_k = -H_k^{-1} D_kj F_k (SPEC eq. (*)): a sympy Matrix of shape (d_k, d_j).
+
+        Exact, in terms of x_1..x_n, valid where x_k..x_n are the lower-level solutions.
+        Lemma 2.1 for n = 2, Lemma 3.1 (a)(b) for the bottom of a trilevel problem, Lemma
+        3.2 above it. Levels are 1-based: 2 <= k <= n, 1 <= j < k.
+        """
+        self._check_level(k, lowest=2)
+        if not isinstance(j, (int, np.integer)) or not 1 <= j < k:
+            raise ProblemDefinitionError(
+                f"D_j y_k needs 1 <= j < k; got j={j!r}", level=k, quantity="level index"
+            )
+        d = self.derivation(curvature)
+        return d.graph.expand_matrix(d.jacobians[(k - 1, j - 1)])
+
+    def reduced_gradient(self, k: int, curvature: bool = True) -> sp.Matrix:
+        """D_k F_k: the gradient of the reduced objective of level k in x_k (d_k x 1)."""
+        self._check_level(k, lowest=1)
+        d = self.derivation(curvature)
+        return d.graph.expand_matrix(d.gradients[k - 1])
+
+    def reduced_hessian(self, k: int, curvature: bool = True) -> sp.Matrix:
+        """H_k = D_kk F_k, the matrix each lemma inverts (d_k x d_k), for k >= 2."""
+        self._check_level(k, lowest=2)
+        d = self.derivation(curvature)
+        return d.graph.expand_matrix(d.hessians[k - 1])
+
+    def hypergradient(self, curvature: bool = True) -> sp.Matrix:
+        """The exact hypergradient dF_1/dx_1 (d_1 x 1) in terms of x_1..x_n.
+
+        Valid where x_2..x_n are the lower solutions. ``curvature=False`` drops the second
+        derivatives of the lower best responses, the terms sum_i (f_z)_i D^2 g_i of Lemma
+        3.2, at every level: the approximation most libraries compute.
+        """
+        d = self.derivation(curvature)
+        return d.graph.expand_matrix(d.gradients[0])
+
+    # ------------------------------------------------------------------ numbers
+    def numeric(self, curvature: bool = True):
+        """Compiled float64 NumPy evaluators of the derivation (see :mod:`mlverify.symsolve`)."""
+        key = ("numeric", bool(curvature))
+        if key not in self._cache:
+            from .symsolve import SymbolicEvaluator
+
+            self._cache[key] = SymbolicEvaluator(self, self.derivation(curvature))
+        return self._cache[key]
+
+    def solve_lower(self, x1_value, *, tol: float = 1e-12, init=None, max_iter: int = 100):
+        """Solve levels 2..n for the given x_1 by nested damped Newton.
+
+        Returns a :class:`mlverify.symsolve.LowerSolution` (its ``xs`` are the blocks x_2*..x_n*
+        as float64 arrays, its ``residual`` the largest level gradient norm reached, at most
+        ``tol``). Raises ConvergenceError (with the residual) or HessianError.
+        """
+        return self.numeric().solve_lower(x1_value, tol=tol, init=init, max_iter=max_iter)
+
+    def hypergradient_at(self, x1_value, *, curvature: bool = True, tol: float = 1e-12, init=None):
+        """The hypergradient at x_1 as a float64 array of shape (d_1,), lower levels solved."""
+        return self.numeric(curvature).hypergradient_at(x1_value, tol=tol, init=init)
+
+    def lower(self, **options):
+        """This problem as a :class:`mlverify.numeric.NumericProblem` on the JAX core."""
+        from .lower import lower_problem
+
+        return lower_problem(self, **options)
+
+    # ------------------------------------------------------------------ display
+    def latex_jacobian(self, k: int, j: int, abstract: bool = True) -> str:
+        """LaTeX of D_j y_k, in the lemmas' notation when ``abstract`` (see :mod:`mlverify.latex`)."""
+        from .latex import latex_best_response_jacobian
+
+        return latex_best_response_jacobian(self, k, j, abstract=abstract)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(str(s) for s in self.sizes)
+        return f"MultilevelProblem(n={self.n}, block sizes=({sizes}))"
+
+
+def _check_variables(blocks, objectives) -> None:
+    owner: dict[sp.Symbol, int] = {}
+    for k, block in enumerate(blocks, start=1):
+        for v in block:
+            if v in owner:
+                where = "twice in this level" if owner[v] == k else f"also in level {owner[v]}"
+                raise ProblemDefinitionError(
+                    f"variable {v} is declared {where}", level=k, quantity="variable"
+                )
+            owner[v] = k
+    for k, (block, objective) in enumerate(zip(blocks, objectives, strict=True), start=1):
+        undeclared = sorted(objective.free_symbols - owner.keys(), key=str)
+        if undeclared:
+            names = ", ".join(str(s) for s in undeclared)
+            raise ProblemDefinitionError(
+                f"the objective uses undeclared symbol(s) {names}; declare them as a level's "
+                "variables or substitute numbers for them",
+                level=k,
+                quantity="objective",
+            )
+        if k >= 2 and not (objective.free_symbols & set(block)):
+            raise ProblemDefinitionError(
+                f"the objective does not depend on the level's own variable(s) "
+                f"{', '.join(map(str, block))}, so its argmin is not unique",
+                level=k,
+                quantity="objective",
+            )
+        if k == 1 and not objective.free_symbols:
+            raise ProblemDefinitionError(
+                "the upper objective is constant", level=k, quantity="objective"
+            )

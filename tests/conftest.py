@@ -1,0 +1,12 @@
+"""Test configuration: float64 is on because importing mlverify switches it on (the one
+documented place, mlverify/_config.py); here we assert it rather than set it again."""
+
+import jax
+import pytest
+
+import mlverify  # noqa: F401
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _float64_is_on():
+    assert jax.config.jax_enable_x64, "mlverify must switch JAX to float64 on import"
