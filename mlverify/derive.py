@@ -145,7 +145,9 @@ class DerivationGraph:
             while stack:
                 top = stack[-1]
                 pending = [
-                    s for s in self.defs[top].free_symbols if s in self.defs and s not in self._expanded
+                    s
+                    for s in self.defs[top].free_symbols
+                    if s in self.defs and s not in self._expanded
                 ]
                 if pending:
                     stack.extend(pending)
@@ -153,7 +155,9 @@ class DerivationGraph:
                 stack.pop()
                 if top not in self._expanded:
                     definition = self.defs[top]
-                    inner = {s: self._expanded[s] for s in definition.free_symbols if s in self.defs}
+                    inner = {
+                        s: self._expanded[s] for s in definition.free_symbols if s in self.defs
+                    }
                     self._expanded[top] = definition.xreplace(inner) if inner else definition
         return self._expanded[sym]
 
@@ -179,9 +183,7 @@ class DerivationGraph:
     def size(self, outputs) -> int:
         """Operations in the graph that computes ``outputs`` (what CSE'd code would execute)."""
         deps = self.dependencies(outputs)
-        return sum(sp.count_ops(self.defs[s]) for s in deps) + sum(
-            sp.count_ops(e) for e in outputs
-        )
+        return sum(sp.count_ops(self.defs[s]) for s in deps) + sum(sp.count_ops(e) for e in outputs)
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,9 @@ def derive(blocks, objectives, curvature: bool = True) -> Derivation:
         """T^k_j column: total Jacobian of ``column`` in x_j along M_k."""
         result = graph.jacobian(column, index_blocks[j])
         for m in range(k, n):
-            result = graph.add(result, graph.matmul(graph.jacobian(column, index_blocks[m]), z(k, m, j)))
+            result = graph.add(
+                result, graph.matmul(graph.jacobian(column, index_blocks[m]), z(k, m, j))
+            )
         return result
 
     for k in range(n - 1, 0, -1):

@@ -80,6 +80,8 @@ def lower_formula(problem, which: str = "hypergradient", curvature: bool = True)
     def lowered(flat):
         flat = jnp.asarray(flat, dtype=jnp.float64)
         values = fn(*(flat[i] for i in range(count)))
-        return jnp.stack([jnp.asarray(v, dtype=jnp.float64) + 0 * flat[0] for v in values]).reshape(shape)
+        return jnp.stack([jnp.asarray(v, dtype=jnp.float64) + 0 * flat[0] for v in values]).reshape(
+            shape
+        )
 
     return jax.jit(lowered)

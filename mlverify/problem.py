@@ -42,7 +42,9 @@ def _as_block(var: Any, level: int) -> tuple[sp.Symbol, ...]:
             quantity="variable",
         )
     if not entries:
-        raise ProblemDefinitionError("the variable block is empty", level=level, quantity="variable")
+        raise ProblemDefinitionError(
+            "the variable block is empty", level=level, quantity="variable"
+        )
     for entry in entries:
         if not isinstance(entry, sp.Symbol):
             raise ProblemDefinitionError(
@@ -73,7 +75,9 @@ def _as_scalar(objective: Any, level: int) -> sp.Expr:
         expr = sp.sympify(objective)
     except (sp.SympifyError, TypeError) as exc:
         raise ProblemDefinitionError(
-            f"the objective {objective!r} is not a sympy expression", level=level, quantity="objective"
+            f"the objective {objective!r} is not a sympy expression",
+            level=level,
+            quantity="objective",
         ) from exc
     if not isinstance(expr, sp.Expr) or isinstance(expr, sp.MatrixBase):
         raise ProblemDefinitionError(
@@ -123,10 +127,14 @@ class MultilevelProblem:
         for k, level in enumerate(levels, start=1):
             if not isinstance(level, Level):
                 raise ProblemDefinitionError(
-                    f"expected mlverify.Level, got {type(level).__name__}", level=k, quantity="level"
+                    f"expected mlverify.Level, got {type(level).__name__}",
+                    level=k,
+                    quantity="level",
                 )
         blocks = tuple(_as_block(level.var, k) for k, level in enumerate(levels, start=1))
-        objectives = tuple(_as_scalar(level.objective, k) for k, level in enumerate(levels, start=1))
+        objectives = tuple(
+            _as_scalar(level.objective, k) for k, level in enumerate(levels, start=1)
+        )
         _check_variables(blocks, objectives)
         object.__setattr__(self, "levels", levels)
         object.__setattr__(self, "blocks", blocks)

@@ -61,7 +61,9 @@ def as_block_value(value, size: int, level: int, name: str = "x") -> np.ndarray:
 def check_lower_hessian(h: np.ndarray, level: int) -> None:
     """Raise HessianError unless H is symmetric positive definite and well conditioned."""
     if not np.all(np.isfinite(h)):
-        raise NonFiniteError("the Hessian D_kk F_k holds NaN or inf", level=level, quantity="Hessian")
+        raise NonFiniteError(
+            "the Hessian D_kk F_k holds NaN or inf", level=level, quantity="Hessian"
+        )
     eigenvalues = np.linalg.eigvalsh(0.5 * (h + h.T))
     lo, hi = float(eigenvalues[0]), float(eigenvalues[-1])
     scale = max(abs(lo), abs(hi))
@@ -94,13 +96,9 @@ class SymbolicEvaluator:
         self.sizes = problem.sizes
         self.n = problem.n
         self._splits = np.cumsum(self.sizes)[:-1]
-        self._objective = [
-            compile_graph(graph, [graph.partial(k, ())]) for k in range(self.n)
-        ]
+        self._objective = [compile_graph(graph, [graph.partial(k, ())]) for k in range(self.n)]
         self._gradient_hessian = [None] + [
-            compile_graph(
-                graph, list(derivation.gradients[k]) + list(derivation.hessians[k])
-            )
+            compile_graph(graph, list(derivation.gradients[k]) + list(derivation.hessians[k]))
             for k in range(1, self.n)
         ]
         self._hypergradient = compile_graph(graph, list(derivation.gradients[0]))
@@ -186,8 +184,11 @@ class SymbolicEvaluator:
                 # Newton step is also taken when the gradient shrinks.
                 if np.isfinite(trial) and (
                     trial <= value + 1e-4 * alpha * slope
-                    or (alpha == 1.0 and last_min_eigenvalue > 0
-                        and np.linalg.norm(self.gradient_hessian(k, blocks)[0]) < residual)
+                    or (
+                        alpha == 1.0
+                        and last_min_eigenvalue > 0
+                        and np.linalg.norm(self.gradient_hessian(k, blocks)[0]) < residual
+                    )
                 ):
                     accepted = True
                     value = trial
@@ -216,7 +217,9 @@ class SymbolicEvaluator:
         solution = self.solve_lower(x1_value, tol=tol, init=init)
         value = self.hypergradient_frozen((solution.x1, *solution.xs))
         if not np.all(np.isfinite(value)):
-            raise NonFiniteError("the hypergradient holds NaN or inf", level=1, quantity="hypergradient")
+            raise NonFiniteError(
+                "the hypergradient holds NaN or inf", level=1, quantity="hypergradient"
+            )
         return value
 
 
@@ -229,3 +232,53 @@ def _descent_step(g: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, float]:
         return -np.linalg.solve(sym, g), lo
     scale = max(1.0, float(np.max(np.abs(eigenvalues))))
     return -g / scale, lo
+
+
+class SymbolicBackend:
+    """The slice of NumericProblem's interface that the outer algorithms use, served by the
+    compiled symbolic formulas (NumPy) instead of the JAX core: no JAX compile, so declared
+    problems of many levels run at once. Methods: ``exact``, ``no-curvature``."""
+
+    METHODS = ("exact", "no-curvature")
+
+    def __init__(self, problem):
+        self.problem = problem
+        self.n = problem.n
+        self.sizes = problem.sizes
+        self.init = tuple(np.zeros(d) for d in self.sizes)
+
+    def flatten(self, k, value):
+        return as_block_value(value, self.sizes[k], level=k + 1)
+
+    def unflatten(self, k, flat):
+        return np.asarray(flat, dtype=np.float64)
+
+    def solve_lower(self, x1, *, tol=1e-12, init=None, max_iter=100):
+        solution = self.problem.numeric().solve_lower(x1, tol=tol, init=init, max_iter=max_iter)
+        return _Solved(solution.xs, solution.residuals)
+
+    def hypergradient_frozen(self, xs, method="exact", **options):
+        if method not in self.METHODS or options:
+            raise ValueError(f"the symbolic backend serves {self.METHODS} without options")
+        curvature = method == "exact"
+        blocks = [self.flatten(k, x) for k, x in enumerate(xs)]
+        return self.problem.numeric(curvature).hypergradient_frozen(blocks)
+
+    def reduced_gradient_frozen(self, k, flat_blocks):
+        return self.problem.numeric().gradient_hessian(k, flat_blocks)[0]
+
+    def lower_hessians(self, xs):
+        evaluator = self.problem.numeric()
+        return [evaluator.gradient_hessian(k, xs)[1] for k in range(1, self.n)]
+
+    def objective_value(self, k, flat_blocks):
+        return self.problem.numeric().objective(k, flat_blocks)
+
+
+class _Solved(tuple):
+    def __new__(cls, blocks, residuals):
+        obj = super().__new__(cls, blocks)
+        obj.residuals = tuple(residuals)
+        obj.residual = max(residuals)
+        obj.iterations = 1
+        return obj

@@ -139,9 +139,7 @@ class ImplicitCore:
             return a - operator(dg)
         v = a
         for _ in range(order):
-            v = v - operator(
-                self.reduced_gradient(m, upper, v, anchors, order + 1, consts) - c
-            )
+            v = v - operator(self.reduced_gradient(m, upper, v, anchors, order + 1, consts) - c)
         return v
 
     # --------------------------------------------------------------- constants
@@ -186,9 +184,9 @@ class ImplicitCore:
         """dF_1/dx_1 by the lemmas' formulas evaluated at ``anchors`` (no solve)."""
         anchors = tuple(anchors)
         consts = self.level_constants(anchors, solve, curvature)
-        return jax.grad(
-            lambda x1: self.reduced(0, (x1,), anchors, 1, consts, curvature)
-        )(anchors[0])
+        return jax.grad(lambda x1: self.reduced(0, (x1,), anchors, 1, consts, curvature))(
+            anchors[0]
+        )
 
     def reduced_gradient_hessian(self, k, anchors, solve: LinearSolve, dense: bool):
         """(D_k F_k, D_kk F_k or its HVP closure) at the anchors, levels below by IFT."""

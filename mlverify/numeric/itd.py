@@ -16,7 +16,11 @@ def _unrolled_tail(core, k, upper, starts, steps, lrs):
     """(x_k, ..., x_n) after K unrolled steps at level k, for the blocks above held fixed."""
 
     def tail_from(xk):
-        lower = _unrolled_tail(core, k + 1, tuple(upper) + (xk,), starts, steps, lrs) if k + 1 < core.n else ()
+        lower = (
+            _unrolled_tail(core, k + 1, tuple(upper) + (xk,), starts, steps, lrs)
+            if k + 1 < core.n
+            else ()
+        )
         return lower
 
     def objective(xk):
@@ -51,8 +55,9 @@ def _learning_rates(core, anchors, inner_lr):
         return (None,) + tuple(inner_lr)
     rates = [None]
     for k in range(1, core.n):
+
         def fk(v, k=k):
-            return core.fs[k](tuple(anchors[:k]) + (v,) + tuple(anchors[k + 1:]))
+            return core.fs[k](tuple(anchors[:k]) + (v,) + tuple(anchors[k + 1 :]))
 
         v = jnp.ones_like(anchors[k]) / jnp.sqrt(anchors[k].shape[0])
         for _ in range(30):

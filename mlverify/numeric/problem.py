@@ -66,7 +66,9 @@ class NumericProblem:
         for k, x0 in enumerate(init, start=1):
             flat, unravel = ravel_pytree(jax.tree_util.tree_map(_as_float64, x0))
             if flat.size == 0:
-                raise ProblemDefinitionError("the variable block is empty", level=k, quantity="init")
+                raise ProblemDefinitionError(
+                    "the variable block is empty", level=k, quantity="init"
+                )
             if not bool(jnp.all(jnp.isfinite(flat))):
                 raise NonFiniteError("the initial point holds NaN or inf", level=k, quantity="init")
             blocks.append(_Block(int(flat.size), unravel))
@@ -76,7 +78,9 @@ class NumericProblem:
         self.n = len(objectives)
         self.objectives = objectives
         self.init = tuple(flat_init)
-        self.names = tuple(names) if names is not None else tuple(f"x{k}" for k in range(1, self.n + 1))
+        self.names = (
+            tuple(names) if names is not None else tuple(f"x{k}" for k in range(1, self.n + 1))
+        )
         flat_fs = tuple(self._flat_objective(k) for k in range(self.n))
         for k, f in enumerate(flat_fs, start=1):
             out = jax.eval_shape(f, self.init)
@@ -175,8 +179,11 @@ class NumericProblem:
             return run
         curvature = method != "no-curvature"
         if method in ("cg", "neumann"):
-            solve = LinearSolve(method, iterations=int(options.pop("iterations", 10)),
-                                step=options.pop("step", None))
+            solve = LinearSolve(
+                method,
+                iterations=int(options.pop("iterations", 10)),
+                step=options.pop("step", None),
+            )
         else:
             solve = LinearSolve(options.pop("linear_solver", "auto"), tol=options.pop("tol", 1e-12))
         _reject_unknown(options, method)
@@ -207,16 +214,34 @@ class NumericProblem:
                     self._raise_hessian_problem(k)
         if not bool(status["finite"]):
             raise NonFiniteError(
-                f"the hypergradient by '{method}' holds NaN or inf", level=1, quantity="hypergradient"
+                f"the hypergradient by '{method}' holds NaN or inf",
+                level=1,
+                quantity="hypergradient",
             )
+
+    def objective_value(self, k: int, flat_blocks) -> float:
+        """f_k (0-based) at the given flat blocks."""
+        return float(self._jit(("value", k), lambda: self.core.fs[k])(tuple(flat_blocks)))
+
+    def reduced_gradient_frozen(self, k: int, flat_blocks) -> jax.Array:
+        """D_k F_k (0-based k >= 1) at the given flat iterates, levels below by the lemmas'
+        formulas at those iterates (what the single-loop algorithm steps along)."""
+        core = self.core
+
+        def build():
+            def grad(flat):
+                consts = core.level_constants(flat, LinearSolve(), below=k)
+                return core.reduced_gradient(k, flat[:k], flat[k], flat, 1, consts)
+
+            return grad
+
+        return self._jit(("reduced_gradient", k), build)(tuple(flat_blocks))
 
     # ------------------------------------------------------------------ diagnostics
     def lower_hessians(self, xs):
         """D_kk F_k (dense, levels 2..n) at the given iterates, lower levels by IFT."""
         flat = self._flat_all(xs)
-        return [
-            np.asarray(self._grad_hess(k)(flat)[1]) for k in range(1, self.n)
-        ]
+        return [np.asarray(self._grad_hess(k)(flat)[1]) for k in range(1, self.n)]
 
     def _raise_hessian_problem(self, k, flat=None):
         raise HessianError(
@@ -233,8 +258,9 @@ class NumericProblem:
         )
 
     # ------------------------------------------------------------------ lower solves
-    def solve_lower(self, x1, *, tol: float = 1e-10, max_iter: int = 100, init=None,
-                    method: str = "newton"):
+    def solve_lower(
+        self, x1, *, tol: float = 1e-10, max_iter: int = 100, init=None, method: str = "newton"
+    ):
         """Solve levels 2..n for x_1 by nested ``newton`` (dense, or CG on Hessian-vector
         products for blocks over 200) or ``gd`` (Armijo), warm-started from ``init``
         (default: the declared initial points). Returns a ``LowerSolution``."""
@@ -273,7 +299,9 @@ class NumericProblem:
             for shift in (-2, -1, 1, 2):
                 x = flat1.copy()
                 x[i] += shift * step
-                values.append(self.reduced_objective(self.unflatten(0, jnp.asarray(x)), **solve_options))
+                values.append(
+                    self.reduced_objective(self.unflatten(0, jnp.asarray(x)), **solve_options)
+                )
             # Fourth-order central difference.
             grad[i] = (values[0] - 8 * values[1] + 8 * values[2] - values[3]) / (12 * step)
         return jnp.asarray(grad)

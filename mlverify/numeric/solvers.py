@@ -35,7 +35,8 @@ def _step_function(problem, k, method):
             def hvp(v):
                 return jax.jvp(
                     lambda w: core.reduced_gradient(k, blocks[:k], w, blocks, 2, consts),
-                    (blocks[k],), (v,),
+                    (blocks[k],),
+                    (v,),
                 )[1]
 
             direction, _ = jax.scipy.sparse.linalg.cg(hvp, -g, tol=1e-10, maxiter=10 * g.size)
@@ -74,8 +75,11 @@ def nested_solve(problem, start, tol, max_iter, method):
         solve_from(k + 1, record=False)
         v = float(_value_function(problem, k)(tuple(blocks)))
         if not np.isfinite(v):
-            raise NonFiniteError("F_k is NaN or inf during the lower solve", level=k + 1,
-                                 quantity="reduced objective")
+            raise NonFiniteError(
+                "F_k is NaN or inf during the lower solve",
+                level=k + 1,
+                quantity="reduced objective",
+            )
         return v
 
     def solve_from(k, record):
@@ -90,8 +94,11 @@ def nested_solve(problem, start, tol, max_iter, method):
             g, second = step(tuple(blocks))
             g = np.asarray(g)
             if not np.all(np.isfinite(g)):
-                raise NonFiniteError("the reduced gradient D_k F_k is NaN or inf", level=k + 1,
-                                     quantity="reduced gradient")
+                raise NonFiniteError(
+                    "the reduced gradient D_k F_k is NaN or inf",
+                    level=k + 1,
+                    quantity="reduced gradient",
+                )
             residual = float(np.linalg.norm(g))
             if residual <= tol:
                 break
@@ -118,7 +125,9 @@ def nested_solve(problem, start, tol, max_iter, method):
         if residual > tol:
             raise ConvergenceError(
                 f"the lower solve stopped at gradient norm {residual:.3e} > tolerance {tol:.1e}",
-                level=k + 1, residual=residual, tolerance=tol,
+                level=k + 1,
+                residual=residual,
+                tolerance=tol,
             )
         if record:
             residuals[k - 1] = residual

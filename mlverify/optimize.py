@@ -1,0 +1,315 @@
+"""The outer algorithms (SPEC section 4) and their traces.
+
+All share the projected outer step x_1 <- Pi_X(x_1 - alpha g_t); they differ in g_t:
+
+- ``implicit-exact``: levels n..2 solved to tolerance (warm-started), g_t the exact
+  hypergradient there.
+- ``aid-cg``, ``aid-neumann``, ``no-curvature``: lower levels solved, g_t by truncated CG /
+  Neumann solves (``iterations``) or without the curvature terms.
+- ``hierarchical``: the single-loop scheme: per round, for k = n..2, ``inner_steps`` gradient
+  steps x_k <- x_k - beta_k D_k F_k with D_k F_k by the lemmas at the current iterates (no
+  nested solve), then g_t by the exact formula at the current iterates.
+- ``itd``: ``inner_steps`` unrolled gradient steps per level from a fixed start, nested, and
+  differentiated through (Sato et al. 2021).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import jax.numpy as jnp
+import numpy as np
+
+from .errors import NonFiniteError
+from .numeric import NumericProblem
+
+OUTER_METHODS = ("implicit-exact", "hierarchical", "itd", "aid-cg", "aid-neumann", "no-curvature")
+_HYPERGRADIENT_METHOD = {
+    "implicit-exact": "exact",
+    "aid-cg": "cg",
+    "aid-neumann": "neumann",
+    "no-curvature": "no-curvature",
+}
+
+
+@dataclass
+class Trace:
+    """One run. Per round t < T: the hypergradient used (``grad``), its norm, and when
+    ``track_exact`` the exact hypergradient norm and the error ||g_t - grad F_1(x_1^t)||;
+    ``x1`` and ``F1`` have T + 1 rows (F_1 with lower levels solved when known, else f_1 at
+    the iterates; ``F1_exact`` says which). ``time`` is cumulative wall time of the algorithm
+    alone (tracking excluded); ``evals`` counts hypergradient evaluations and inner iterations."""
+
+    method: str
+    x1: np.ndarray
+    F1: np.ndarray
+    grad: np.ndarray
+    grad_norm: np.ndarray
+    time: np.ndarray
+    evals: np.ndarray
+    exact_grad_norm: np.ndarray | None = None
+    error: np.ndarray | None = None
+    F1_exact: bool = True
+    options: dict = field(default_factory=dict)
+
+    @property
+    def rounds(self) -> int:
+        return len(self.grad_norm)
+
+    def save(self, path: str) -> None:
+        """Save as ``.npz`` or ``.json`` (by the file's suffix)."""
+        data = {k: v for k, v in asdict(self).items() if v is not None}
+        if str(path).endswith(".json"):
+            serial = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in data.items()}
+            with open(path, "w") as fh:
+                json.dump(serial, fh)
+        else:
+            arrays = {k: v for k, v in data.items() if isinstance(v, np.ndarray)}
+            meta = {k: v for k, v in data.items() if not isinstance(v, np.ndarray)}
+            np.savez(path, meta=json.dumps(meta), **arrays)
+
+    @classmethod
+    def load(cls, path: str) -> Trace:
+        if str(path).endswith(".json"):
+            with open(path) as fh:
+                data = json.load(fh)
+            meta = {k: data.pop(k) for k in ("method", "F1_exact", "options") if k in data}
+            arrays = {k: np.asarray(v, dtype=np.float64) for k, v in data.items()}
+        else:
+            with np.load(path) as npz:
+                meta = json.loads(str(npz["meta"]))
+                arrays = {k: npz[k] for k in npz.files if k != "meta"}
+        return cls(**meta, **arrays)
+
+
+def project(x, box):
+    """Pi_X for a box X = [lo, hi] (scalars or arrays); identity when ``box`` is None."""
+    if box is None:
+        return x
+    lo, hi = box
+    return np.clip(x, lo, hi)
+
+
+def as_numeric(problem, method: str = "itd"):
+    """The numeric backend: a NumericProblem as given; a declared problem runs on its compiled
+    symbolic formulas for the exact, no-curvature and hierarchical methods (no JAX compile)
+    and is lowered to the JAX core for the others."""
+    if isinstance(problem, NumericProblem):
+        return problem
+    if method in ("implicit-exact", "no-curvature", "hierarchical"):
+        from .symsolve import SymbolicBackend
+
+        return SymbolicBackend(problem)
+    return problem.lower()
+
+
+def exact_value_and_gradient(num, x1, init=None):
+    """(F_1, grad F_1, lower solution) at x_1, lower levels solved, on either backend."""
+    options = {} if init is None else {"init": init}
+    lower = num.solve_lower(num.unflatten(0, jnp.asarray(x1)), **options)
+    flat = [jnp.asarray(x1)] + [num.flatten(k, x) for k, x in enumerate(lower, 1)]
+    value = num.objective_value(0, flat)
+    grad = np.asarray(
+        num.flatten(
+            0, num.hypergradient_frozen([num.unflatten(k, x) for k, x in enumerate(flat)], "exact")
+        )
+    )
+    return value, grad, lower
+
+
+def hessian_F1(num, x1, step: float = 1e-5) -> np.ndarray:
+    """Hessian of F_1 at x_1: central differences of the exact hypergradient (symmetrised)."""
+    x1 = np.asarray(x1, dtype=np.float64)
+    columns = []
+    for i in range(x1.size):
+        e = np.zeros_like(x1)
+        e[i] = step
+        plus = exact_value_and_gradient(num, x1 + e)[1]
+        minus = exact_value_and_gradient(num, x1 - e)[1]
+        columns.append((plus - minus) / (2 * step))
+    h = np.array(columns).T
+    return 0.5 * (h + h.T)
+
+
+def estimate_lipschitz(num, x1) -> float:
+    """lambda_max of the Hessian of F_1 at x_1 (a local estimate of L)."""
+    return float(np.linalg.eigvalsh(hessian_F1(num, np.asarray(num.flatten(0, x1))))[-1])
+
+
+def optimize(
+    problem,
+    method: str = "implicit-exact",
+    steps: int = 100,
+    *,
+    step_size=None,
+    L: float | None = None,
+    box=None,
+    x0=None,
+    inner_steps: int = 10,
+    inner_lr=None,
+    iterations: int = 10,
+    track_exact: bool = False,
+    progress: bool = False,
+    solve_options: dict | None = None,
+) -> Trace:
+    """Run ``method`` for ``steps`` rounds on a MultilevelProblem or NumericProblem.
+
+    ``step_size``: a float alpha, or ``None`` / ``"1/L"`` for 1/L with ``L`` given or
+    estimated at x_0 (lambda_max of the Hessian of F_1). ``box``: (lo, hi) for x_1.
+    """
+    if method not in OUTER_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(OUTER_METHODS)}")
+    num = as_numeric(problem, method)
+    solve_options = dict(solve_options or {})
+    x1 = np.asarray(num.flatten(0, num.init[0] if x0 is None else x0), dtype=np.float64)
+    x1 = project(x1, box)
+    if step_size is None or step_size == "1/L":
+        L = L if L is not None else estimate_lipschitz(num, num.unflatten(0, jnp.asarray(x1)))
+        alpha = 1.0 / L
+    else:
+        alpha = float(step_size)
+    runner = _Runner(num, method, inner_steps, inner_lr, iterations, solve_options)
+    xs_hist, f_hist, g_hist, times, evals = [x1.copy()], [], [], [], []
+    exact_norms, errors = [], []
+    elapsed = 0.0
+    for t in range(steps):
+        start = time.perf_counter()
+        g = runner.step(x1)
+        previous, x1 = x1, project(x1 - alpha * g, box)
+        elapsed += time.perf_counter() - start
+        value = runner.value(previous)
+        if not (np.all(np.isfinite(g)) and np.all(np.isfinite(x1))):
+            raise NonFiniteError(
+                f"round {t}: NaN or inf in the hypergradient or the iterate",
+                level=1,
+                quantity="outer iterate",
+            )
+        f_hist.append(value)
+        g_hist.append(g)
+        xs_hist.append(x1.copy())
+        times.append(elapsed)
+        evals.append(runner.evals)
+        if track_exact:
+            exact = runner.exact_hypergradient(xs_hist[-2])
+            exact_norms.append(float(np.linalg.norm(exact)))
+            errors.append(float(np.linalg.norm(g - exact)))
+        if progress and (t + 1) % max(1, steps // 10) == 0:
+            print(
+                f"  {method}: round {t + 1}/{steps}, |g| = {np.linalg.norm(g):.3e}",
+                file=sys.stderr,
+                flush=True,
+            )
+    f_hist.append(runner.final_value(x1))
+    return Trace(
+        method=method,
+        x1=np.array(xs_hist),
+        F1=np.array(f_hist),
+        grad=np.array(g_hist),
+        grad_norm=np.linalg.norm(np.array(g_hist), axis=1),
+        time=np.array(times),
+        evals=np.array(evals, dtype=np.float64),
+        exact_grad_norm=np.array(exact_norms) if track_exact else None,
+        error=np.array(errors) if track_exact else None,
+        F1_exact=runner.reports_F1,
+        options={
+            "alpha": alpha,
+            "inner_steps": inner_steps,
+            "iterations": iterations,
+            "box": None if box is None else [np.asarray(b).tolist() for b in box],
+        },
+    )
+
+
+class _Runner:
+    """Per-method state between rounds (warm starts, single-loop iterates)."""
+
+    def __init__(self, num, method, inner_steps, inner_lr, iterations, solve_options):
+        self.num, self.method = num, method
+        self.inner_steps, self.inner_lr, self.iterations = inner_steps, inner_lr, iterations
+        self.solve_options = solve_options
+        self.solves_lower = method in _HYPERGRADIENT_METHOD
+        self.reports_F1 = method != "hierarchical"
+        self.lower = None
+        self.iterates = [num.init[k] for k in range(1, num.n)]
+        self.evals = 0
+        self._betas = None
+
+    def _solve(self, x1):
+        options = dict(self.solve_options)
+        if self.lower is not None:
+            options.setdefault("init", self.lower)
+        self.lower = self.num.solve_lower(self.num.unflatten(0, jnp.asarray(x1)), **options)
+        self.evals += self.lower.iterations
+        return self.lower
+
+    def _frozen(self, x1, lower, method, **options):
+        xs = (self.num.unflatten(0, jnp.asarray(x1)), *lower)
+        return np.asarray(self.num.flatten(0, self.num.hypergradient_frozen(xs, method, **options)))
+
+    def step(self, x1):
+        """g_t at x_1^t (what the timer measures)."""
+        num = self.num
+        self.evals += 1
+        if self.solves_lower:
+            lower = self._solve(x1)
+            options = (
+                {"iterations": self.iterations} if self.method in ("aid-cg", "aid-neumann") else {}
+            )
+            return self._frozen(x1, lower, _HYPERGRADIENT_METHOD[self.method], **options)
+        if self.method == "itd":
+            start = [num.unflatten(k, num.init[k]) for k in range(1, num.n)]
+            options = {"steps": self.inner_steps}
+            if self.inner_lr is not None:
+                options["inner_lr"] = self.inner_lr
+            return self._frozen(x1, start, "itd", **options)
+        # hierarchical single loop
+        flat = [jnp.asarray(x1)] + [num.flatten(k, x) for k, x in enumerate(self.iterates, 1)]
+        betas = self._step_sizes(flat)
+        for k in range(num.n - 1, 0, -1):
+            for _ in range(self.inner_steps):
+                gk = num.reduced_gradient_frozen(k, tuple(flat))
+                flat[k] = flat[k] - betas[k] * gk
+                self.evals += 1
+        self.iterates = flat[1:]
+        xs = [num.unflatten(k, x) for k, x in enumerate(flat)]
+        return np.asarray(num.flatten(0, num.hypergradient_frozen(xs, "exact")))
+
+    def value(self, x1):
+        """F_1 at x_1 (lower levels solved; for ITD solved outside the timer), or f_1 at the
+        single-loop iterates for ``hierarchical``."""
+        if self.solves_lower:
+            return self._f1(x1, self.lower)
+        if self.method == "itd":
+            lower = self.num.solve_lower(
+                self.num.unflatten(0, jnp.asarray(x1)), **self.solve_options
+            )
+            return self._f1(x1, lower)
+        flat = (jnp.asarray(x1),) + tuple(self.iterates)
+        return float(self.num.objective_value(0, flat))
+
+    def _step_sizes(self, flat):
+        if self._betas is None:
+            if self.inner_lr is not None:
+                self._betas = [None] + [float(self.inner_lr)] * (self.num.n - 1)
+            else:
+                hessians = self.num.lower_hessians(
+                    [self.num.unflatten(k, x) for k, x in enumerate(flat)]
+                )
+                self._betas = [None] + [1.0 / float(np.linalg.eigvalsh(h)[-1]) for h in hessians]
+        return self._betas
+
+    def _f1(self, x1, lower):
+        flat = (jnp.asarray(x1),) + tuple(self.num.flatten(k, x) for k, x in enumerate(lower, 1))
+        return float(self.num.objective_value(0, flat))
+
+    def exact_hypergradient(self, x1):
+        lower = self.num.solve_lower(self.num.unflatten(0, jnp.asarray(x1)), **self.solve_options)
+        return self._frozen(x1, lower, "exact")
+
+    def final_value(self, x1):
+        if self.solves_lower:
+            self._solve(x1)
+        return self.value(x1)

@@ -1,0 +1,270 @@
+"""The reference problem families (see the package docstring)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+import numpy as np
+import sympy as sp
+
+from ..numeric import NumericProblem
+from ..problem import Level, MultilevelProblem
+
+
+def _symbols(n, sizes):
+    names = "xyzuvwpqrst"
+    blocks = []
+    for k in range(n):
+        if sizes[k] == 1:
+            blocks.append(sp.Matrix([sp.Symbol(f"x{k + 1}")]))
+        else:
+            blocks.append(sp.Matrix(sp.symbols(f"{names[k % len(names)]}{k + 1}_0:{sizes[k]}")))
+    return blocks
+
+
+@dataclass(frozen=True)
+class QuadraticFamily:
+    """f_k(z) = 1/2 z^T Q_k z + c_k^T z, z = (x_1..x_n), each Q_k symmetric positive definite.
+
+    Q_k positive definite makes every reduced Hessian [I; J]^T Q_k [I; J] positive definite,
+    so each lower level has a unique minimiser and F_1 is a strongly convex quadratic. The
+    entries are rationals (``Q_num / denominator``), so the symbolic form is exact.
+    """
+
+    sizes: tuple[int, ...]
+    Q: tuple[np.ndarray, ...]  # integer numerators
+    c: tuple[np.ndarray, ...]
+    denominator: int
+
+    @property
+    def n(self) -> int:
+        return len(self.sizes)
+
+    def _float(self):
+        return [q / self.denominator for q in self.Q], [c / self.denominator for c in self.c]
+
+    def symbolic(self) -> MultilevelProblem:
+        blocks = _symbols(self.n, self.sizes)
+        z = sp.Matrix.vstack(*blocks)
+        levels = []
+        for k in range(self.n):
+            q = sp.Matrix(self.Q[k].tolist()) / self.denominator
+            c = sp.Matrix(self.c[k].tolist()) / self.denominator
+            f = (z.T * q * z)[0, 0] / 2 + (c.T * z)[0, 0]
+            levels.append(Level(blocks[k] if self.sizes[k] > 1 else blocks[k][0], sp.expand(f)))
+        return MultilevelProblem(levels)
+
+    def numeric(self) -> NumericProblem:
+        qs, cs = self._float()
+        qs = [jnp.asarray(q) for q in qs]
+        cs = [jnp.asarray(c) for c in cs]
+
+        def objective(k):
+            def f(xs):
+                z = jnp.concatenate(xs)
+                return 0.5 * z @ qs[k] @ z + cs[k] @ z
+
+            return f
+
+        init = [jnp.zeros(d) for d in self.sizes]
+        return NumericProblem([objective(k) for k in range(self.n)], init)
+
+    # -------------------------------------------------------------- closed forms
+    def reduced_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """(P, p) with z = P x_1 + p on the solution manifold (nested argmins solved exactly)."""
+        qs, cs = self._float()
+        ends = np.cumsum(self.sizes)
+        total = int(ends[-1])
+        P, p = np.eye(total), np.zeros(total)  # z as an affine map of x_{<=n} (identity)
+        for k in range(self.n - 1, 0, -1):
+            lo, hi = int(ends[k - 1]), int(ends[k])
+            pu, pv = P[:, :lo], P[:, lo:hi]
+            a = pv.T @ qs[k] @ pv
+            v_map = -np.linalg.solve(a, pv.T @ qs[k] @ pu)
+            v_off = -np.linalg.solve(a, pv.T @ (qs[k] @ p + cs[k]))
+            P, p = pu + pv @ v_map, p + pv @ v_off
+        return P, p
+
+    def hypergradient(self, x1) -> np.ndarray:
+        P, p = self.reduced_map()
+        q1, c1 = self._float()[0][0], self._float()[1][0]
+        return P.T @ (q1 @ (P @ np.asarray(x1, float) + p) + c1)
+
+    def F1(self, x1) -> float:
+        P, p = self.reduced_map()
+        q1, c1 = self._float()[0][0], self._float()[1][0]
+        z = P @ np.asarray(x1, float) + p
+        return float(0.5 * z @ q1 @ z + c1 @ z)
+
+    def hessian_F1(self) -> np.ndarray:
+        P, _ = self.reduced_map()
+        return P.T @ self._float()[0][0] @ P
+
+    def lower_solution(self, x1) -> list[np.ndarray]:
+        P, p = self.reduced_map()
+        z = P @ np.asarray(x1, float) + p
+        return np.split(z, np.cumsum(self.sizes)[:-1])[1:]
+
+    def optimum(self) -> np.ndarray:
+        """argmin F_1 over R^{d_1}."""
+        P, p = self.reduced_map()
+        q1, c1 = self._float()[0][0], self._float()[1][0]
+        return np.linalg.solve(P.T @ q1 @ P, -P.T @ (q1 @ p + c1))
+
+
+def quadratic(n: int, sizes=None, seed: int = 0, coupling: int = 1) -> QuadraticFamily:
+    """A seeded quadratic n-level problem; ``sizes`` defaults to scalar blocks."""
+    sizes = tuple(sizes) if sizes is not None else (1,) * n
+    if len(sizes) != n:
+        raise ValueError(f"{n} levels but {len(sizes)} block sizes")
+    rng = np.random.default_rng(seed)
+    total = sum(sizes)
+    denominator = 4 * total
+    qs, cs = [], []
+    for _ in range(n):
+        m = rng.integers(-coupling, coupling + 1, size=(total, total))
+        qs.append(m @ m.T + denominator * np.eye(total, dtype=np.int64))
+        cs.append(rng.integers(-denominator, denominator + 1, size=total))
+    return QuadraticFamily(sizes, tuple(qs), tuple(cs), denominator)
+
+
+def nonquadratic(
+    n: int, size: int = 1, seed: int = 0, strength=sp.Rational(3, 10)
+) -> MultilevelProblem:
+    """tanh couplings plus quartic own terms, seeded; lower best responses are non-affine.
+
+    f_k = 1/2 |x_k - a_k|^2 + 1/8 sum_i (x_k)_i^4 + s sum_{m != k} tanh(x_m)^T W_km x_k
+          + s/2 sum_{m > k} (sum_i sin((x_m)_i)) (sum_i (x_k)_i) / d
+
+    The coefficients are small rationals so that every lower level is strongly convex near
+    its solution and F_1 is strongly convex near the origin.
+    """
+    rng = np.random.default_rng(seed)
+    sizes = (size,) * n
+    blocks = _symbols(n, sizes)
+    levels = []
+    for k in range(n):
+        xk = blocks[k]
+        a = sp.Matrix([sp.Rational(int(v), 4) for v in rng.integers(-3, 4, size=size)])
+        f = ((xk - a).T * (xk - a))[0, 0] / 2 + sum(v**4 for v in xk) / 8
+        for m in range(n):
+            if m == k:
+                continue
+            w = sp.Matrix(
+                size, size, [sp.Rational(int(v), 2) for v in rng.integers(-2, 3, size=size * size)]
+            )
+            if w == sp.zeros(size, size):
+                w = sp.eye(size) / 2
+            coupling = (blocks[m].applyfunc(sp.tanh).T * w * xk)[0, 0]
+            f += strength * coupling
+            if m > k:
+                f += strength / 2 * sum(sp.sin(v) for v in blocks[m]) * sum(xk) / size
+        levels.append(Level(xk if size > 1 else xk[0], f))
+    return MultilevelProblem(levels)
+
+
+def ridge_bilevel(n_train: int = 6, n_val: int = 6, features: int = 2, seed: int = 0):
+    """Bilevel ridge tuning: theta = log(lambda) against validation loss; w the ridge weights.
+
+        min_theta 1/2 |X_v w* - y_v|^2,  w* = argmin_w 1/2 |X_t w - y_t|^2 + e^theta/2 |w|^2.
+
+    Returns ``(problem, closed_form)`` where ``closed_form(theta)`` gives (w*, dF_1/dtheta)
+    from w* = (X^T X + lambda I)^{-1} X^T y and dw*/dtheta = -lambda (X^T X + lambda I)^{-1} w*.
+    Data: small integers from the seed, so the symbolic problem is exact.
+    """
+    rng = np.random.default_rng(seed)
+    xt = rng.integers(-3, 4, size=(n_train, features))
+    yt = rng.integers(-3, 4, size=n_train)
+    xv = rng.integers(-3, 4, size=(n_val, features))
+    yv = rng.integers(-3, 4, size=n_val)
+    theta = sp.Symbol("theta")
+    w = sp.Matrix(sp.symbols(f"w0:{features}"))
+    rt = sp.Matrix(xt.tolist()) * w - sp.Matrix(yt.tolist())
+    rv = sp.Matrix(xv.tolist()) * w - sp.Matrix(yv.tolist())
+    f1 = (rv.T * rv)[0, 0] / 2
+    f2 = (rt.T * rt)[0, 0] / 2 + sp.exp(theta) / 2 * (w.T * w)[0, 0]
+    problem = MultilevelProblem([Level(theta, f1), Level(w, f2)])
+
+    def closed_form(theta_value: float):
+        lam = float(np.exp(theta_value))
+        a = xt.T @ xt + lam * np.eye(features)
+        w_star = np.linalg.solve(a, xt.T @ yt)
+        dw = -lam * np.linalg.solve(a, w_star)
+        grad = (xv @ dw) @ (xv @ w_star - yv)
+        return w_star, float(grad)
+
+    return problem, closed_form
+
+
+def data_poisoning(
+    seed: int = 0, n_train: int = 30, n_val: int = 30, features: int = 5, penalty: float = 2.0
+) -> NumericProblem:
+    """Sato et al.'s trilevel hyperparameter learning under data poisoning (JAX-native).
+
+    Level 1 (learner): theta = log(lambda), validation loss of the ridge weights.
+    Level 2 (attacker): a perturbation P of the training inputs that raises the training
+      loss, penalised by penalty/2 |P|^2 (the penalty keeps the attacker strongly convex).
+    Level 3: ridge weights on the poisoned data (closed form exists; solved numerically).
+
+    Data are synthetic and documented: X ~ N(0, 1), y = X w_true + 0.1 N(0, 1), w_true ~
+    N(0, 1), all from ``seed``; nothing is downloaded.
+    """
+    rng = np.random.default_rng(seed)
+    w_true = rng.normal(size=features)
+    xt = rng.normal(size=(n_train, features))
+    yt = xt @ w_true + 0.1 * rng.normal(size=n_train)
+    xv = rng.normal(size=(n_val, features))
+    yv = xv @ w_true + 0.1 * rng.normal(size=n_val)
+    xt, yt, xv, yv = (jnp.asarray(a) for a in (xt, yt, xv, yv))
+
+    def validation(xs):
+        _, _, w = xs
+        return 0.5 * jnp.mean((xv @ w - yv) ** 2)
+
+    def attacker(xs):
+        _, p, w = xs
+        residual = (xt + p) @ w - yt
+        return -0.5 * jnp.mean(residual**2) + 0.5 * penalty * jnp.sum(p**2)
+
+    def ridge(xs):
+        theta, p, w = xs
+        residual = (xt + p) @ w - yt
+        return 0.5 * jnp.mean(residual**2) + 0.5 * jnp.exp(theta[0]) * jnp.sum(w**2)
+
+    init = [jnp.array([np.log(0.1)]), jnp.zeros((n_train, features)), jnp.zeros(features)]
+    return NumericProblem([validation, attacker, ridge], init, names=("theta", "P", "w"))
+
+
+def default_problem() -> MultilevelProblem:
+    """The trilevel non-quadratic problem ``mlverify verify`` checks by default.
+
+        f_1 = 1/2 (x1 - 1)^2 + 1/2 x2^2 + 1/2 x3^2 + 1/4 x1 x3
+        f_2 = 1/2 (x2 - tanh(x1))^2 + 1/8 x2^4 + 1/4 x2 sin(x3)
+        f_3 = 1/2 (x3 - x1 x2)^2 + 1/8 x3^4 + 1/4 tanh(x2) x3
+
+    Each lower level is strongly convex in its own variable, the best responses are not
+    affine (so Lemma 3.2's curvature terms are non-zero), and F_1 is strongly convex on the
+    default box [-2, 2].
+    """
+    x1, x2, x3 = sp.symbols("x1 x2 x3")
+    half, quarter = sp.Rational(1, 2), sp.Rational(1, 4)
+    f1 = half * (x1 - 1) ** 2 + half * x2**2 + half * x3**2 + quarter * x1 * x3
+    f2 = half * (x2 - sp.tanh(x1)) ** 2 + x2**4 / 8 + quarter * x2 * sp.sin(x3)
+    f3 = half * (x3 - x1 * x2) ** 2 + x3**4 / 8 + quarter * sp.tanh(x2) * x3
+    return MultilevelProblem([Level(x1, f1), Level(x2, f2), Level(x3, f3)])
+
+
+def indefinite_problem() -> MultilevelProblem:
+    """A bilevel problem whose lower level fails the assumptions for x1 <= 0.
+
+        f_1 = 1/2 (x1 - 1/2)^2 + 1/2 x2^2,    f_2 = 1/2 x1 (x2 - 1)^2 + 1/4 (x2 - 1)^4
+
+    The lower Hessian x1 + 3 (x2 - 1)^2 vanishes at the solution x2 = 1 when x1 = 0, and for
+    x1 < 0 the lower level has two minimisers (x2 = 1 +- sqrt(-x1)): on a box containing
+    x1 <= 0 no bound that assumes a unique, strongly convex lower level applies.
+    """
+    x1, x2 = sp.symbols("x1 x2")
+    f1 = (x1 - sp.Rational(1, 2)) ** 2 / 2 + x2**2 / 2
+    f2 = x1 * (x2 - 1) ** 2 / 2 + (x2 - 1) ** 4 / 4
+    return MultilevelProblem([Level(x1, f1), Level(x2, f2)])
