@@ -130,7 +130,7 @@ def quadratic(n: int, sizes=None, seed: int = 0, coupling: int = 1) -> Quadratic
 
 
 def nonquadratic(
-    n: int, size: int = 1, seed: int = 0, strength=sp.Rational(3, 10)
+    n: int, size: int = 1, seed: int = 0, strength=None
 ) -> MultilevelProblem:
     """tanh couplings plus quartic own terms, seeded; lower best responses are non-affine.
 
@@ -140,6 +140,7 @@ def nonquadratic(
     The coefficients are small rationals so that every lower level is strongly convex near
     its solution and F_1 is strongly convex near the origin.
     """
+    strength = sp.Rational(3, 10) if strength is None else sp.nsimplify(strength)
     rng = np.random.default_rng(seed)
     sizes = (size,) * n
     blocks = _symbols(n, sizes)
