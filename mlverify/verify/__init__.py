@@ -10,7 +10,13 @@ deterministic sum (1/T) sum_t ||grad F_1(x^t)||^2. No probability is involved: t
 statement is the deterministic telescoping bound checked here, which holds for every T.
 """
 
+from .batch import BatchReport, instance_check, quadratic_family_batch, theorem_4_1_batch
 from .report import Report
 from .theorems import constants_4_1, rounds_to_epsilon, theorem_4_1, theorem_4_2
 
-__all__ = ["Report", "constants_4_1", "rounds_to_epsilon", "theorem_4_1", "theorem_4_2"]
+__all__ = [
+    "BatchReport",
+    "instance_check",
+    "quadratic_family_batch",
+    "theorem_4_1_batch",
+    "Report", "constants_4_1", "rounds_to_epsilon", "theorem_4_1", "theorem_4_2"]

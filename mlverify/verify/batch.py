@@ -1,0 +1,194 @@
+"""Theorem 4.1 over a batch of instances in one compiled, vmapped call.
+
+A family is ``objectives_of(params) -> [f_1, ..., f_n]`` (JAX callables of the tuple of
+blocks) and a pytree ``params`` whose leaves carry a leading batch axis. Per instance, all
+in JAX: the lower levels are solved by nested Newton (``newton_steps`` per level, residual
+reported), the hypergradient is the exact one of the implicit core, L is the largest
+eigenvalue of the Hessian of F_1 (central differences of the exact hypergradient) over a
+grid of the box times ``1.01``, F_1* is the best value seen on a run 4x longer, and the bound
+is checked at every T. With several devices the batch is sharded over them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..numeric.implicit import ImplicitCore, LinearSolve
+
+#: Relative slack on "left <= right" for float64 sums of up to T terms.
+ROUND_OFF = 1e-9
+#: Lower solves whose gradient norm ends above this make the instance not-applicable.
+SOLVE_TOL = 1e-9
+
+
+@dataclass
+class BatchReport:
+    """Per-instance verdicts and worst ratios of the Theorem 4.1 check."""
+
+    verdicts: np.ndarray  # "pass" / "fail" / "not-applicable"
+    worst_ratio: np.ndarray
+    L: np.ndarray
+    lambda_min: np.ndarray
+    F_star: np.ndarray
+    residual: np.ndarray
+
+    def counts(self) -> dict:
+        values, counts = np.unique(self.verdicts, return_counts=True)
+        return dict(zip(values.tolist(), counts.tolist(), strict=True))
+
+    def summary(self) -> str:
+        ok = self.verdicts != "not-applicable"
+        ratios = self.worst_ratio[ok]
+        quantiles = np.quantile(ratios, [0.0, 0.5, 0.9, 1.0]) if ratios.size else [np.nan] * 4
+        return (
+            f"Theorem 4.1 over {len(self.verdicts)} instances: {self.counts()}\n"
+            f"  worst left/right ratio: min {quantiles[0]:.3g}, median {quantiles[1]:.3g}, "
+            f"90% {quantiles[2]:.3g}, max {quantiles[3]:.3g}"
+        )
+
+
+def _nested_solve(core: ImplicitCore, x1, init, steps: int):
+    """Levels 2..n by nested Newton with a fixed number of steps; returns (blocks, residual)."""
+    n = core.n
+
+    def solve_from(k, blocks):
+        if k >= n:
+            return blocks
+
+        def body(_, xk):
+            solved = solve_from(k + 1, blocks[:k] + (xk,) + blocks[k + 1 :])
+            g, h = core.reduced_gradient_hessian(k, solved, LinearSolve("dense"), True)
+            return xk - jnp.linalg.solve(h, g)
+
+        xk = jax.lax.fori_loop(0, steps, body, blocks[k])
+        return solve_from(k + 1, blocks[:k] + (xk,) + blocks[k + 1 :])
+
+    blocks = solve_from(1, (x1,) + tuple(init))
+    residual = jnp.max(jnp.stack([
+        jnp.linalg.norm(core.reduced_gradient_hessian(k, blocks, LinearSolve("dense"), True)[0])
+        for k in range(1, n)
+    ]))
+    return blocks, residual
+
+
+def _instance_check(objectives_of, sizes, box, T, grid, newton_steps, fd_step):
+    lo, hi = box
+
+    def check(params):
+        core = ImplicitCore(objectives_of(params), sizes)
+        init = tuple(jnp.zeros(d) for d in sizes[1:])
+
+        def solved(x1):
+            return _nested_solve(core, x1, init, newton_steps)
+
+        def value_grad(x1):
+            blocks, residual = solved(x1)
+            grad = core.hypergradient_frozen(blocks, LinearSolve("dense"))
+            return core.fs[0](blocks), grad, residual
+
+        def hessian(x1):
+            eye = jnp.eye(sizes[0])
+            cols = jax.vmap(lambda e: (value_grad(x1 + fd_step * e)[1]
+                                       - value_grad(x1 - fd_step * e)[1]) / (2 * fd_step))(eye)
+            h = cols.T
+            return jnp.linalg.eigvalsh(0.5 * (h + h.T))
+
+        eig = jax.vmap(hessian)(grid)
+        lam_min, lam_max = jnp.min(eig[:, 0]), jnp.max(eig[:, -1])
+        L = 1.01 * lam_max
+
+        def run(x0, rounds):
+            def step(x, _):
+                value, grad, residual = value_grad(x)
+                mapping = L * (x - jnp.clip(x - grad / L, lo, hi))
+                return jnp.clip(x - grad / L, lo, hi), (value, jnp.sum(mapping**2), residual)
+
+            return jax.lax.scan(step, x0, None, length=rounds)
+
+        x_end, (values, squared, residuals) = run(jnp.asarray(lo, dtype=jnp.float64) * jnp.ones(sizes[0]), T)
+        _, (tail_values, _, _) = run(x_end, 4 * T)
+        f_star = jnp.minimum(jnp.min(values), jnp.min(tail_values))
+        t = jnp.arange(1, T + 1)
+        left = jnp.cumsum(squared) / t
+        right = 2 * L * (values[0] - f_star) / t
+        ok = jnp.all(left <= right * (1 + ROUND_OFF) + 1e-15)
+        ratio = jnp.max(left / jnp.maximum(right, 1e-300))
+        residual = jnp.max(residuals)
+        applicable = (lam_min > 0) & (residual <= SOLVE_TOL) & jnp.isfinite(ratio)
+        return {"ok": ok, "applicable": applicable, "ratio": ratio, "L": L,
+                "lambda_min": lam_min, "F_star": f_star, "residual": residual}
+
+    return check
+
+
+def instance_check(objectives_of, sizes, box, *, T: int = 100, grid_points: int = 5,
+                   newton_steps: int = 8, fd_step: float = 1e-5):
+    """The pure single-instance check ``params -> dict of results`` (jit- and vmap-able)."""
+    sizes = tuple(sizes)
+    lo = jnp.broadcast_to(jnp.asarray(box[0], dtype=jnp.float64), (sizes[0],))
+    hi = jnp.broadcast_to(jnp.asarray(box[1], dtype=jnp.float64), (sizes[0],))
+    axes = [np.linspace(float(lo[i]), float(hi[i]), grid_points) for i in range(sizes[0])]
+    grid = jnp.asarray(np.array(list(itertools.product(*axes))))
+    return _instance_check(objectives_of, sizes, (lo, hi), T, grid, newton_steps, fd_step)
+
+
+def theorem_4_1_batch(objectives_of, params, sizes, box, *, T: int = 100, grid_points: int = 5,
+                      newton_steps: int = 8, fd_step: float = 1e-5, vectorize: bool = True):
+    """Check Theorem 4.1 on every instance of a batched family (see the module docstring).
+
+    ``vectorize=False`` runs the same compiled single-instance check in a Python loop (the
+    baseline of the throughput benchmark). Returns a :class:`BatchReport`.
+    """
+    check = instance_check(objectives_of, sizes, box, T=T, grid_points=grid_points,
+                           newton_steps=newton_steps, fd_step=fd_step)
+    if vectorize:
+        params = _shard(params)
+        out = jax.jit(jax.vmap(check))(params)
+    else:
+        single = jax.jit(check)
+        count = jax.tree_util.tree_leaves(params)[0].shape[0]
+        rows = [single(jax.tree_util.tree_map(lambda a, i=i: a[i], params)) for i in range(count)]
+        out = {k: jnp.stack([r[k] for r in rows]) for k in rows[0]}
+    out = {k: np.asarray(v) for k, v in out.items()}
+    verdicts = np.where(~out["applicable"], "not-applicable", np.where(out["ok"], "pass", "fail"))
+    return BatchReport(verdicts, out["ratio"], out["L"], out["lambda_min"], out["F_star"],
+                       out["residual"])
+
+
+def _shard(params):
+    """Spread the batch axis over the devices when there are several (and it divides)."""
+    devices = jax.devices()
+    count = jax.tree_util.tree_leaves(params)[0].shape[0]
+    if len(devices) < 2 or count % len(devices):
+        return params
+    mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+    return jax.tree_util.tree_map(lambda a: jax.device_put(a, spec), params)
+
+
+def quadratic_family_batch(n: int, sizes, seeds):
+    """(objectives_of, params) for the zoo's quadratic family over ``seeds``."""
+    from ..zoo import quadratic
+
+    members = [quadratic(n, sizes, seed=s) for s in seeds]
+    qs = jnp.asarray(np.stack([np.stack(m.Q) / m.denominator for m in members]))
+    cs = jnp.asarray(np.stack([np.stack(m.c) / m.denominator for m in members]))
+
+    def objectives_of(params):
+        q, c = params
+
+        def objective(k):
+            def f(xs):
+                z = jnp.concatenate(xs)
+                return 0.5 * z @ q[k] @ z + c[k] @ z
+
+            return f
+
+        return [objective(k) for k in range(n)]
+
+    return objectives_of, (qs, cs), members
