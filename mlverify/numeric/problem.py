@@ -202,8 +202,7 @@ class NumericProblem:
             consts = self.core.level_constants(flat, LinearSolve("dense"), True)
             eig = {}
             for k in dense_levels:
-                factor = consts[k][0].factor[0]
-                eig[k] = jnp.all(jnp.isfinite(factor))
+                eig[k] = jnp.all(jnp.isfinite(consts[k]["chol"]))
             status["cholesky_ok"] = eig
         return status
 
@@ -226,16 +225,9 @@ class NumericProblem:
     def reduced_gradient_frozen(self, k: int, flat_blocks) -> jax.Array:
         """D_k F_k (0-based k >= 1) at the given flat iterates, levels below by the lemmas'
         formulas at those iterates (what the single-loop algorithm steps along)."""
-        core = self.core
-
-        def build():
-            def grad(flat):
-                consts = core.level_constants(flat, LinearSolve(), below=k)
-                return core.reduced_gradient(k, flat[:k], flat[k], flat, 1, consts)
-
-            return grad
-
-        return self._jit(("reduced_gradient", k), build)(tuple(flat_blocks))
+        return self._jit(
+            ("reduced_gradient", k), lambda: lambda flat: self.core.reduced_gradient_at(k, flat)
+        )(tuple(flat_blocks))
 
     # ------------------------------------------------------------------ diagnostics
     def lower_hessians(self, xs):
