@@ -19,6 +19,12 @@ METHODS = ("exact", "no-curvature", "cg", "neumann", "itd", "fd")
 #: A lower Hessian with condition number above this is reported as singular.
 SINGULAR_CONDITION = 1e12
 
+#: XLA options for the core's compiled functions. The exact hypergradient's graph grows
+#: steeply with n and XLA's LLVM optimisation dominates its compile time; at n = 5, blocks
+#: of 4, level 0 cut compile from ~29 s to ~11 s with run time unchanged (0.5 ms), since
+#: the work is many small ops rather than tight loops (benchmarks/results/numeric.md).
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
 
 class LowerSolution(tuple):
     """The lower-level solutions x_2*..x_n* (a tuple of blocks, shaped as declared), with
@@ -126,7 +132,7 @@ class NumericProblem:
 
     def _jit(self, key, build):
         if key not in self._jit_cache:
-            self._jit_cache[key] = jax.jit(build())
+            self._jit_cache[key] = jax.jit(build(), compiler_options=COMPILER_OPTIONS)
         return self._jit_cache[key]
 
     # ------------------------------------------------------------------ hypergradients

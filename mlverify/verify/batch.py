@@ -80,7 +80,7 @@ def _instance_check(objectives_of, sizes, box, T, grid, newton_steps, fd_step):
     lo, hi = box
 
     def check(params):
-        core = ImplicitCore(objectives_of(params), sizes)
+        core = ImplicitCore(objectives_of(params), sizes, jit_levels=False)
         init = tuple(jnp.zeros(d) for d in sizes[1:])
 
         def solved(x1):
