@@ -117,3 +117,28 @@ def test_level_indices_are_checked():
         problem.best_response_jacobian(4, 1)
     with pytest.raises(mv.ProblemDefinitionError, match="1 <= j < k"):
         problem.best_response_jacobian(2, 2)
+
+
+def test_status_under_jit_and_vmap_reports_indefinite_level():
+    import jax
+    import jax.numpy as jnp
+
+    def f1(xs):
+        return jnp.sum(xs[0] ** 2) + jnp.sum(xs[1] ** 2)
+
+    def f2(xs):
+        # Concave in x2 where x1 < 0: the lower Hessian 2 x1 is negative there.
+        return xs[0][0] * jnp.sum((xs[1] - 1.0) ** 2)
+
+    num = mv.numeric.NumericProblem([f1, f2], init=[jnp.ones(1), jnp.zeros(1)])
+    fn = jax.jit(jax.vmap(num.hypergradient_function("exact")))
+    batch = (jnp.array([[1.0], [-1.0]]), jnp.array([[0.5], [0.5]]))
+    value, status = fn(batch)
+    assert bool(status["cholesky_ok"][1][0]) and not bool(status["cholesky_ok"][1][1])
+    with pytest.raises(mv.HessianError) as err:
+        num.check_status(status)
+    assert err.value.level == 2
+    good, good_status = jax.jit(num.hypergradient_function("exact"))(
+        (jnp.array([1.0]), jnp.array([0.5])))
+    num.check_status(good_status)
+    assert np.isfinite(float(good[0]))

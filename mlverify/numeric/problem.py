@@ -148,6 +148,22 @@ class NumericProblem:
         self._check_status(status, method)
         return self.unflatten(0, value)
 
+    def hypergradient_function(self, method: str = "exact", **options):
+        """A pure, jit- and vmap-able ``flat_blocks -> (value, status)`` for ``method``.
+
+        ``flat_blocks`` is the tuple of all n blocks as flat float64 vectors (``flatten``).
+        ``status`` holds JAX booleans: ``finite`` (the value has no NaN or inf) and, for dense
+        lower blocks, ``cholesky_ok[k]`` (H_k was positive definite at the iterates). Under
+        your own jit or vmap, check them, or pass them to :meth:`check_status` outside.
+        """
+        if method not in METHODS or method == "fd":
+            raise ValueError(f"no pure function for method {method!r}")
+        return self._frozen_builder(method, dict(options))
+
+    def check_status(self, status, method: str = "exact") -> None:
+        """Raise HessianError or NonFiniteError (naming the level) for a failed status."""
+        self._check_status(jax.tree_util.tree_map(np.asarray, status), method)
+
     def hypergradient(self, x1, method: str = "exact", *, solve_options=None, **options):
         """The hypergradient at x_1 with the lower levels solved (``solve_options`` go to
         ``solve_lower``), by ``method`` (see ``hypergradient_frozen``; ``fd`` is central
@@ -215,9 +231,9 @@ class NumericProblem:
     def _check_status(self, status, method):
         if "cholesky_ok" in status:
             for k, ok in status["cholesky_ok"].items():
-                if not bool(ok):
+                if not bool(np.all(ok)):
                     self._raise_hessian_problem(k)
-        if not bool(status["finite"]):
+        if not bool(np.all(status["finite"])):
             raise NonFiniteError(
                 f"the hypergradient by '{method}' holds NaN or inf",
                 level=1,
