@@ -13,6 +13,10 @@ from .errors import (
 )
 from .problem import Level, MultilevelProblem
 
+from . import numeric, verify, zoo  # noqa: E402  (after the core names they build on)
+from .numeric import NumericProblem  # noqa: E402
+from .optimize import Trace, optimize  # noqa: E402
+
 __all__ = [
     "ConvergenceError",
     "HessianError",
@@ -20,6 +24,12 @@ __all__ = [
     "MlverifyError",
     "MultilevelProblem",
     "NonFiniteError",
+    "NumericProblem",
     "ProblemDefinitionError",
+    "Trace",
+    "numeric",
+    "optimize",
+    "verify",
+    "zoo",
 ]
 __version__ = "0.1.0"

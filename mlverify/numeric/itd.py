@@ -48,21 +48,30 @@ def itd_hypergradient(core, anchors, steps: int, inner_lr=None):
 
 
 def _learning_rates(core, anchors, inner_lr):
-    """Per-level steps: given, or 1/L_k with L_k = lambda_max(D_kk f_k) at the start."""
+    """Per-level steps: given, or 1/(1.2 L_k) with L_k = lambda_max(D_kk F_k) at the start.
+
+    The steps descend the (unrolled) reduced objective F_k, whose curvature includes the
+    levels below; the partial Hessian D_kk f_k can understate it badly (and ITD then
+    diverges), so L_k is that of the reduced Hessian, by the lemmas at the start.
+    """
     if inner_lr is not None:
         if jnp.ndim(inner_lr) == 0:
             return (None,) + (inner_lr,) * (core.n - 1)
         return (None,) + tuple(inner_lr)
+    from .implicit import DENSE_LIMIT, LinearSolve
+
+    anchors = tuple(jax.lax.stop_gradient(a) for a in anchors)
     rates = [None]
     for k in range(1, core.n):
-
-        def fk(v, k=k):
-            return core.fs[k](tuple(anchors[:k]) + (v,) + tuple(anchors[k + 1 :]))
-
-        v = jnp.ones_like(anchors[k]) / jnp.sqrt(anchors[k].shape[0])
-        for _ in range(30):
-            w = jax.jvp(jax.grad(fk), (anchors[k],), (v,))[1]
-            v = w / jnp.maximum(jnp.linalg.norm(w), 1e-300)
-        lam = jnp.vdot(v, jax.jvp(jax.grad(fk), (anchors[k],), (v,))[1])
+        dense = core.sizes[k] <= DENSE_LIMIT
+        _, second = core.reduced_gradient_hessian(k, anchors, LinearSolve(), dense)
+        if dense:
+            lam = jnp.linalg.eigvalsh(0.5 * (second + second.T))[-1]
+        else:
+            v = jnp.ones_like(anchors[k]) / jnp.sqrt(anchors[k].shape[0])
+            for _ in range(30):
+                w = second(v)
+                v = w / jnp.maximum(jnp.linalg.norm(w), 1e-300)
+            lam = jnp.vdot(v, second(v))
         rates.append(jax.lax.stop_gradient(1.0 / jnp.maximum(1.2 * lam, 1e-12)))
     return tuple(rates)

@@ -46,6 +46,7 @@ class LowerSolution(tuple):
 class _Block:
     size: int
     unravel: Callable
+    structure: object  # the pytree structure and leaf shapes of the declared block
 
 
 class NumericProblem:
@@ -77,7 +78,7 @@ class NumericProblem:
                 )
             if not bool(jnp.all(jnp.isfinite(flat))):
                 raise NonFiniteError("the initial point holds NaN or inf", level=k, quantity="init")
-            blocks.append(_Block(int(flat.size), unravel))
+            blocks.append(_Block(int(flat.size), unravel, _structure(x0)))
             flat_init.append(flat)
         self._blocks = tuple(blocks)
         self.sizes = tuple(b.size for b in blocks)
@@ -118,6 +119,14 @@ class NumericProblem:
                 level=k + 1,
                 quantity=f"x_{k + 1}",
             )
+        declared, given = self._blocks[k].structure, _structure(value)
+        # A flat vector for a multi-dimensional block is accepted (that is what flatten gives).
+        if given != declared and given != _structure(flat):
+            raise ProblemDefinitionError(
+                f"x_{k + 1} has shape {given} but the block was declared as {declared}",
+                level=k + 1,
+                quantity=f"x_{k + 1}",
+            )
         return flat
 
     def unflatten(self, k: int, flat) -> object:
@@ -145,7 +154,7 @@ class NumericProblem:
         """
         flat = self._flat_all(xs)
         value, status = self._frozen_flat(flat, method, options)
-        self._check_status(status, method)
+        self._check_status(status, method, flat)
         return self.unflatten(0, value)
 
     def hypergradient_function(self, method: str = "exact", **options):
@@ -160,9 +169,11 @@ class NumericProblem:
             raise ValueError(f"no pure function for method {method!r}")
         return self._frozen_builder(method, dict(options))
 
-    def check_status(self, status, method: str = "exact") -> None:
-        """Raise HessianError or NonFiniteError (naming the level) for a failed status."""
-        self._check_status(jax.tree_util.tree_map(np.asarray, status), method)
+    def check_status(self, status, method: str = "exact", xs=None) -> None:
+        """Raise HessianError or NonFiniteError (naming the level) for a failed status;
+        given the iterates ``xs`` (one instance), the error also reports eigenvalues."""
+        flat = None if xs is None else self._flat_all(xs)
+        self._check_status(jax.tree_util.tree_map(np.asarray, status), method, flat)
 
     def hypergradient(self, x1, method: str = "exact", *, solve_options=None, **options):
         """The hypergradient at x_1 with the lower levels solved (``solve_options`` go to
@@ -228,28 +239,32 @@ class NumericProblem:
             status["cholesky_ok"] = eig
         return status
 
-    def _check_status(self, status, method):
+    def _check_status(self, status, method, flat=None):
+        # Bottom-up: a failure at level k spoils every level above it, so the deepest
+        # failing level is where the problem is.
         if "cholesky_ok" in status:
-            for k, ok in status["cholesky_ok"].items():
-                if not bool(np.all(ok)):
-                    self._raise_hessian_problem(k)
+            for k in sorted(status["cholesky_ok"], reverse=True):
+                if not bool(np.all(status["cholesky_ok"][k])):
+                    self._raise_hessian_problem(k, flat)
         if not bool(np.all(status["finite"])):
+            level, quantity = 1, "hypergradient"
+            if flat is not None:
+                level, quantity = self._locate_non_finite(flat)
             raise NonFiniteError(
-                f"the hypergradient by '{method}' holds NaN or inf",
-                level=1,
-                quantity="hypergradient",
+                f"the hypergradient by '{method}' holds NaN or inf (first non-finite: {quantity})",
+                level=level,
+                quantity=quantity,
             )
 
-    def objective_value(self, k: int, flat_blocks) -> float:
-        """f_k (0-based) at the given flat blocks."""
-        return float(self._jit(("value", k), lambda: self.core.fs[k])(tuple(flat_blocks)))
-
-    def reduced_gradient_frozen(self, k: int, flat_blocks) -> jax.Array:
-        """D_k F_k (0-based k >= 1) at the given flat iterates, levels below by the lemmas'
-        formulas at those iterates (what the single-loop algorithm steps along)."""
-        return self._jit(
-            ("reduced_gradient", k), lambda: lambda flat: self.core.reduced_gradient_at(k, flat)
-        )(tuple(flat_blocks))
+    def _locate_non_finite(self, flat):
+        """The deepest level whose reduced gradient or Hessian is not finite at ``flat``."""
+        for k in range(self.n - 1, 0, -1):
+            if self.sizes[k] > DENSE_LIMIT:
+                continue
+            g, h = self._grad_hess(k)(tuple(flat))
+            if not (np.all(np.isfinite(np.asarray(g))) and np.all(np.isfinite(np.asarray(h)))):
+                return k + 1, "reduced gradient or Hessian D_k F_k"
+        return 1, "hypergradient"
 
     # ------------------------------------------------------------------ diagnostics
     def lower_hessians(self, xs):
@@ -258,9 +273,15 @@ class NumericProblem:
         return [np.asarray(self._grad_hess(k)(flat)[1]) for k in range(1, self.n)]
 
     def _raise_hessian_problem(self, k, flat=None):
+        if flat is not None:
+            h = np.asarray(self._grad_hess(k)(tuple(flat))[1])
+            if np.all(np.isfinite(h)):
+                from ..symsolve import check_lower_hessian
+
+                check_lower_hessian(h, k + 1)  # raises with eigenvalues and condition number
         raise HessianError(
             "the Hessian D_kk F_k is not positive definite at the point (its Cholesky "
-            "factorisation failed); call lower_hessians(xs) for its eigenvalues",
+            "factorisation failed)",
             level=k + 1,
         )
 
@@ -319,6 +340,14 @@ class NumericProblem:
             # Fourth-order central difference.
             grad[i] = (values[0] - 8 * values[1] + 8 * values[2] - values[3]) / (12 * step)
         return jnp.asarray(grad)
+
+
+def _structure(value):
+    leaves, tree = jax.tree_util.tree_flatten(value)
+    shapes = tuple(tuple(np.shape(leaf)) for leaf in leaves)
+    if len(shapes) == 1 and len(shapes[0]) <= 1:
+        return (max(1, int(np.prod(shapes[0]))),)  # scalars and vectors: their length
+    return (str(tree), shapes)
 
 
 def _as_float64(x):
