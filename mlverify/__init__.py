@@ -1,3 +1,4 @@
+# ruff: noqa: I001  (the import order is deliberate: float64 is switched on first)
 """mlverify: multilevel optimisation by implicit differentiation, exact and checked.
 
 Importing mlverify switches JAX to float64 (see :mod:`mlverify._config`, the one place).
