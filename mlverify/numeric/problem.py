@@ -256,6 +256,17 @@ class NumericProblem:
                 quantity=quantity,
             )
 
+    def objective_value(self, k: int, flat_blocks) -> float:
+        """f_k (0-based) at the given flat blocks."""
+        return float(self._jit(("value", k), lambda: self.core.fs[k])(tuple(flat_blocks)))
+
+    def reduced_gradient_frozen(self, k: int, flat_blocks) -> jax.Array:
+        """D_k F_k (0-based k >= 1) at the given flat iterates, levels below by the lemmas'
+        formulas at those iterates (what the single-loop algorithm steps along)."""
+        return self._jit(
+            ("reduced_gradient", k), lambda: lambda flat: self.core.reduced_gradient_at(k, flat)
+        )(tuple(flat_blocks))
+
     def _locate_non_finite(self, flat):
         """The deepest level whose reduced gradient or Hessian is not finite at ``flat``."""
         for k in range(self.n - 1, 0, -1):
