@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from .errors import ProblemDefinitionError
+from .errors import NonFiniteError, ProblemDefinitionError
 
 
 def _as_block(var: Any, level: int) -> tuple[sp.Symbol, ...]:
@@ -236,7 +236,14 @@ class MultilevelProblem:
 
     def hypergradient_at(self, x1_value, *, curvature: bool = True, tol: float = 1e-12, init=None):
         """The hypergradient at x_1 as a float64 array of shape (d_1,), lower levels solved."""
-        return self.numeric(curvature).hypergradient_at(x1_value, tol=tol, init=init)
+        # The lower levels are always solved exactly: only the formula drops curvature (for
+        # n >= 4 the curvature-free reduced gradients would converge to the wrong point).
+        solution = self.numeric().solve_lower(x1_value, tol=tol, init=init)
+        value = self.numeric(curvature).hypergradient_frozen((solution.x1, *solution.xs))
+        if not np.all(np.isfinite(value)):
+            raise NonFiniteError("the hypergradient holds NaN or inf", level=1,
+                                 quantity="hypergradient")
+        return value
 
     def lower(self, **options):
         """This problem as a :class:`mlverify.numeric.NumericProblem` on the JAX core."""

@@ -213,15 +213,6 @@ class SymbolicEvaluator:
             tolerance=tol,
         )
 
-    def hypergradient_at(self, x1_value, *, tol=1e-12, init=None) -> np.ndarray:
-        solution = self.solve_lower(x1_value, tol=tol, init=init)
-        value = self.hypergradient_frozen((solution.x1, *solution.xs))
-        if not np.all(np.isfinite(value)):
-            raise NonFiniteError(
-                "the hypergradient holds NaN or inf", level=1, quantity="hypergradient"
-            )
-        return value
-
 
 def _descent_step(g: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, float]:
     """Newton's step where H is positive definite, else steepest descent scaled by |H|."""

@@ -96,6 +96,13 @@ class Report:
             fig, ax = plt.subplots(figsize=(5.5, 4))
         else:
             fig = ax.figure
+        if not self.table:  # not applicable: no run, so no curves; say why on the axes
+            ax.text(0.5, 0.5, f"Theorem {self.theorem}: {self.verdict}\n{self.reason}",
+                    ha="center", va="center", wrap=True, transform=ax.transAxes, fontsize=9)
+            ax.set_axis_off()
+            if path is not None:
+                fig.savefig(path, dpi=110)
+            return fig
         t = np.asarray(self.table["T"], dtype=float)
         right = np.asarray(self.table["right"], dtype=float)
         # The minimum can reach exactly 0 (converged); show four decades below the bound.

@@ -14,6 +14,9 @@ from .report import Report
 
 #: Relative slack for "left <= right": the two sides are float64 sums of up to T terms.
 ROUND_OFF = 1e-9
+#: A lower Hessian whose smallest eigenvalue is below this (relative to max(1, largest)) at
+#: a sampled point makes the level "not strongly convex": the bounds do not apply.
+STRONG_CONVEXITY_FLOOR = 1e-6
 #: Safety factor on the sampled lambda_max: sampling can only under-estimate a maximum.
 L_MARGIN = 1.01
 
@@ -49,11 +52,21 @@ def constants_4_1(problem, box, *, samples: int = 25, seed: int = 0):
     lo, hi = _box(box, num.sizes[0])
     points = _samples(lo, hi, samples, seed)
     lam_min, lam_max, arg_max = np.inf, -np.inf, None
+    mu = np.full(num.n, np.inf)  # per-level strong convexity: min eigenvalue of H_k
     for x in points:
+        where = f"x1 = {np.round(x, 6).tolist()}"
         try:
+            lower = _exact(num, x)[2]
+            hessians = num.lower_hessians([num.unflatten(0, x), *lower])
+            for k, h in enumerate(hessians, start=2):
+                eig_k = np.linalg.eigvalsh(0.5 * (np.asarray(h) + np.asarray(h).T))
+                mu[k - 1] = min(mu[k - 1], eig_k[0])
+                if eig_k[0] <= STRONG_CONVEXITY_FLOOR * max(1.0, abs(eig_k[-1])):
+                    return {}, (f"level {k} is not strongly convex at {where}: min eigenvalue "
+                                f"of D_kk F_k is {eig_k[0]:.3g}")
             eig = np.linalg.eigvalsh(hessian_F1(num, x))
         except (HessianError, ConvergenceError) as err:
-            return {}, f"at x1 = {np.round(x, 6).tolist()}: {err}"
+            return {}, f"at {where}: {err}"
         if eig[0] <= 0:
             return {}, (
                 f"the Hessian of F_1 is not positive definite at x1 = "
@@ -83,6 +96,9 @@ def constants_4_1(problem, box, *, samples: int = 25, seed: int = 0):
         "L": (L_MARGIN * lam_max, how),
         "lambda_min": (lam_min, f"min over {len(points)} sampled points (> 0: positive definite)"),
     }
+    for k in range(2, num.n + 1):
+        constants[f"mu_{k}"] = (float(mu[k - 1]), f"min eigenvalue of D_kk F_k at the lower "
+                                                  f"solutions, over {len(points)} points")
     return constants, None
 
 
