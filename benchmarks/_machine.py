@@ -92,3 +92,81 @@ def _repo_root() -> str:
 
 REPO_ROOT = _repo_root()
 RESULTS = os.path.join(REPO_ROOT, "benchmarks", "results")
+
+
+# ----------------------------------------------------------------------------- code version
+def source_fingerprint(package_dir: str | None = None) -> dict:
+    """git HEAD, whether mlverify/ differs from it, and a sha256 of the mlverify sources."""
+    import hashlib
+
+    package_dir = package_dir or os.path.join(REPO_ROOT, "mlverify")
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(package_dir):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                path = os.path.join(dirpath, name)
+                digest.update(os.path.relpath(path, package_dir).encode())
+                with open(path, "rb") as fh:
+                    digest.update(fh.read())
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "?"
+
+    return {
+        "git_head": git("rev-parse", "--short", "HEAD"),
+        "git_subject": git("log", "-1", "--format=%s"),
+        "mlverify_dirty": bool(git("status", "--porcelain", "--", "mlverify")),
+        "sources_sha256": digest.hexdigest()[:16],
+    }
+
+
+def snapshot_package() -> str:
+    """Copy mlverify/ (as it is now) to a temporary directory; return that directory.
+
+    Workers run with it first on PYTHONPATH, so edits to the working tree during a long
+    sweep cannot mix code versions within one report.
+    """
+    import shutil
+    import tempfile
+
+    target = tempfile.mkdtemp(prefix="mlverify-bench-")
+    shutil.copytree(os.path.join(REPO_ROOT, "mlverify"), os.path.join(target, "mlverify"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+def worker_env(snapshot_dir: str | None) -> dict:
+    env = dict(os.environ)
+    if snapshot_dir:
+        env["PYTHONPATH"] = snapshot_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def code_markdown(fingerprint: dict, snapshot_dir: str | None, worker_files: set) -> str:
+    dirty = " plus uncommitted changes in mlverify/" if fingerprint["mlverify_dirty"] else ""
+    lines = [
+        f"Code measured: git `{fingerprint['git_head']}` ({fingerprint['git_subject']}){dirty}; "
+        f"sha256 of the mlverify sources `{fingerprint['sources_sha256']}`.",
+    ]
+    if snapshot_dir:
+        lines.append("Every worker imported a copy of mlverify/ taken at the start of the sweep "
+                     "(so the whole report measures one code version).")
+    if len(worker_files) > 1:
+        lines.append(f"WARNING: workers imported mlverify from several places: {sorted(worker_files)}")
+    return " ".join(lines)
+
+
+def error_summary(text: str) -> str:
+    """The exception line of a traceback (not JAX's trailing filtering notice)."""
+    import re
+
+    lines = [l for l in text.strip().splitlines() if l.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b", line):
+            return line.strip()
+    return " | ".join(lines[-2:])

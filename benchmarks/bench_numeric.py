@@ -133,14 +133,29 @@ def _emit(tag: str, payload: dict) -> None:
     print(f"{tag} " + json.dumps(payload), flush=True)
 
 
-def worker_frozen(n: int, d: int, method: str, runs: int) -> None:
+def compiler_options(which: str) -> dict:
+    """``library``: the XLA options NumericProblem jits with (if it sets any); ``default``: none."""
+    if which == "default":
+        return {}
+    from mlverify.numeric import problem
+
+    return dict(getattr(problem, "COMPILER_OPTIONS", {}) or {})
+
+
+def worker_frozen(n: int, d: int, method: str, runs: int, xla: str = "library") -> None:
     import jax
     import numpy as np
 
-    out: dict = {"n": n, "d": d, "method": method, "phase": "build"}
+    import mlverify
+
+    out: dict = {"n": n, "d": d, "method": method, "phase": "build",
+                 "mlverify_file": os.path.dirname(mlverify.__file__),
+                 "cpus": sorted(os.sched_getaffinity(0))}
     _emit("PARTIAL", out)
     num, point = numeric_problem(n, d)
-    fn = jax.jit(frozen_function(num, method))
+    options = compiler_options(xla)
+    out["compiler_options"] = options
+    fn = jax.jit(frozen_function(num, method), compiler_options=options or None)
     rss0 = _maxrss_mib()
     out["phase"] = "lower"
     _emit("PARTIAL", out)
@@ -166,10 +181,13 @@ def worker_frozen(n: int, d: int, method: str, runs: int) -> None:
     value = jax.block_until_ready(compiled(point))
     out["first_run_s"] = time.perf_counter() - t0
     times = []
+    cpu0 = time.process_time()
     for _ in range(runs):
         t0 = time.perf_counter()
         jax.block_until_ready(compiled(point))
         times.append(time.perf_counter() - t0)
+    out["run_cpu_per_wall"] = (time.process_time() - cpu0) / max(sum(times), 1e-12)
+    out["load1_after_runs"] = os.getloadavg()[0]
     out["run_ms"] = 1e3 * statistics.median(times)
     out["run_min_ms"] = 1e3 * min(times)
     out["runs"] = len(times)
@@ -182,100 +200,145 @@ def worker_frozen(n: int, d: int, method: str, runs: int) -> None:
     _emit("RESULT", out)
 
 
-def _square_ops(jaxpr, d, acc):
-    """Primitives in ``jaxpr`` (recursively) whose output is a d x d array."""
+def _square_arrays(jaxpr, d, acc):
+    """d x d arrays in ``jaxpr`` and its sub-jaxprs: primitives with a d x d output
+    (``acc["ops"]``) and distinct d x d constant values (``acc["consts"]``, by id)."""
     for eqn in jaxpr.eqns:
-        for var in eqn.outvars:
-            if getattr(var.aval, "shape", None) == (d, d):
-                acc.append(str(eqn.primitive))
+        subs = [sub for param in eqn.params.values()
+                for sub in (param if isinstance(param, (tuple, list)) else (param,))
+                if hasattr(sub, "eqns") or (hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"))]
+        # Call-like primitives (jit, custom_jvp_call, while, ...) are walked into instead:
+        # a d x d output of theirs is either computed by a primitive inside (counted there)
+        # or an input forwarded through (e.g. a coupling matrix kept as a JVP residual).
+        if not subs:
+            for var in eqn.outvars:
+                if getattr(var.aval, "shape", None) == (d, d):
+                    acc["ops"].append(str(eqn.primitive))
         for param in eqn.params.values():
             for sub in param if isinstance(param, (tuple, list)) else (param,):
-                if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
-                    _square_ops(sub.jaxpr, d, acc)
-                elif hasattr(sub, "eqns"):
-                    _square_ops(sub, d, acc)
+                if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):  # ClosedJaxpr
+                    acc["consts"].update(id(c) for c in sub.consts if getattr(c, "shape", None) == (d, d))
+                    _square_arrays(sub.jaxpr, d, acc)
+                elif hasattr(sub, "eqns"):  # Jaxpr
+                    _square_arrays(sub, d, acc)
     return acc
 
 
+def _dxd_check(closed, d):
+    acc = {"ops": [], "consts": {id(c) for c in closed.consts if getattr(c, "shape", None) == (d, d)}}
+    _square_arrays(closed.jaxpr, d, acc)
+    return {"dxd_ops": acc["ops"], "dxd_consts": len(acc["consts"])}
+
+
+def _unjitted(fn):
+    """The Python function under a ``jax.jit`` (whose compiler options forbid nesting)."""
+    return getattr(fn, "__wrapped__", fn)
+
+
 def worker_e2e(n: int, d: int, repeats: int) -> None:
+    """Trilevel end to end; each phase records its error instead of ending the worker."""
+    import traceback
+
     import jax
     import jax.numpy as jnp
     import numpy as np
 
+    import mlverify
     from mlverify.numeric.solvers import _step_function
 
-    out: dict = {"n": n, "d": d, "phase": "build"}
+    out: dict = {"n": n, "d": d, "phase": "build", "errors": {},
+                 "mlverify_file": os.path.dirname(mlverify.__file__),
+                 "cpus": sorted(os.sched_getaffinity(0))}
     num, point = numeric_problem(n, d)
     x1 = point[0]
     rss0 = _maxrss_mib()
 
+    def attempt(phase, fn):
+        out["phase"] = phase
+        _emit("PARTIAL", out)
+        try:
+            return fn()
+        except Exception as exc:  # recorded in the report, not hidden
+            out["errors"][phase] = _machine.error_summary(traceback.format_exc()) or repr(exc)
+            return None
+
     # Which d x d arrays do the traced programs hold? (frozen exact; the Newton-CG steps)
-    out["phase"] = "jaxpr check"
-    _emit("PARTIAL", out)
     checks = {}
-    closed = jax.make_jaxpr(num._frozen_builder("exact", {}))(point)
-    checks["frozen exact"] = {
-        "dxd_ops": _square_ops(closed.jaxpr, d, []),
-        "dxd_consts": sum(1 for c in closed.consts if getattr(c, "shape", None) == (d, d)),
-    }
+    closed = attempt("jaxpr check: frozen exact",
+                     lambda: jax.make_jaxpr(num._frozen_builder("exact", {}))(point))
+    if closed is not None:
+        checks["frozen exact (`_frozen_builder`, with status)"] = _dxd_check(closed, d)
     for k in range(1, n):
-        closed = jax.make_jaxpr(_step_function(num, k, "newton"))(point)
-        checks[f"Newton-CG step, level {k + 1}"] = {
-            "dxd_ops": _square_ops(closed.jaxpr, d, []),
-            "dxd_consts": sum(1 for c in closed.consts if getattr(c, "shape", None) == (d, d)),
-        }
+        closed = attempt(f"jaxpr check: Newton-CG step, level {k + 1}",
+                         lambda k=k: jax.make_jaxpr(_unjitted(_step_function(num, k, "newton")))(point))
+        if closed is not None:
+            checks[f"Newton-CG step of the lower solve, level {k + 1}"] = _dxd_check(closed, d)
     out["dxd_check"] = checks
 
+    # Warm frozen hypergradient at the seeded iterates (no solve), for reference.
+    def frozen():
+        jax.block_until_ready(num.hypergradient_frozen(point, "exact"))
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(num.hypergradient_frozen(point, "exact"))
+            times.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(times)
+
+    out["frozen_at_iterates_ms"] = attempt("frozen hypergradient at iterates", frozen)
+
     # First call: JIT compilation of the solver steps and of the frozen formula included.
-    out["phase"] = "first call"
-    _emit("PARTIAL", out)
-    t0 = time.perf_counter()
-    value = jax.block_until_ready(num.hypergradient(x1, method="exact"))
-    out["first_call_s"] = time.perf_counter() - t0
+    def first():
+        t0 = time.perf_counter()
+        value = jax.block_until_ready(num.hypergradient(x1, method="exact"))
+        out["value_norm"] = float(jnp.linalg.norm(value))
+        return time.perf_counter() - t0
+
+    out["first_call_s"] = attempt("first hypergradient(x1) call", first)
 
     # Warm calls at nearby x1 (all compiled now): solve and hypergradient timed apart.
-    out["phase"] = "warm calls"
-    _emit("PARTIAL", out)
-    rng = np.random.default_rng(7)
-    solve_s, hg_s, total_s, residuals, iterations = [], [], [], [], []
-    for _ in range(repeats):
-        x = x1 + jnp.asarray(0.05 * rng.standard_normal(d))
-        t0 = time.perf_counter()
-        lower = num.solve_lower(x)
-        jax.block_until_ready(tuple(lower))
-        t1 = time.perf_counter()
-        h = jax.block_until_ready(num.hypergradient_frozen((x, *lower), "exact"))
-        t2 = time.perf_counter()
-        jax.block_until_ready(num.hypergradient(x, method="exact"))
-        t3 = time.perf_counter()
-        solve_s.append(t1 - t0)
-        hg_s.append(t2 - t1)
-        total_s.append(t3 - t2)
-        residuals.append(lower.residual)
-        iterations.append(lower.iterations)
-        assert bool(jnp.all(jnp.isfinite(h)))
-    out.update(
-        solve_ms=1e3 * statistics.median(solve_s),
-        frozen_ms=1e3 * statistics.median(hg_s),
-        hypergradient_ms=1e3 * statistics.median(total_s),
-        repeats=repeats,
-        max_residual=max(residuals),
-        newton_iterations=sorted(set(iterations)),
-        rss_peak_mib=_maxrss_mib(),
-        rss_growth_mib=_maxrss_mib() - rss0,
-        value_norm=float(jnp.linalg.norm(value)),
-        phase="done",
-    )
+    def warm():
+        rng = np.random.default_rng(7)
+        solve_s, hg_s, total_s, residuals, iterations = [], [], [], [], []
+        for _ in range(repeats):
+            x = x1 + jnp.asarray(0.05 * rng.standard_normal(d))
+            t0 = time.perf_counter()
+            lower = num.solve_lower(x)
+            jax.block_until_ready(tuple(lower))
+            t1 = time.perf_counter()
+            h = jax.block_until_ready(num.hypergradient_frozen((x, *lower), "exact"))
+            t2 = time.perf_counter()
+            jax.block_until_ready(num.hypergradient(x, method="exact"))
+            t3 = time.perf_counter()
+            solve_s.append(t1 - t0)
+            hg_s.append(t2 - t1)
+            total_s.append(t3 - t2)
+            residuals.append(lower.residual)
+            iterations.append(lower.iterations)
+            assert bool(jnp.all(jnp.isfinite(h))), "non-finite hypergradient"
+        out.update(
+            solve_ms=1e3 * statistics.median(solve_s),
+            frozen_ms=1e3 * statistics.median(hg_s),
+            hypergradient_ms=1e3 * statistics.median(total_s),
+            repeats=repeats,
+            max_residual=max(residuals),
+            newton_iterations=sorted(set(iterations)),
+        )
+        return True
+
+    if out["first_call_s"] is not None:
+        attempt("warm calls", warm)
+    out.update(rss_peak_mib=_maxrss_mib(), rss_growth_mib=_maxrss_mib() - rss0, phase="done")
     _emit("RESULT", out)
 
 
 # ----------------------------------------------------------------------------- driver
-def run_worker(spec: list, timeout: float) -> dict:
+def run_worker(spec: list, timeout: float, env=None) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
     t0 = time.perf_counter()
     timed_out = False
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         stdout, stderr, rc = proc.stdout, proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as exc:
         timed_out = True
@@ -292,8 +355,14 @@ def run_worker(spec: list, timeout: float) -> dict:
         row["status"] = f"timeout > {timeout:.0f} s (in {row.get('phase', 'startup')})"
     else:
         row = partial[-1] if partial else {}
-        tail = (stderr or stdout).strip().splitlines()[-2:]
-        row["status"] = "error: " + " | ".join(tail)
+        if rc is not None and rc < 0:
+            import signal
+
+            name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+            row["status"] = (f"killed by {name} (in {row.get('phase', 'startup')}; "
+                             "SIGKILL is most likely the out-of-memory killer)")
+        else:
+            row["status"] = f"error (rc {rc}): " + _machine.error_summary(stderr or stdout)
     row["subprocess_wall_s"] = wall
     return row
 
@@ -319,8 +388,8 @@ def _fmt(x, unit=""):
 
 
 def frozen_table(rows) -> str:
-    head = ["n", "d", "method", "lower (s)", "compile (s)", "run (ms, median)", "XLA temp (KiB)",
-            "peak RSS (MiB)", "RSS growth (MiB)", "rel. diff. to exact"]
+    head = ["n", "d", "method", "lower (s)", "compile (s)", "run (ms, median)", "run (ms, min)",
+            "XLA temp (KiB)", "peak RSS (MiB)", "RSS growth (MiB)", "load", "rel. diff. to exact"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     exact = {(r["n"], r["d"]): r.get("value") for r in rows if r["method"] == "exact" and r.get("status") == "ok"}
     for r in rows:
@@ -350,9 +419,11 @@ def frozen_table(rows) -> str:
             _fmt(r["lower_s"]),
             _fmt(r["compile_s"]),
             _fmt(r["run_ms"]),
+            _fmt(r.get("run_min_ms")),
             "-" if temp is None else _fmt(temp / 1024),
             _fmt(r["rss_peak_mib"]),
             _fmt(r["rss_growth_mib"]),
+            f"{r['load1_after_runs']:.1f}" if "load1_after_runs" in r else "-",
             diff,
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -360,37 +431,58 @@ def frozen_table(rows) -> str:
 
 
 def e2e_section(row) -> str:
-    if row.get("status") != "ok":
-        return f"End-to-end run did not finish: {row.get('status')} (phase {row.get('phase')})."
+    if row.get("phase") != "done":
+        return (f"The end-to-end worker did not finish: {row.get('status')} "
+                f"(phase: {row.get('phase')}).")
     lines = [
         f"Trilevel (n = {row['n']}), blocks of d = {row['d']} (3 x {row['d']} variables), "
-        "`method=\"exact\"`, lower levels solved by nested Newton-CG to 1e-10.",
+        "`method=\"exact\"`, lower levels solved by nested Newton-CG (default tolerance 1e-10).",
         "",
         "| quantity | value |",
         "|---|---|",
-        f"| first `num.hypergradient(x1, method=\"exact\")` call (incl. JIT compilation) | {row['first_call_s']:.1f} s |",
-        f"| warm `num.solve_lower(x1)` (median of {row['repeats']} nearby x1) | {row['solve_ms']:.0f} ms |",
-        f"| warm `num.hypergradient_frozen((x1, *lower), \"exact\")` | {row['frozen_ms']:.1f} ms |",
-        f"| warm `num.hypergradient(x1, method=\"exact\")` (solve + hypergradient) | {row['hypergradient_ms']:.0f} ms |",
-        f"| Newton iterations (all levels, nested) per solve | {', '.join(map(str, row['newton_iterations']))} |",
-        f"| largest lower residual reached | {row['max_residual']:.1e} |",
-        f"| peak RSS of the worker process | {row['rss_peak_mib']:.0f} MiB (growth {row['rss_growth_mib']:.0f} MiB after the problem was built) |",
-        "",
-        "d x d arrays in the traced programs (`jax.make_jaxpr`, recursively through sub-jaxprs):",
-        "",
-        "| program | ops with a d x d output | d x d constants |",
-        "|---|---|---|",
     ]
-    for name, check in row["dxd_check"].items():
-        ops = check["dxd_ops"]
-        lines.append(f"| {name} | {len(ops)}{(' (' + ', '.join(sorted(set(ops))) + ')') if ops else ''} | {check['dxd_consts']} |")
-    lines += [
-        "",
-        "The d x d constants are the problem's own coupling matrices W_k, V_k, U_k (data closed",
-        "over by the objectives); no operation produces a d x d array, i.e. no Hessian or",
-        "Jacobian is formed: blocks larger than 200 use conjugate gradients on Hessian-vector",
-        "products, both in the lower solve and in the hypergradient's linear solves.",
-    ]
+
+    def item(label, key, fmt):
+        value = row.get(key)
+        lines.append(f"| {label} | {fmt.format(value) if value is not None else 'failed (see below)'} |")
+
+    item("warm `num.hypergradient_frozen(point, \"exact\")` at the seeded iterates (no solve)",
+         "frozen_at_iterates_ms", "{:.1f} ms")
+    item("first `num.hypergradient(x1, method=\"exact\")` call (incl. JIT compilation)",
+         "first_call_s", "{:.1f} s")
+    if "solve_ms" in row:
+        item(f"warm `num.solve_lower(x1)` (median of {row['repeats']} nearby x1)", "solve_ms", "{:.0f} ms")
+        item("warm `num.hypergradient_frozen((x1, *lower), \"exact\")`", "frozen_ms", "{:.1f} ms")
+        item("warm `num.hypergradient(x1, method=\"exact\")` (solve + hypergradient)",
+             "hypergradient_ms", "{:.0f} ms")
+        lines.append(f"| Newton iterations (all levels, nested) per solve | "
+                     f"{', '.join(map(str, row['newton_iterations']))} |")
+        lines.append(f"| largest lower residual reached | {row['max_residual']:.1e} |")
+    lines.append(f"| peak RSS of the worker process | {row['rss_peak_mib']:.0f} MiB "
+                 f"(growth {row['rss_growth_mib']:.0f} MiB after the problem was built) |")
+    if row.get("errors"):
+        lines += ["", "Errors (phase: exception):", ""]
+        lines += [f"* {phase}: `{msg}`" for phase, msg in row["errors"].items()]
+    checks = row.get("dxd_check") or {}
+    if checks:
+        lines += [
+            "",
+            "d x d arrays in the traced programs (`jax.make_jaxpr`, recursively through sub-jaxprs):",
+            "",
+            "| program | ops with a d x d output | distinct d x d constants |",
+            "|---|---|---|",
+        ]
+        for name, check in checks.items():
+            ops = check["dxd_ops"]
+            kinds = (" (" + ", ".join(sorted(set(ops))) + ")") if ops else ""
+            lines.append(f"| {name} | {len(ops)}{kinds} | {check['dxd_consts']} |")
+        lines += [
+            "",
+            "The d x d constants are the problem's own coupling matrices W_k, V_k, U_k (data",
+            "closed over by the objectives). An op count of 0 means no operation in that program",
+            "produces a d x d array: no Hessian or Jacobian is formed, since blocks larger than 200",
+            "use conjugate gradients on Hessian-vector products.",
+        ]
     return "\n".join(lines)
 
 
@@ -401,12 +493,27 @@ def main(argv=None) -> None:
                         help="time budget per configuration in s (default 120; 60 with --quick)")
     parser.add_argument("--runs", type=int, default=9, help="timed runs per configuration (>= 7)")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--sizes", help="comma-separated NxD configurations to run instead of "
+                        "the sweep's, e.g. 2x4,3x4,4x4")
     parser.add_argument("--no-e2e", action="store_true", help="skip the trilevel d = 1000 end-to-end run")
     parser.add_argument("--out", default=os.path.join(_machine.RESULTS, "numeric.md"))
+    parser.add_argument("--xla-options", choices=("library", "default"), default="library",
+                        help="compile with the XLA options NumericProblem uses (default) or "
+                             "with XLA's defaults")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin each worker to one CPU core (see the report)")
+    parser.add_argument("--pin-cpu", type=int, default=None,
+                        help="the core to pin workers to (default: the last one available)")
+    parser.add_argument("--no-snapshot", action="store_true",
+                        help="import mlverify from the working tree in every worker instead of "
+                             "a copy taken at the start")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
+        pin = os.environ.get("MLVERIFY_BENCH_PIN_CPU")
+        if pin:  # before jax is imported: XLA sizes its thread pool from the affinity mask
+            os.sched_setaffinity(0, {int(pin)})
         spec = json.loads(args.worker)
         if spec[0] == "frozen":
             worker_frozen(*spec[1:])
@@ -419,17 +526,26 @@ def main(argv=None) -> None:
     methods = [m for m in args.methods.split(",") if m]
     info = _machine.describe()
     command = _machine.command_line()
+    fingerprint = _machine.source_fingerprint()
+    snapshot = None if args.no_snapshot else _machine.snapshot_package()
+    env = _machine.worker_env(snapshot)
+    pinned = None
+    if not args.no_pin and hasattr(os, "sched_setaffinity"):
+        pinned = args.pin_cpu if args.pin_cpu is not None else max(os.sched_getaffinity(0))
+        env["MLVERIFY_BENCH_PIN_CPU"] = str(pinned)
     t_start = time.perf_counter()
 
     rows = []
     timed_out: dict[str, list[tuple[int, int]]] = {m: [] for m in methods}
-    for n, d in sweep_configurations(args.quick):
+    sizes = ([tuple(int(v) for v in item.split("x")) for item in args.sizes.split(",") if item]
+             if args.sizes else sweep_configurations(args.quick))
+    for n, d in sizes:
         for method in methods:
             if any(n2 <= n and d2 <= d for n2, d2 in timed_out[method]):
                 row = {"n": n, "d": d, "method": method,
                        "status": "skipped (timed out at smaller or equal n and d)"}
             else:
-                row = run_worker(["frozen", n, d, method, runs], timeout)
+                row = run_worker(["frozen", n, d, method, runs, args.xla_options], timeout, env)
                 if row["status"].startswith("timeout"):
                     timed_out[method].append((n, d))
             row.setdefault("n", n), row.setdefault("d", d), row.setdefault("method", method)
@@ -439,9 +555,21 @@ def main(argv=None) -> None:
 
     e2e = None
     if not args.no_e2e:
-        e2e = run_worker(["e2e", 3, 1000, 5], max(timeout, 300.0))
-        print(f"e2e: { {k: e2e.get(k) for k in ('status', 'first_call_s', 'solve_ms', 'frozen_ms', 'hypergradient_ms')} }", flush=True)
+        e2e = run_worker(["e2e", 3, 1000, 5], max(timeout, 300.0), env)
+        print(f"e2e: { {k: e2e.get(k) for k in ('status', 'errors', 'first_call_s', 'solve_ms', 'frozen_ms', 'hypergradient_ms')} }", flush=True)
     total_min = (time.perf_counter() - t_start) / 60
+    worker_files = {r["mlverify_file"] for r in rows + ([e2e] if e2e else []) if r.get("mlverify_file")}
+    if snapshot:
+        fingerprint["snapshot_sha256"] = _machine.source_fingerprint(os.path.join(snapshot, "mlverify"))["sources_sha256"]
+        import shutil
+
+        shutil.rmtree(snapshot, ignore_errors=True)
+    fingerprint["working_tree_sha256_at_end"] = _machine.source_fingerprint()["sources_sha256"]
+    code_line = _machine.code_markdown(fingerprint, snapshot, worker_files)
+    if fingerprint["working_tree_sha256_at_end"] != fingerprint["sources_sha256"]:
+        code_line += (" The working tree's mlverify/ changed during the sweep (sha256 at the end "
+                      f"`{fingerprint['working_tree_sha256_at_end']}`)"
+                      + ("; the snapshot was measured." if snapshot else "; rows may mix versions."))
 
     blocks4 = [r for r in rows if r["d"] == 4]
     larger = [r for r in rows if r["d"] != 4]
@@ -457,6 +585,25 @@ def main(argv=None) -> None:
         "## Machine",
         "",
         _machine.markdown(info, command),
+        "",
+        code_line,
+        "",
+        (f"Workers pinned to CPU core {pinned} (`os.sched_setaffinity` before importing jax, so XLA "
+         "runs single-threaded). On this shared 2-core machine, unpinned workers showed bimodal "
+         "run times whenever other jobs ran: the same compiled program (n = 3, d = 100, `exact`) "
+         "took 0.45 ms in one process and 40-50 ms in the next, with CPU time / wall time < 1 "
+         "(XLA's 2-thread pool waiting on a busy core); pinned, it took 0.42-0.45 ms in six of "
+         "six processes at load ~4.8. `--no-pin` runs unpinned."
+         if pinned is not None else
+         "Workers not pinned (`--no-pin`): XLA uses its default thread pool; on a shared machine "
+         "run times of the larger configurations can then be bimodal (see `benchmarks/README.md`)."),
+        "",
+        "XLA compiler options of the frozen sweep (`--xla-options "
+        f"{args.xla_options}`): "
+        + ", ".join(sorted({("`" + json.dumps(r["compiler_options"]) + "`") if r.get("compiler_options")
+                            else "none (XLA defaults)" for r in rows if "compiler_options" in r}) or {"-"})
+        + (" (the options `NumericProblem` jits with, `mlverify.numeric.problem.COMPILER_OPTIONS`)."
+           if args.xla_options == "library" else "."),
         "",
         "## What is measured",
         "",
@@ -481,6 +628,11 @@ def main(argv=None) -> None:
         "* **peak RSS (MiB)**: `resource.getrusage(RUSAGE_SELF).ru_maxrss` of the worker process",
         "  at the end (includes about 250-300 MiB of Python + JAX baseline); **RSS growth**: its",
         "  increase over lower + compile + runs, i.e. mostly compilation memory;",
+        "* **load**: the machine's 1-minute load average right after the timed runs, the worker",
+        "  itself included (about 1 of it; 2 cores:",
+        "  above ~2 other jobs competed for the CPU, and XLA's thread pool can then stall far",
+        "  beyond a 2x slowdown; e.g. a standalone re-run of n = 3, d = 100, `exact` at load ~2 gave",
+        "  0.38 ms where an earlier sweep at load ~4 gave 45 ms);",
         "* **rel. diff. to exact**: max-norm difference to `exact` at the same point, relative to",
         "  max |exact| (a check that the methods compute comparable things, not an accuracy study:",
         "  the iterates are not lower-level solutions).",
@@ -505,7 +657,8 @@ def main(argv=None) -> None:
     with open(args.out, "w") as fh:
         fh.write("\n".join(text))
     with open(os.path.splitext(args.out)[0] + ".json", "w") as fh:
-        json.dump({"machine": info, "command": command, "timeout_s": timeout, "rows": rows, "e2e": e2e},
+        json.dump({"machine": info, "command": command, "code": fingerprint, "timeout_s": timeout,
+                   "total_min": total_min, "rows": rows, "e2e": e2e},
                   fh, indent=1)
     print(f"wrote {args.out}")
 
