@@ -112,8 +112,9 @@ def source_fingerprint(package_dir: str | None = None) -> dict:
 
     def git(*args):
         try:
-            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                                  check=True).stdout.strip()
+            return subprocess.run(
+                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+            ).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return "?"
 
@@ -135,15 +136,20 @@ def snapshot_package() -> str:
     import tempfile
 
     target = tempfile.mkdtemp(prefix="mlverify-bench-")
-    shutil.copytree(os.path.join(REPO_ROOT, "mlverify"), os.path.join(target, "mlverify"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        os.path.join(REPO_ROOT, "mlverify"),
+        os.path.join(target, "mlverify"),
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     return target
 
 
 def worker_env(snapshot_dir: str | None) -> dict:
     env = dict(os.environ)
     if snapshot_dir:
-        env["PYTHONPATH"] = snapshot_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONPATH"] = snapshot_dir + (
+            os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+        )
     return env
 
 
@@ -154,10 +160,14 @@ def code_markdown(fingerprint: dict, snapshot_dir: str | None, worker_files: set
         f"sha256 of the mlverify sources `{fingerprint['sources_sha256']}`.",
     ]
     if snapshot_dir:
-        lines.append("Every worker imported a copy of mlverify/ taken at the start of the sweep "
-                     "(so the whole report measures one code version).")
+        lines.append(
+            "Every worker imported a copy of mlverify/ taken at the start of the sweep "
+            "(so the whole report measures one code version)."
+        )
     if len(worker_files) > 1:
-        lines.append(f"WARNING: workers imported mlverify from several places: {sorted(worker_files)}")
+        lines.append(
+            f"WARNING: workers imported mlverify from several places: {sorted(worker_files)}"
+        )
     return " ".join(lines)
 
 

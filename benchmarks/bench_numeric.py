@@ -148,9 +148,14 @@ def worker_frozen(n: int, d: int, method: str, runs: int, xla: str = "library") 
 
     import mlverify
 
-    out: dict = {"n": n, "d": d, "method": method, "phase": "build",
-                 "mlverify_file": os.path.dirname(mlverify.__file__),
-                 "cpus": sorted(os.sched_getaffinity(0))}
+    out: dict = {
+        "n": n,
+        "d": d,
+        "method": method,
+        "phase": "build",
+        "mlverify_file": os.path.dirname(mlverify.__file__),
+        "cpus": sorted(os.sched_getaffinity(0)),
+    }
     _emit("PARTIAL", out)
     num, point = numeric_problem(n, d)
     options = compiler_options(xla)
@@ -204,9 +209,12 @@ def _square_arrays(jaxpr, d, acc):
     """d x d arrays in ``jaxpr`` and its sub-jaxprs: primitives with a d x d output
     (``acc["ops"]``) and distinct d x d constant values (``acc["consts"]``, by id)."""
     for eqn in jaxpr.eqns:
-        subs = [sub for param in eqn.params.values()
-                for sub in (param if isinstance(param, (tuple, list)) else (param,))
-                if hasattr(sub, "eqns") or (hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"))]
+        subs = [
+            sub
+            for param in eqn.params.values()
+            for sub in (param if isinstance(param, (tuple, list)) else (param,))
+            if hasattr(sub, "eqns") or (hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"))
+        ]
         # Call-like primitives (jit, custom_jvp_call, while, ...) are walked into instead:
         # a d x d output of theirs is either computed by a primitive inside (counted there)
         # or an input forwarded through (e.g. a coupling matrix kept as a JVP residual).
@@ -217,7 +225,9 @@ def _square_arrays(jaxpr, d, acc):
         for param in eqn.params.values():
             for sub in param if isinstance(param, (tuple, list)) else (param,):
                 if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):  # ClosedJaxpr
-                    acc["consts"].update(id(c) for c in sub.consts if getattr(c, "shape", None) == (d, d))
+                    acc["consts"].update(
+                        id(c) for c in sub.consts if getattr(c, "shape", None) == (d, d)
+                    )
                     _square_arrays(sub.jaxpr, d, acc)
                 elif hasattr(sub, "eqns"):  # Jaxpr
                     _square_arrays(sub, d, acc)
@@ -225,7 +235,10 @@ def _square_arrays(jaxpr, d, acc):
 
 
 def _dxd_check(closed, d):
-    acc = {"ops": [], "consts": {id(c) for c in closed.consts if getattr(c, "shape", None) == (d, d)}}
+    acc = {
+        "ops": [],
+        "consts": {id(c) for c in closed.consts if getattr(c, "shape", None) == (d, d)},
+    }
     _square_arrays(closed.jaxpr, d, acc)
     return {"dxd_ops": acc["ops"], "dxd_consts": len(acc["consts"])}
 
@@ -246,9 +259,14 @@ def worker_e2e(n: int, d: int, repeats: int) -> None:
     import mlverify
     from mlverify.numeric.solvers import _step_function
 
-    out: dict = {"n": n, "d": d, "phase": "build", "errors": {},
-                 "mlverify_file": os.path.dirname(mlverify.__file__),
-                 "cpus": sorted(os.sched_getaffinity(0))}
+    out: dict = {
+        "n": n,
+        "d": d,
+        "phase": "build",
+        "errors": {},
+        "mlverify_file": os.path.dirname(mlverify.__file__),
+        "cpus": sorted(os.sched_getaffinity(0)),
+    }
     num, point = numeric_problem(n, d)
     x1 = point[0]
     rss0 = _maxrss_mib()
@@ -264,13 +282,16 @@ def worker_e2e(n: int, d: int, repeats: int) -> None:
 
     # Which d x d arrays do the traced programs hold? (frozen exact; the Newton-CG steps)
     checks = {}
-    closed = attempt("jaxpr check: frozen exact",
-                     lambda: jax.make_jaxpr(num._frozen_builder("exact", {}))(point))
+    closed = attempt(
+        "jaxpr check: frozen exact", lambda: jax.make_jaxpr(num._frozen_builder("exact", {}))(point)
+    )
     if closed is not None:
         checks["frozen exact (`_frozen_builder`, with status)"] = _dxd_check(closed, d)
     for k in range(1, n):
-        closed = attempt(f"jaxpr check: Newton-CG step, level {k + 1}",
-                         lambda k=k: jax.make_jaxpr(_unjitted(_step_function(num, k, "newton")))(point))
+        closed = attempt(
+            f"jaxpr check: Newton-CG step, level {k + 1}",
+            lambda k=k: jax.make_jaxpr(_unjitted(_step_function(num, k, "newton")))(point),
+        )
         if closed is not None:
             checks[f"Newton-CG step of the lower solve, level {k + 1}"] = _dxd_check(closed, d)
     out["dxd_check"] = checks
@@ -345,8 +366,12 @@ def run_worker(spec: list, timeout: float, env=None) -> dict:
         stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         stderr, rc = "", None
     wall = time.perf_counter() - t0
-    results = [json.loads(l.split(" ", 1)[1]) for l in stdout.splitlines() if l.startswith("RESULT ")]
-    partial = [json.loads(l.split(" ", 1)[1]) for l in stdout.splitlines() if l.startswith("PARTIAL ")]
+    results = [
+        json.loads(l.split(" ", 1)[1]) for l in stdout.splitlines() if l.startswith("RESULT ")
+    ]
+    partial = [
+        json.loads(l.split(" ", 1)[1]) for l in stdout.splitlines() if l.startswith("PARTIAL ")
+    ]
     if results and rc == 0:
         row = results[-1]
         row["status"] = "ok"
@@ -358,9 +383,13 @@ def run_worker(spec: list, timeout: float, env=None) -> dict:
         if rc is not None and rc < 0:
             import signal
 
-            name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
-            row["status"] = (f"killed by {name} (in {row.get('phase', 'startup')}; "
-                             "SIGKILL is most likely the out-of-memory killer)")
+            name = (
+                signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+            )
+            row["status"] = (
+                f"killed by {name} (in {row.get('phase', 'startup')}; "
+                "SIGKILL is most likely the out-of-memory killer)"
+            )
         else:
             row["status"] = f"error (rc {rc}): " + _machine.error_summary(stderr or stdout)
     row["subprocess_wall_s"] = wall
@@ -388,10 +417,26 @@ def _fmt(x, unit=""):
 
 
 def frozen_table(rows) -> str:
-    head = ["n", "d", "method", "lower (s)", "compile (s)", "run (ms, median)", "run (ms, min)",
-            "XLA temp (KiB)", "peak RSS (MiB)", "RSS growth (MiB)", "load", "rel. diff. to exact"]
+    head = [
+        "n",
+        "d",
+        "method",
+        "lower (s)",
+        "compile (s)",
+        "run (ms, median)",
+        "run (ms, min)",
+        "XLA temp (KiB)",
+        "peak RSS (MiB)",
+        "RSS growth (MiB)",
+        "load",
+        "rel. diff. to exact",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    exact = {(r["n"], r["d"]): r.get("value") for r in rows if r["method"] == "exact" and r.get("status") == "ok"}
+    exact = {
+        (r["n"], r["d"]): r.get("value")
+        for r in rows
+        if r["method"] == "exact" and r.get("status") == "ok"
+    }
     for r in rows:
         cells = [str(r["n"]), str(r["d"]), r["method"]]
         if r.get("status") != "ok":
@@ -432,11 +477,13 @@ def frozen_table(rows) -> str:
 
 def e2e_section(row) -> str:
     if row.get("phase") != "done":
-        return (f"The end-to-end worker did not finish: {row.get('status')} "
-                f"(phase: {row.get('phase')}).")
+        return (
+            f"The end-to-end worker did not finish: {row.get('status')} "
+            f"(phase: {row.get('phase')})."
+        )
     lines = [
         f"Trilevel (n = {row['n']}), blocks of d = {row['d']} (3 x {row['d']} variables), "
-        "`method=\"exact\"`, lower levels solved by nested Newton-CG (default tolerance 1e-10).",
+        '`method="exact"`, lower levels solved by nested Newton-CG (default tolerance 1e-10).',
         "",
         "| quantity | value |",
         "|---|---|",
@@ -444,22 +491,41 @@ def e2e_section(row) -> str:
 
     def item(label, key, fmt):
         value = row.get(key)
-        lines.append(f"| {label} | {fmt.format(value) if value is not None else 'failed (see below)'} |")
+        lines.append(
+            f"| {label} | {fmt.format(value) if value is not None else 'failed (see below)'} |"
+        )
 
-    item("warm `num.hypergradient_frozen(point, \"exact\")` at the seeded iterates (no solve)",
-         "frozen_at_iterates_ms", "{:.1f} ms")
-    item("first `num.hypergradient(x1, method=\"exact\")` call (incl. JIT compilation)",
-         "first_call_s", "{:.1f} s")
+    item(
+        'warm `num.hypergradient_frozen(point, "exact")` at the seeded iterates (no solve)',
+        "frozen_at_iterates_ms",
+        "{:.1f} ms",
+    )
+    item(
+        'first `num.hypergradient(x1, method="exact")` call (incl. JIT compilation)',
+        "first_call_s",
+        "{:.1f} s",
+    )
     if "solve_ms" in row:
-        item(f"warm `num.solve_lower(x1)` (median of {row['repeats']} nearby x1)", "solve_ms", "{:.0f} ms")
-        item("warm `num.hypergradient_frozen((x1, *lower), \"exact\")`", "frozen_ms", "{:.1f} ms")
-        item("warm `num.hypergradient(x1, method=\"exact\")` (solve + hypergradient)",
-             "hypergradient_ms", "{:.0f} ms")
-        lines.append(f"| Newton iterations (all levels, nested) per solve | "
-                     f"{', '.join(map(str, row['newton_iterations']))} |")
+        item(
+            f"warm `num.solve_lower(x1)` (median of {row['repeats']} nearby x1)",
+            "solve_ms",
+            "{:.0f} ms",
+        )
+        item('warm `num.hypergradient_frozen((x1, *lower), "exact")`', "frozen_ms", "{:.1f} ms")
+        item(
+            'warm `num.hypergradient(x1, method="exact")` (solve + hypergradient)',
+            "hypergradient_ms",
+            "{:.0f} ms",
+        )
+        lines.append(
+            f"| Newton iterations (all levels, nested) per solve | "
+            f"{', '.join(map(str, row['newton_iterations']))} |"
+        )
         lines.append(f"| largest lower residual reached | {row['max_residual']:.1e} |")
-    lines.append(f"| peak RSS of the worker process | {row['rss_peak_mib']:.0f} MiB "
-                 f"(growth {row['rss_growth_mib']:.0f} MiB after the problem was built) |")
+    lines.append(
+        f"| peak RSS of the worker process | {row['rss_peak_mib']:.0f} MiB "
+        f"(growth {row['rss_growth_mib']:.0f} MiB after the problem was built) |"
+    )
     if row.get("errors"):
         lines += ["", "Errors (phase: exception):", ""]
         lines += [f"* {phase}: `{msg}`" for phase, msg in row["errors"].items()]
@@ -467,7 +533,8 @@ def e2e_section(row) -> str:
     if checks:
         lines += [
             "",
-            "d x d arrays in the traced programs (`jax.make_jaxpr`, recursively through sub-jaxprs):",
+            "d x d arrays in the traced programs (`jax.make_jaxpr`, recursively through "
+            "sub-jaxprs):",
             "",
             "| program | ops with a d x d output | distinct d x d constants |",
             "|---|---|---|",
@@ -480,7 +547,8 @@ def e2e_section(row) -> str:
             "",
             "The d x d constants are the problem's own coupling matrices W_k, V_k, U_k (data",
             "closed over by the objectives). An op count of 0 means no operation in that program",
-            "produces a d x d array: no Hessian or Jacobian is formed, since blocks larger than 200",
+            "produces a d x d array: no Hessian or Jacobian is formed, since blocks larger than "
+            "200",
             "use conjugate gradients on Hessian-vector products.",
         ]
     return "\n".join(lines)
@@ -489,24 +557,45 @@ def e2e_section(row) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sweep (n <= 4, d <= 100)")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="time budget per configuration in s (default 120; 60 with --quick)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="time budget per configuration in s (default 120; 60 with --quick)",
+    )
     parser.add_argument("--runs", type=int, default=9, help="timed runs per configuration (>= 7)")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--sizes", help="comma-separated NxD configurations to run instead of "
-                        "the sweep's, e.g. 2x4,3x4,4x4")
-    parser.add_argument("--no-e2e", action="store_true", help="skip the trilevel d = 1000 end-to-end run")
+    parser.add_argument(
+        "--sizes",
+        help="comma-separated NxD configurations to run instead of the sweep's, e.g. 2x4,3x4,4x4",
+    )
+    parser.add_argument(
+        "--no-e2e", action="store_true", help="skip the trilevel d = 1000 end-to-end run"
+    )
     parser.add_argument("--out", default=os.path.join(_machine.RESULTS, "numeric.md"))
-    parser.add_argument("--xla-options", choices=("library", "default"), default="library",
-                        help="compile with the XLA options NumericProblem uses (default) or "
-                             "with XLA's defaults")
-    parser.add_argument("--no-pin", action="store_true",
-                        help="do not pin each worker to one CPU core (see the report)")
-    parser.add_argument("--pin-cpu", type=int, default=None,
-                        help="the core to pin workers to (default: the last one available)")
-    parser.add_argument("--no-snapshot", action="store_true",
-                        help="import mlverify from the working tree in every worker instead of "
-                             "a copy taken at the start")
+    parser.add_argument(
+        "--xla-options",
+        choices=("library", "default"),
+        default="library",
+        help="compile with the XLA options NumericProblem uses (default) or with XLA's defaults",
+    )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin each worker to one CPU core (see the report)",
+    )
+    parser.add_argument(
+        "--pin-cpu",
+        type=int,
+        default=None,
+        help="the core to pin workers to (default: the last one available)",
+    )
+    parser.add_argument(
+        "--no-snapshot",
+        action="store_true",
+        help="import mlverify from the working tree in every worker instead of "
+        "a copy taken at the start",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -537,39 +626,63 @@ def main(argv=None) -> None:
 
     rows = []
     timed_out: dict[str, list[tuple[int, int]]] = {m: [] for m in methods}
-    sizes = ([tuple(int(v) for v in item.split("x")) for item in args.sizes.split(",") if item]
-             if args.sizes else sweep_configurations(args.quick))
+    sizes = (
+        [tuple(int(v) for v in item.split("x")) for item in args.sizes.split(",") if item]
+        if args.sizes
+        else sweep_configurations(args.quick)
+    )
     for n, d in sizes:
         for method in methods:
             if any(n2 <= n and d2 <= d for n2, d2 in timed_out[method]):
-                row = {"n": n, "d": d, "method": method,
-                       "status": "skipped (timed out at smaller or equal n and d)"}
+                row = {
+                    "n": n,
+                    "d": d,
+                    "method": method,
+                    "status": "skipped (timed out at smaller or equal n and d)",
+                }
             else:
                 row = run_worker(["frozen", n, d, method, runs, args.xla_options], timeout, env)
                 if row["status"].startswith("timeout"):
                     timed_out[method].append((n, d))
             row.setdefault("n", n), row.setdefault("d", d), row.setdefault("method", method)
             rows.append(row)
-            brief = {k: row.get(k) for k in ("status", "lower_s", "compile_s", "run_ms", "xla_temp_bytes", "rss_peak_mib")}
+            brief = {
+                k: row.get(k)
+                for k in (
+                    "status",
+                    "lower_s",
+                    "compile_s",
+                    "run_ms",
+                    "xla_temp_bytes",
+                    "rss_peak_mib",
+                )
+            }
             print(f"n={n} d={d} {method}: {brief}", flush=True)
 
     e2e = None
     if not args.no_e2e:
         e2e = run_worker(["e2e", 3, 1000, 5], max(timeout, 300.0), env)
-        print(f"e2e: { {k: e2e.get(k) for k in ('status', 'errors', 'first_call_s', 'solve_ms', 'frozen_ms', 'hypergradient_ms')} }", flush=True)
+        keys = ("status", "errors", "first_call_s", "solve_ms", "frozen_ms", "hypergradient_ms")
+        print(f"e2e: { {k: e2e.get(k) for k in keys} }", flush=True)
     total_min = (time.perf_counter() - t_start) / 60
-    worker_files = {r["mlverify_file"] for r in rows + ([e2e] if e2e else []) if r.get("mlverify_file")}
+    worker_files = {
+        r["mlverify_file"] for r in rows + ([e2e] if e2e else []) if r.get("mlverify_file")
+    }
     if snapshot:
-        fingerprint["snapshot_sha256"] = _machine.source_fingerprint(os.path.join(snapshot, "mlverify"))["sources_sha256"]
+        fingerprint["snapshot_sha256"] = _machine.source_fingerprint(
+            os.path.join(snapshot, "mlverify")
+        )["sources_sha256"]
         import shutil
 
         shutil.rmtree(snapshot, ignore_errors=True)
     fingerprint["working_tree_sha256_at_end"] = _machine.source_fingerprint()["sources_sha256"]
     code_line = _machine.code_markdown(fingerprint, snapshot, worker_files)
     if fingerprint["working_tree_sha256_at_end"] != fingerprint["sources_sha256"]:
-        code_line += (" The working tree's mlverify/ changed during the sweep (sha256 at the end "
-                      f"`{fingerprint['working_tree_sha256_at_end']}`)"
-                      + ("; the snapshot was measured." if snapshot else "; rows may mix versions."))
+        code_line += (
+            " The working tree's mlverify/ changed during the sweep (sha256 at the end "
+            f"`{fingerprint['working_tree_sha256_at_end']}`)"
+            + ("; the snapshot was measured." if snapshot else "; rows may mix versions.")
+        )
 
     blocks4 = [r for r in rows if r["d"] == 4]
     larger = [r for r in rows if r["d"] != 4]
@@ -577,10 +690,13 @@ def main(argv=None) -> None:
         "# JAX core: hypergradient methods against n and block size",
         "",
         "Generated by `benchmarks/bench_numeric.py`"
-        f"{' (--quick)' if args.quick else ''}; the sweep took {total_min:.1f} min. Each configuration",
-        f"runs in a fresh subprocess with a time budget of {timeout:.0f} s for everything (imports,",
+        f"{' (--quick)' if args.quick else ''}; the sweep took {total_min:.1f} min. Each "
+        f"configuration",
+        f"runs in a fresh subprocess with a time budget of {timeout:.0f} s for everything "
+        f"(imports,",
         "problem, lower, compile, runs). The machine is shared with other jobs (2 cores), so",
-        "times carry noise of perhaps +-20 % (more for sub-millisecond runs).",
+        "times are indicative only: tracing and compile times of the same configuration differed",
+        "by up to ~1.5x between repeated sweeps (sizes and XLA memory are exact).",
         "",
         "## Machine",
         "",
@@ -588,39 +704,61 @@ def main(argv=None) -> None:
         "",
         code_line,
         "",
-        (f"Workers pinned to CPU core {pinned} (`os.sched_setaffinity` before importing jax, so XLA "
-         "runs single-threaded). On this shared 2-core machine, unpinned workers showed bimodal "
-         "run times whenever other jobs ran: the same compiled program (n = 3, d = 100, `exact`) "
-         "took 0.45 ms in one process and 40-50 ms in the next, with CPU time / wall time < 1 "
-         "(XLA's 2-thread pool waiting on a busy core); pinned, it took 0.42-0.45 ms in six of "
-         "six processes at load ~4.8. `--no-pin` runs unpinned."
-         if pinned is not None else
-         "Workers not pinned (`--no-pin`): XLA uses its default thread pool; on a shared machine "
-         "run times of the larger configurations can then be bimodal (see `benchmarks/README.md`)."),
+        (
+            f"Workers pinned to CPU core {pinned} (`os.sched_setaffinity` before importing jax, "
+            f"so XLA "
+            "runs single-threaded). On this shared 2-core machine, unpinned workers showed bimodal "
+            "run times whenever other jobs ran: the same compiled program (n = 3, d = 100, "
+            "`exact`) "
+            "took 0.45 ms in one process and 40-50 ms in the next, with CPU time / wall time < 1 "
+            "(XLA's 2-thread pool waiting on a busy core); pinned, it took 0.42-0.45 ms in six of "
+            "six processes at load ~4.8. `--no-pin` runs unpinned."
+            if pinned is not None
+            else "Workers not pinned (`--no-pin`): XLA uses its default thread pool; on a shared "
+            "machine run times of the larger configurations can then be bimodal (see "
+            "`benchmarks/README.md`)."
+        ),
         "",
         "XLA compiler options of the frozen sweep (`--xla-options "
         f"{args.xla_options}`): "
-        + ", ".join(sorted({("`" + json.dumps(r["compiler_options"]) + "`") if r.get("compiler_options")
-                            else "none (XLA defaults)" for r in rows if "compiler_options" in r}) or {"-"})
-        + (" (the options `NumericProblem` jits with, `mlverify.numeric.problem.COMPILER_OPTIONS`)."
-           if args.xla_options == "library" else "."),
+        + ", ".join(
+            sorted(
+                {
+                    ("`" + json.dumps(r["compiler_options"]) + "`")
+                    if r.get("compiler_options")
+                    else "none (XLA defaults)"
+                    for r in rows
+                    if "compiler_options" in r
+                }
+            )
+            or {"-"}
+        )
+        + (
+            " (the options `NumericProblem` jits with, "
+            "`mlverify.numeric.problem.COMPILER_OPTIONS`)."
+            if args.xla_options == "library"
+            else "."
+        ),
         "",
         "## What is measured",
         "",
         "Frozen hypergradients (formulas evaluated at fixed seeded iterates, no lower solve) of a",
         "seeded non-quadratic problem family (`numeric_problem` in the script: tanh couplings",
         "through random d x d matrices scaled 0.3/sqrt(d), quartic own terms, unit quadratic own",
-        "terms). The function is `jax.jit(lambda flat: core.hypergradient_frozen(flat, solve, curvature))`",
-        "(ITD: `itd_hypergradient(core, flat, 10)`), i.e. `NumericProblem._frozen_flat` without its",
+        "terms). The function is `jax.jit(lambda flat: core.hypergradient_frozen(flat, solve, "
+        "curvature))`",
+        "(ITD: `itd_hypergradient(core, flat, 10)`), i.e. `NumericProblem._frozen_flat` without "
+        "its",
         "status checks.",
         "",
-        "* methods: `exact` (all curvature terms; `LinearSolve(\"auto\")`: dense Cholesky for blocks",
+        '* methods: `exact` (all curvature terms; `LinearSolve("auto")`: dense Cholesky for blocks',
         "  <= 200, CG to 1e-12 on Hessian-vector products for larger blocks), `no-curvature`,",
         "  `cg` (exactly 10 CG iterations per solve, curvature kept), `itd` (10 nested unrolled",
         "  gradient steps per lower level);",
         "* **lower (s)**: `jitted.lower(flat)` (Python tracing to StableHLO); **compile (s)**:",
         "  `lowered.compile()` (XLA);",
-        f"* **run (ms)**: median of {runs} calls of the compiled function after one warm-up call, each",
+        f"* **run (ms)**: median of {runs} calls of the compiled function after one warm-up call, "
+        f"each",
         "  followed by `jax.block_until_ready`;",
         "* **XLA temp (KiB)**: `compiled.memory_analysis().temp_size_in_bytes`, the scratch memory",
         "  the compiled program uses per call (the arguments and outputs, n*d and d doubles, come",
@@ -629,15 +767,13 @@ def main(argv=None) -> None:
         "  at the end (includes about 250-300 MiB of Python + JAX baseline); **RSS growth**: its",
         "  increase over lower + compile + runs, i.e. mostly compilation memory;",
         "* **load**: the machine's 1-minute load average right after the timed runs, the worker",
-        "  itself included (about 1 of it; 2 cores:",
-        "  above ~2 other jobs competed for the CPU, and XLA's thread pool can then stall far",
-        "  beyond a 2x slowdown; e.g. a standalone re-run of n = 3, d = 100, `exact` at load ~2 gave",
-        "  0.38 ms where an earlier sweep at load ~4 gave 45 ms);",
+        "  itself included (about 1 of it); on 2 cores, above ~2 means other jobs competed for the",
+        "  CPU during the measurement;",
         "* **rel. diff. to exact**: max-norm difference to `exact` at the same point, relative to",
         "  max |exact| (a check that the methods compute comparable things, not an accuracy study:",
         "  the iterates are not lower-level solutions).",
         "",
-        "\"timeout\" rows name the phase the worker was in when its budget ran out; \"skipped\"",
+        '"timeout" rows name the phase the worker was in when its budget ran out; "skipped"',
         "rows were not run because the same method already timed out at smaller or equal n and d.",
         "",
         "## Blocks of 4, n = 2..6",
@@ -657,9 +793,19 @@ def main(argv=None) -> None:
     with open(args.out, "w") as fh:
         fh.write("\n".join(text))
     with open(os.path.splitext(args.out)[0] + ".json", "w") as fh:
-        json.dump({"machine": info, "command": command, "code": fingerprint, "timeout_s": timeout,
-                   "total_min": total_min, "rows": rows, "e2e": e2e},
-                  fh, indent=1)
+        json.dump(
+            {
+                "machine": info,
+                "command": command,
+                "code": fingerprint,
+                "timeout_s": timeout,
+                "total_min": total_min,
+                "rows": rows,
+                "e2e": e2e,
+            },
+            fh,
+            indent=1,
+        )
     print(f"wrote {args.out}")
 
 

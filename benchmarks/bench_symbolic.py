@@ -99,7 +99,10 @@ def symbolic_problem(n: int, d: int, seed: int = 0):
                         sp.sin(x[i] + blocks[m][(i + 1) % d]) for i in range(d)
                     )
         objectives.append(f)
-    levels = [mv.Level(b[0] if d == 1 else sp.Matrix(b), f) for b, f in zip(blocks, objectives, strict=True)]
+    levels = [
+        mv.Level(b[0] if d == 1 else sp.Matrix(b), f)
+        for b, f in zip(blocks, objectives, strict=True)
+    ]
     return mv.MultilevelProblem(levels)
 
 
@@ -116,10 +119,9 @@ def run_config(n: int, d: int, naive: bool, hg_runs: int) -> dict:
     import sympy as sp
     from sympy.core.cache import clear_cache
 
+    import mlverify
     from mlverify.codegen import straight_line
     from mlverify.derive import derive
-
-    import mlverify
 
     out: dict = {"n": n, "d": d, "mlverify_file": os.path.dirname(mlverify.__file__)}
 
@@ -195,7 +197,12 @@ def configurations(quick: bool) -> list[tuple[int, int]]:
 
 
 def run_in_subprocess(n: int, d: int, naive: bool, hg_runs: int, timeout: float, env=None) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps([n, d, naive, hg_runs])]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        json.dumps([n, d, naive, hg_runs]),
+    ]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -204,8 +211,12 @@ def run_in_subprocess(n: int, d: int, naive: bool, hg_runs: int, timeout: float,
     wall = time.perf_counter() - t0
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        return {"n": n, "d": d, "status": "error: " + _machine.error_summary(proc.stderr or proc.stdout)}
-    result = json.loads(lines[-1][len("RESULT "):])
+        return {
+            "n": n,
+            "d": d,
+            "status": "error: " + _machine.error_summary(proc.stderr or proc.stdout),
+        }
+    result = json.loads(lines[-1][len("RESULT ") :])
     result["status"] = "ok"
     result["subprocess_wall_s"] = wall
     return result
@@ -233,11 +244,21 @@ def table(rows, naive_columns: bool) -> str:
             lines.append("| " + " | ".join(cells) + " |")
             continue
         derive_cell = _fmt_s(r["derive_s"]) + ("" if r["derive_runs"] > 1 else " (1 run)")
-        cells = [str(r["n"]), str(r["d"]), derive_cell, _fmt_int(r["graph_ops"]),
-                 _fmt_int(r.get("codegen_ops")), _fmt_int(r["intermediates"])]
+        cells = [
+            str(r["n"]),
+            str(r["d"]),
+            derive_cell,
+            _fmt_int(r["graph_ops"]),
+            _fmt_int(r.get("codegen_ops")),
+            _fmt_int(r["intermediates"]),
+        ]
         if naive_columns:
             if "naive_tree_ops" in r:
-                cells += [_fmt_int(r["naive_tree_ops"]), _fmt_int(r["naive_cse_ops"]), _fmt_s(r["cse_s"])]
+                cells += [
+                    _fmt_int(r["naive_tree_ops"]),
+                    _fmt_int(r["naive_cse_ops"]),
+                    _fmt_s(r["cse_s"]),
+                ]
             else:
                 cells += ["-", "-", "-"]
         cells.append(_fmt_s(r["numeric_s"]))
@@ -252,23 +273,38 @@ def table(rows, naive_columns: bool) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sweep (n <= 4, d <= 3)")
-    parser.add_argument("--timeout", type=float, default=400.0,
-                        help="time limit per configuration in seconds (default 400)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=400.0,
+        help="time limit per configuration in seconds (default 400)",
+    )
     parser.add_argument("--hg-runs", type=int, default=7, help="timed hypergradient_at calls")
     parser.add_argument("--out", default=os.path.join(_machine.RESULTS, "symbolic.md"))
-    parser.add_argument("--no-snapshot", action="store_true",
-                        help="import mlverify from the working tree in every worker instead of "
-                             "a copy taken at the start")
-    parser.add_argument("--from-json", metavar="JSON",
-                        help="only re-render the markdown from a saved results JSON")
+    parser.add_argument(
+        "--no-snapshot",
+        action="store_true",
+        help="import mlverify from the working tree in every worker instead of "
+        "a copy taken at the start",
+    )
+    parser.add_argument(
+        "--from-json", metavar="JSON", help="only re-render the markdown from a saved results JSON"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.from_json:
         with open(args.from_json) as fh:
             saved = json.load(fh)
-        write(args.out, saved["machine"], saved["command"], saved["rows"],
-              saved.get("timeout_s", args.timeout), None, saved.get("code_line", ""))
+        write(
+            args.out,
+            saved["machine"],
+            saved["command"],
+            saved["rows"],
+            saved.get("timeout_s", args.timeout),
+            None,
+            saved.get("code_line", ""),
+        )
         return
 
     if args.worker:
@@ -287,8 +323,20 @@ def main(argv=None) -> None:
         naive = d == 1 and n <= 4
         row = run_in_subprocess(n, d, naive, args.hg_runs, args.timeout, env)
         rows.append(row)
-        brief = {k: row.get(k) for k in ("status", "derive_s", "graph_ops", "intermediates",
-                                         "codegen_ops", "naive_tree_ops", "naive_cse_ops", "numeric_s", "hg_at_ms")}
+        brief = {
+            k: row.get(k)
+            for k in (
+                "status",
+                "derive_s",
+                "graph_ops",
+                "intermediates",
+                "codegen_ops",
+                "naive_tree_ops",
+                "naive_cse_ops",
+                "numeric_s",
+                "hg_at_ms",
+            )
+        }
         print(f"n={n} d={d}: {brief}", flush=True)
     total_min = (time.perf_counter() - t_start) / 60
     if snapshot:
@@ -299,8 +347,10 @@ def main(argv=None) -> None:
     code_line = _machine.code_markdown(fingerprint, snapshot, worker_files)
     end = _machine.source_fingerprint()["sources_sha256"]
     if end != fingerprint["sources_sha256"]:
-        code_line += (f" The working tree's mlverify/ changed during the sweep (sha256 at the end `{end}`)"
-                      + ("; the snapshot was measured." if snapshot else "; rows may mix versions."))
+        code_line += (
+            f" The working tree's mlverify/ changed during the sweep (sha256 at the end `{end}`)"
+            + ("; the snapshot was measured." if snapshot else "; rows may mix versions.")
+        )
     write(args.out, info, command, rows, args.timeout, total_min, code_line, fingerprint)
 
 
@@ -328,15 +378,18 @@ def write(out, info, command, rows, timeout, total_min, code_line="", fingerprin
         "",
         "## Problem family",
         "",
-        "Seeded non-quadratic n-level problems, blocks of size d (`symbolic_problem` in the script):",
+        "Seeded non-quadratic n-level problems, blocks of size d (`symbolic_problem` in the "
+        "script):",
         "lower levels have quartic own terms `x^4/4 + a x^2/2`, a tanh coupling to the level above",
         "(`x_k . tanh(x_{k-1} + c x_{k-1}' [+ e x_1])`), bilinear and sin couplings to every level",
-        "below, and for d >= 2 a ring coupling inside the block; the top level is squared distances",
+        "below, and for d >= 2 a ring coupling inside the block; the top level is squared "
+        "distances",
         "plus `sin(x_2 + x_n')`. `x1 = (0.3, ..., 0.3)` for `hypergradient_at`.",
         "",
         "## Columns",
         "",
-        "* **derive (s)**: `mlverify.derive.derive(prob.blocks, prob.objectives)` on a fresh problem,",
+        "* **derive (s)**: `mlverify.derive.derive(prob.blocks, prob.objectives)` on a fresh "
+        "problem,",
         "  `sympy.core.cache.clear_cache()` before each run; median of 3 runs, or 1 run where the",
         "  first took >= 5 s.",
         "* **graph ops**: `derivation.graph.size(list(derivation.gradients[0]))`, the operations",
@@ -345,9 +398,11 @@ def write(out, info, command, rows, timeout, total_min, code_line="", fingerprin
         "  graph, with `sympy.cse` applied across the partial derivatives of the objectives).",
         "* **intermediates**: `len(derivation.graph.order)` (all intermediates the derivation",
         "  defined, including those of the lower-level gradients, Hessians and Jacobians).",
-        "* **naive tree ops**: `sum(sympy.count_ops(e) for e in prob.hypergradient())`, the size of",
+        "* **naive tree ops**: `sum(sympy.count_ops(e) for e in prob.hypergradient())`, the size "
+        "of",
         "  the fully expanded hypergradient as a tree (what repeated `sympy.diff` gives); **naive",
-        "  after cse**: the same after `sympy.cse` (operations in the replacements plus the reduced",
+        "  after cse**: the same after `sympy.cse` (operations in the replacements plus the "
+        "reduced",
         "  expressions); **cse time**: time of that `sympy.cse` call. Scalar blocks, n <= 4 only.",
         "  The expanded tree is obtained by substituting the graph's definitions back",
         "  (`graph.expand`), so its size is exact but the time a naive nested `sympy.diff` would",
@@ -379,9 +434,19 @@ def write(out, info, command, rows, timeout, total_min, code_line="", fingerprin
         fh.write("\n".join(text))
     if total_min is not None:  # a fresh run: save the raw numbers too
         with open(os.path.splitext(out)[0] + ".json", "w") as fh:
-            json.dump({"machine": info, "command": command, "code": fingerprint,
-                       "code_line": code_line, "timeout_s": timeout, "total_min": total_min,
-                       "rows": rows}, fh, indent=1)
+            json.dump(
+                {
+                    "machine": info,
+                    "command": command,
+                    "code": fingerprint,
+                    "code_line": code_line,
+                    "timeout_s": timeout,
+                    "total_min": total_min,
+                    "rows": rows,
+                },
+                fh,
+                indent=1,
+            )
     print(f"wrote {out}")
 
 
