@@ -1,11 +1,12 @@
+# ruff: noqa: E501  (markdown table rows are long strings)
 """Algorithms: hypergradient accuracy against wall time, time to 1e-6 (implicit-exact vs ITD),
 and end-to-end outer runs on the data-poisoning problem.
 
 Usage (from the repository root)::
 
-    python benchmarks/bench_algorithms.py            # full run (~30 min on 2 cores)
+    python benchmarks/bench_algorithms.py            # full run (~21 min on the shared 2-core machine)
     python benchmarks/bench_algorithms.py --quick    # trilevel / 4-level with blocks of 10 only,
-                                                     # short grids, 2 seeds x 5 rounds (~5 min)
+                                                     # short grids, 2 seeds x 5 rounds (~7 min)
 
 Writes ``benchmarks/results/algorithms.md`` and ``benchmarks/results/algorithms.json``
 (``--out PREFIX`` to write elsewhere; ``--from-json PATH`` re-renders the markdown).
@@ -48,8 +49,8 @@ Methods and what is timed (compile always separate: ``jax.jit(f).lower(args)`` t
   inner step sizes are an argument): ``itd`` with a uniform inner step eta tuned against the
   reference (the eta in 0.2..1.0 with the smallest error at K = 20, or 10 for n = 4; this
   favours ITD), ``itd-default-lr`` with the library's default steps (1/(1.2 lambda_max(D_kk
-  f_k)) at the start), and ``itd-warm`` (tuned eta, started from the solution at x1', the
-  same warm start the implicit solve gets). The K sweep stops when the next K's projected
+  F_k)) at the fixed start, by the lemmas), and ``itd-warm`` (tuned eta, started from the
+  solution at x1', the same warm start the implicit solve gets). The K sweep stops when the next K's projected
   run time (last time x (K'/K)^(n-1)) exceeds ``--itd-cap`` seconds, or when the tuned cold
   and warm variants are both below 1e-10.
 
@@ -281,9 +282,7 @@ def ensure_solver(num, x1, emit):
                 g, hvp = core.reduced_gradient_hessian(k, blocks, LinearSolve("cg"), False)
                 if method == "gd":
                     return g, -g
-                direction, _ = jax.scipy.sparse.linalg.cg(
-                    hvp, -g, tol=1e-10, maxiter=10 * g.size
-                )
+                direction, _ = jax.scipy.sparse.linalg.cg(hvp, -g, tol=1e-10, maxiter=10 * g.size)
                 return g, direction
 
             return step
@@ -439,10 +438,18 @@ def job_prep(emit, n, d, cfg, state_dir):
         # the benchmark's own solver against the library's, where both work
         try:
             blocks, residuals = robust_solve(num, x1, 1e-12)
-            emit("row", kind="robust_vs_library", residuals=residuals,
-                 rel_diff_solution=max(float(np.linalg.norm(np.asarray(a) - np.asarray(b))
-                                             / max(np.linalg.norm(np.asarray(b)), 1e-300))
-                                       for a, b in zip(blocks, ref_lower)))
+            emit(
+                "row",
+                kind="robust_vs_library",
+                residuals=residuals,
+                rel_diff_solution=max(
+                    float(
+                        np.linalg.norm(np.asarray(a) - np.asarray(b))
+                        / max(np.linalg.norm(np.asarray(b)), 1e-300)
+                    )
+                    for a, b in zip(blocks, ref_lower, strict=True)
+                ),
+            )
         except Exception as exc:  # noqa: BLE001
             emit("row", kind="robust_vs_library", error=_err_text(exc))
 
@@ -496,8 +503,13 @@ def job_prep(emit, n, d, cfg, state_dir):
             except Exception as exc:  # noqa: BLE001
                 emit("row", kind="warm_start_failure", tol=tol, error=_err_text(exc))
         if near_lower is not None:
-            emit("row", kind="warm_start", tol=tol, solver="library",
-                 residuals=list(near_lower.residuals))
+            emit(
+                "row",
+                kind="warm_start",
+                tol=tol,
+                solver="library",
+                residuals=list(near_lower.residuals),
+            )
             break
     if near_lower is None:
         blocks, residuals = robust_solve(num, x1_near, 1e-12, init=ref_lower)
@@ -587,7 +599,9 @@ def job_aid(emit, n, d, cfg, state_dir, kind):
         emit("start", item=f"{kind} K={K}")
         fn, lo_s, co_s = compile_fn(hg_function(num, kind, K), ref_flat)
         med, best, calls, _ = timed(lambda fn=fn: fn(ref_flat))
-        errs = {i: rel_err(fn(flat_at(st["x1"], low)), st["g_ref"]) for i, low in st["lowers"].items()}
+        errs = {
+            i: rel_err(fn(flat_at(st["x1"], low)), st["g_ref"]) for i, low in st["lowers"].items()
+        }
         emit(
             "row",
             kind="hg",
@@ -656,7 +670,7 @@ def job_itd(emit, n, d, cfg, state_dir):
         row = {"K": K, "lower_s": lo_s, "compile_s": co_s}
         for name, (start, lrs) in variants.items():
             if name == "itd":
-                med, best, calls, g = timed(lambda start=start, lrs=lrs: fn(start, lrs))
+                med, best, calls, g = timed(lambda start=start, lrs=lrs, fn=fn: fn(start, lrs))
                 row["seconds"], row["min_seconds"], row["calls"] = med, best, calls
             else:
                 g = fn(start, lrs)
@@ -670,7 +684,6 @@ def job_itd(emit, n, d, cfg, state_dir):
 
 def job_h2h(emit, n, d, cfg, state_dir, tol, K, eta, eps):
     """implicit-exact at tol against ITD at K, interleaved in one process."""
-    import jax
     import jax.numpy as jnp
     import numpy as np
 
@@ -686,8 +699,25 @@ def job_h2h(emit, n, d, cfg, state_dir, tol, K, eta, eps):
     emit("start", item="compile")
     exact, _, c1 = compile_fn(hg_function(num, "exact"), ref_flat)
     itd, _, c2 = compile_fn(_itd_fn(num, K), cold, lrs)
-    head_to_head(emit, num, x1, near, cold, exact, itd, lrs, tol, g_ref, "xla-default",
-                 tol=tol, K=K, eta=eta, eps=eps, compile_exact_s=c1, compile_itd_s=c2)
+    head_to_head(
+        emit,
+        num,
+        x1,
+        near,
+        cold,
+        exact,
+        itd,
+        lrs,
+        tol,
+        g_ref,
+        "xla-default",
+        tol=tol,
+        K=K,
+        eta=eta,
+        eps=eps,
+        compile_exact_s=c1,
+        compile_itd_s=c2,
+    )
     # the same with the XLA options the library compiles its own functions with
     try:
         from mlverify.numeric.problem import COMPILER_OPTIONS
@@ -696,9 +726,26 @@ def job_h2h(emit, n, d, cfg, state_dir, tol, K, eta, eps):
     emit("start", item="compile (library XLA options)")
     exact, _, c1 = compile_fn(hg_function(num, "exact"), ref_flat, options=COMPILER_OPTIONS)
     itd, _, c2 = compile_fn(_itd_fn(num, K), cold, lrs, options=COMPILER_OPTIONS)
-    head_to_head(emit, num, x1, near, cold, exact, itd, lrs, tol, g_ref, "xla-library",
-                 tol=tol, K=K, eta=eta, eps=eps, compile_exact_s=c1, compile_itd_s=c2,
-                 options=str(COMPILER_OPTIONS))
+    head_to_head(
+        emit,
+        num,
+        x1,
+        near,
+        cold,
+        exact,
+        itd,
+        lrs,
+        tol,
+        g_ref,
+        "xla-library",
+        tol=tol,
+        K=K,
+        eta=eta,
+        eps=eps,
+        compile_exact_s=c1,
+        compile_itd_s=c2,
+        options=str(COMPILER_OPTIONS),
+    )
 
 
 def head_to_head(emit, num, x1, near, cold, exact, itd, lrs, solve_tol, g_ref, label, **extra):
@@ -828,8 +875,15 @@ def worker(argv):
             job_itd(emit, spec["n"], spec["d"], cfg, spec["state"])
         elif job == "h2h":
             job_h2h(
-                emit, spec["n"], spec["d"], cfg, spec["state"],
-                spec["tol"], spec["K"], spec["eta"], spec["eps"],
+                emit,
+                spec["n"],
+                spec["d"],
+                cfg,
+                spec["state"],
+                spec["tol"],
+                spec["K"],
+                spec["eta"],
+                spec["eps"],
             )
         elif job == "lipschitz":
             job_lipschitz(emit, spec["seed"])
@@ -910,9 +964,7 @@ class Runner:
 def analyse_problem(n, d, cfg, prep, aids, itd):
     """Curves (time, error) per method and times to the thresholds."""
     solves = {
-        r["index"]: r
-        for r in prep.get("rows", [])
-        if r["kind"] == "solve" and "seconds" in r
+        r["index"]: r for r in prep.get("rows", []) if r["kind"] == "solve" and "seconds" in r
     }
     points = {}  # method -> list of dicts(time, err, setting)
     for rec in [prep] + list(aids):
@@ -972,10 +1024,14 @@ def main():
     parser.add_argument("--out", default=None, help="output prefix (default results/algorithms)")
     parser.add_argument("--from-json", default=None)
     parser.add_argument("--skip-e2e", action="store_true")
-    parser.add_argument("--no-pin", action="store_true",
-                        help="do not pin each worker to one CPU (see pin_cpu)")
-    parser.add_argument("--no-snapshot", action="store_true",
-                        help="workers import the working tree's mlverify, not a copy taken at start")
+    parser.add_argument(
+        "--no-pin", action="store_true", help="do not pin each worker to one CPU (see pin_cpu)"
+    )
+    parser.add_argument(
+        "--no-snapshot",
+        action="store_true",
+        help="workers import the working tree's mlverify, not a copy taken at start",
+    )
     parser.add_argument("--only", default=None, help="comma list of n:d, e.g. 3:100,4:100")
     args = parser.parse_args()
     here = os.path.dirname(os.path.abspath(__file__))
@@ -1031,16 +1087,24 @@ def run_problems(runner, todo, cfg, state_dir, problems):
     for n, d in todo:
         key = f"n={n}, d={d}"
         big = (2 if n == 4 else 1) * (2 if d >= 1000 else 1)
-        prep = runner.run(f"{key}: reference + implicit", {"job": "prep", "n": n, "d": d, "cfg": cfg}, 300 * big)
+        prep = runner.run(
+            f"{key}: reference + implicit", {"job": "prep", "n": n, "d": d, "cfg": cfg}, 300 * big
+        )
         entry = {"n": n, "d": d, "prep": prep, "aid": [], "itd": {}, "h2h": None}
         problems[key] = entry
         if not os.path.exists(_state_path(state_dir, n, d)):
             continue
         for kind in ("cg", "neumann"):
             entry["aid"].append(
-                runner.run(f"{key}: {kind}", {"job": "aid", "n": n, "d": d, "kind": kind, "cfg": cfg}, 150 * big)
+                runner.run(
+                    f"{key}: {kind}",
+                    {"job": "aid", "n": n, "d": d, "kind": kind, "cfg": cfg},
+                    150 * big,
+                )
             )
-        entry["itd"] = runner.run(f"{key}: itd", {"job": "itd", "n": n, "d": d, "cfg": cfg}, 300 * big)
+        entry["itd"] = runner.run(
+            f"{key}: itd", {"job": "itd", "n": n, "d": d, "cfg": cfg}, 300 * big
+        )
         analysis = analyse_problem(n, d, cfg, prep, entry["aid"], entry["itd"])
         entry["analysis"] = analysis
         spec = h2h_spec(analysis)
@@ -1130,23 +1194,41 @@ def write_markdown(result, path):
         "definitions). Times are wall-clock on a shared machine: compare ratios measured in "
         "the same run; each time is a median of several calls after warm-up, compile excluded "
         "and reported separately. "
-        + ("Every worker process was pinned to one CPU (`os.sched_setaffinity`): unpinned, "
-           "small XLA calls showed 20-200x latency bursts whenever other jobs used the "
-           "machine, so all methods are measured single-core."
-           if result.get("pinned_to_one_cpu") else "Workers were not pinned to a CPU.")
+        + (
+            "Every worker process was pinned to one CPU (`os.sched_setaffinity`): unpinned, "
+            "small XLA calls showed 20-200x latency bursts whenever other jobs used the "
+            "machine, so all methods are measured single-core."
+            if result.get("pinned_to_one_cpu")
+            else "Workers were not pinned to a CPU."
+        )
     )
     lines.append("")
     if result.get("machine") and _machine:
         lines += ["## Machine", "", _machine.markdown(result["machine"], result["command"]), ""]
     else:
-        lines += ["## Machine", "", "```", json.dumps(result.get("machine"), indent=1),
-                  "```", "", "Command: `" + result["command"] + "`", ""]
+        lines += [
+            "## Machine",
+            "",
+            "```",
+            json.dumps(result.get("machine"), indent=1),
+            "```",
+            "",
+            "Command: `" + result["command"] + "`",
+            "",
+        ]
     code = result.get("code") or {}
     if code.get("fingerprint") and _machine and hasattr(_machine, "code_markdown"):
-        lines += [_machine.code_markdown(code["fingerprint"], code.get("snapshot"),
-                                         set(code.get("worker_module_dirs", []))), ""]
-    lines.append(f"Total run time: {result['total_s'] / 60:.1f} min"
-                 + (" (`--quick`)" if result.get("quick") else "") + ".")
+        lines += [
+            _machine.code_markdown(
+                code["fingerprint"], code.get("snapshot"), set(code.get("worker_module_dirs", []))
+            ),
+            "",
+        ]
+    lines.append(
+        f"Total run time: {result['total_s'] / 60:.1f} min"
+        + (" (`--quick`)" if result.get("quick") else "")
+        + "."
+    )
     lines.append("")
 
     # ---- headline
@@ -1163,7 +1245,9 @@ def write_markdown(result, path):
         "jobs' times (measured minutes apart)."
     )
     lines.append("")
-    lines.append("| problem | accuracy compared | implicit-exact (t*) | ITD (K*) | ratio | errors (imp / ITD) | ratio, library XLA options | from the sweeps: ratio |")
+    lines.append(
+        "| problem | accuracy compared | implicit-exact (t*) | ITD (K*) | ratio | errors (imp / ITD) | ratio, library XLA options | from the sweeps: ratio |"
+    )
     lines.append("|---|---|---|---|---|---|---|---|")
     ratios = {}
     for key, p in result["problems"].items():
@@ -1171,8 +1255,11 @@ def write_markdown(result, path):
         hrows = [r for r in (h or {}).get("rows", []) if r["kind"] == "h2h"]
         row = next((r for r in hrows if r.get("label") == "xla-default"), None)
         lib = next((r for r in hrows if r.get("label") == "xla-library"), None)
-        lib_text = "-" if lib is None else (
-            f"{lib['ratio']:.3g} ({_fmt_t(lib['implicit_s'])} vs {_fmt_t(lib['itd_s'])})")
+        lib_text = (
+            "-"
+            if lib is None
+            else (f"{lib['ratio']:.3g} ({_fmt_t(lib['implicit_s'])} vs {_fmt_t(lib['itd_s'])})")
+        )
         an = p.get("analysis", {})
         s = an.get("summary", {})
         sweep_ratio = "-"
@@ -1188,7 +1275,11 @@ def write_markdown(result, path):
                 why = "implicit-exact did not reach the accuracy (see below)"
             lines.append(f"| {key} | - | - | - | {why} | - | - | {sweep_ratio} |")
             continue
-        flag = "1e-6" if row["eps"] <= TARGET * 1.0001 else f"{row['eps']:.1e} (ITD's best; never 1e-6)"
+        flag = (
+            "1e-6"
+            if row["eps"] <= TARGET * 1.0001
+            else f"{row['eps']:.1e} (ITD's best; never 1e-6)"
+        )
         ratios[key] = row["ratio"]
         lines.append(
             f"| {key} | {flag} | {_fmt_t(row['implicit_s'])} (t={row['tol']:g}) | "
@@ -1232,8 +1323,12 @@ def write_markdown(result, path):
                 fails = "; ".join(f"tol {f['tol']:g}: {f['error'][:90]}" for f in r["failures"])
                 solver = r.get("solver", "library")
                 notes.append(
-                    ("**reference by the benchmark's own nested Newton (the library's solver "
-                     "failed at every tolerance)**; " if solver == "robust" else "")
+                    (
+                        "**reference by the benchmark's own nested Newton (the library's solver "
+                        "failed at every tolerance)**; "
+                        if solver == "robust"
+                        else ""
+                    )
                     + f"reference: lower solve at tol {r['tol']} (residuals "
                     f"{', '.join(f'{v:.1e}' for v in r.get('residuals', []))})"
                     + (f"; failed first at {fails}" if fails else "")
@@ -1241,36 +1336,45 @@ def write_markdown(result, path):
             elif r["kind"] == "robust_vs_library":
                 notes.append(
                     "benchmark's own nested Newton vs the library's solution: relative difference "
-                    f"{_fmt_e(r['rel_diff_solution'])}" if "rel_diff_solution" in r
+                    f"{_fmt_e(r['rel_diff_solution'])}"
+                    if "rel_diff_solution" in r
                     else f"own solver check: {r['error']}"
                 )
             elif r["kind"] == "reference_noise_library":
                 notes.append(f"re-solve from the nearby point by the library: {r['error'][:120]}")
             elif r["kind"] == "warm_start_failure":
-                notes.append(f"library solve at the nearby point, tol {r['tol']:g}: {r['error'][:120]}")
+                notes.append(
+                    f"library solve at the nearby point, tol {r['tol']:g}: {r['error'][:120]}"
+                )
             elif r["kind"] == "fd_check":
                 notes.append(
-                    f"fd check: {_fmt_e(r['rel_diff'])}" if "rel_diff" in r else f"fd check: {r['error']}"
+                    f"fd check: {_fmt_e(r['rel_diff'])}"
+                    if "rel_diff" in r
+                    else f"fd check: {r['error']}"
                 )
             elif r["kind"] == "reference_noise":
                 notes.append(
                     f"reference noise (re-solved from the nearby point): {_fmt_e(r['rel_diff'])}"
-                    if "rel_diff" in r else f"reference noise: {r['error']}"
+                    if "rel_diff" in r
+                    else f"reference noise: {r['error']}"
                 )
             elif r["kind"] == "check_library_path":
                 notes.append(
                     f"NumericProblem.hypergradient_frozen vs our jit: {_fmt_e(r['rel_diff'])}"
-                    if "rel_diff" in r else f"library path: {r['error']}"
+                    if "rel_diff" in r
+                    else f"library path: {r['error']}"
                 )
             elif r["kind"] == "lower_hessians" and "min_eig" in r:
                 notes.append(
                     "reduced Hessian eigenvalues at the reference, levels 2..n: "
-                    + ", ".join(f"[{a:.2f}, {b:.2f}]" for a, b in zip(r["min_eig"], r["max_eig"]))
+                    + ", ".join(f"[{a:.2f}, {b:.2f}]" for a, b in zip(r["min_eig"], r["max_eig"], strict=True))
                 )
             elif r["kind"] == "workaround":
                 notes.append(f"**{r['note']}** (the error: `{r['error']}`)")
             elif r["kind"] == "compile":
-                notes.append(f"compile {r['method']}: trace {r['lower_s']:.1f} s + XLA {r['compile_s']:.1f} s")
+                notes.append(
+                    f"compile {r['method']}: trace {r['lower_s']:.1f} s + XLA {r['compile_s']:.1f} s"
+                )
         jobs = [prep] + list(p.get("aid", [])) + [p.get("itd")]
         for rec in jobs:
             if rec and rec.get("status") != "ok":
@@ -1281,13 +1385,27 @@ def write_markdown(result, path):
         an = p.get("analysis")
         if not an:
             continue
-        lines.append("| method | " + " | ".join(f"to {t:g}" for t in THRESHOLDS) + " | best error (time, setting) |")
+        lines.append(
+            "| method | "
+            + " | ".join(f"to {t:g}" for t in THRESHOLDS)
+            + " | best error (time, setting) |"
+        )
         lines.append("|---|" + "---|" * (len(THRESHOLDS) + 1))
-        order = ["implicit-exact", "no-curvature", "cg", "neumann", "itd", "itd-warm", "itd-default-lr"]
+        order = [
+            "implicit-exact",
+            "no-curvature",
+            "cg",
+            "neumann",
+            "itd",
+            "itd-warm",
+            "itd-default-lr",
+        ]
         for name in order:
             e = an["summary"].get(name)
             if not e:
-                lines.append(f"| {name} | " + " | ".join("-" for _ in THRESHOLDS) + " | not measured |")
+                lines.append(
+                    f"| {name} | " + " | ".join("-" for _ in THRESHOLDS) + " | not measured |"
+                )
                 continue
             cells = []
             for t in THRESHOLDS:
@@ -1301,17 +1419,29 @@ def write_markdown(result, path):
         solves = [r for r in rows if r["kind"] == "solve"]
         hg = {r["method"]: r for r in rows if r["kind"] == "hg"}
         if solves:
-            lines.append("Lower solve sweep (warm start from the nearby point's solution) and the exact / no-curvature hypergradients there:")
+            lines.append(
+                "Lower solve sweep (warm start from the nearby point's solution) and the exact / no-curvature hypergradients there:"
+            )
             lines.append("")
-            lines.append("| solve tol | solve time | Newton iterations | exact: total time | exact: error | no-curvature: error |")
+            lines.append(
+                "| solve tol | solve time | Newton iterations | exact: total time | exact: error | no-curvature: error |"
+            )
             lines.append("|---|---|---|---|---|---|")
             for r in solves:
                 if "error" in r:
                     lines.append(f"| {r['tol']:g} | {r['error'][:120]} | - | - | - | - |")
                     continue
                 ex, nc = hg.get("exact"), hg.get("no-curvature")
-                e_ex = ex["err_by_tol"].get(str(r["index"]), ex["err_by_tol"].get(r["index"])) if ex else None
-                e_nc = nc["err_by_tol"].get(str(r["index"]), nc["err_by_tol"].get(r["index"])) if nc else None
+                e_ex = (
+                    ex["err_by_tol"].get(str(r["index"]), ex["err_by_tol"].get(r["index"]))
+                    if ex
+                    else None
+                )
+                e_nc = (
+                    nc["err_by_tol"].get(str(r["index"]), nc["err_by_tol"].get(r["index"]))
+                    if nc
+                    else None
+                )
                 tot = r["seconds"] + ex["seconds"] if ex else None
                 lines.append(
                     f"| {r['tol']:g} | {_fmt_t(r['seconds'])} | {r['iterations']} | {_fmt_t(tot)} | "
@@ -1321,15 +1451,22 @@ def write_markdown(result, path):
                 lines.append("")
                 lines.append(
                     "Hypergradient alone at the reference point: "
-                    + "; ".join(f"{m} {_fmt_t(r['seconds'])} (error {_fmt_e(r['err_at_ref'])})" for m, r in hg.items())
+                    + "; ".join(
+                        f"{m} {_fmt_t(r['seconds'])} (error {_fmt_e(r['err_at_ref'])})"
+                        for m, r in hg.items()
+                    )
                     + "."
                 )
             lines.append("")
         aid_rows = [r for rec in p.get("aid", []) for r in rec.get("rows", []) if r["kind"] == "hg"]
         if aid_rows:
-            lines.append("Truncated AID at the reference lower solution (error of the linear solve alone) and compile:")
+            lines.append(
+                "Truncated AID at the reference lower solution (error of the linear solve alone) and compile:"
+            )
             lines.append("")
-            lines.append("| method | K | hypergradient time | error at reference | compile (trace + XLA) |")
+            lines.append(
+                "| method | K | hypergradient time | error at reference | compile (trace + XLA) |"
+            )
             lines.append("|---|---|---|---|---|")
             for r in aid_rows:
                 lines.append(
@@ -1349,15 +1486,21 @@ def write_markdown(result, path):
                     )
                 elif r["kind"] == "itd_default_lrs":
                     lines.append(
-                        "Library default ITD steps (1/(1.2 lambda_max(D_kk f_k)) at the start): "
-                        + ", ".join(f"{v:.3g}" for v in r["lrs"]) + "."
+                        "Library default ITD steps (1/(1.2 lambda_max(D_kk F_k)) at the fixed start, as the library computes it): "
+                        + ", ".join(f"{v:.3g}" for v in r["lrs"])
+                        + "."
                     )
                 elif r["kind"] == "itd_stop":
-                    lines.append(f"ITD sweep stopped before K={r['K']}: {r['reason']}." if "projected" in r["reason"]
-                                 else f"ITD sweep stopped after K={r['K']}: {r['reason']}.")
+                    lines.append(
+                        f"ITD sweep stopped before K={r['K']}: {r['reason']}."
+                        if "projected" in r["reason"]
+                        else f"ITD sweep stopped after K={r['K']}: {r['reason']}."
+                    )
             lines.append("")
         if sweep:
-            lines.append("| K | run time | compile (trace + XLA) | error: itd (tuned, cold) | itd-warm | itd-default-lr |")
+            lines.append(
+                "| K | run time | compile (trace + XLA) | error: itd (tuned, cold) | itd-warm | itd-default-lr |"
+            )
             lines.append("|---|---|---|---|---|---|")
             for r in sweep:
                 lines.append(
@@ -1382,7 +1525,9 @@ def write_markdown(result, path):
             "everything; warm-up time reported separately)."
         )
         lines.append("")
-        lines.append("| method | seeds ok | F1[-1] (trace) | F_1 solved at final theta | final theta | time (T rounds) | warm-up (compile) |")
+        lines.append(
+            "| method | seeds ok | F1[-1] (trace) | F_1 solved at final theta | final theta | time (T rounds) | warm-up (compile) |"
+        )
         lines.append("|---|---|---|---|---|---|---|")
         by = {}
         failures = []
@@ -1422,8 +1567,10 @@ def write_markdown(result, path):
                 for s in cfg["seeds"]:
                     r = next((r for r in by.get(method, []) if r["seed"] == s), None)
                     cells.append(
-                        "-" if r is None else
-                        f"{r['F1_true']:.4g} / {r['time_s']:.2f} s" if isinstance(r["F1_true"], float)
+                        "-"
+                        if r is None
+                        else f"{r['F1_true']:.4g} / {r['time_s']:.2f} s"
+                        if isinstance(r["F1_true"], float)
                         else f"{r['F1_true'][:60]} / {r['time_s']:.2f} s"
                     )
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
