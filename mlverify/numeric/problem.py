@@ -11,13 +11,11 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ..errors import ConvergenceError, HessianError, NonFiniteError, ProblemDefinitionError
+from ..symsolve import check_lower_hessian
 from .implicit import DENSE_LIMIT, ImplicitCore, LinearSolve
 from .itd import itd_hypergradient
 
 METHODS = ("exact", "no-curvature", "cg", "neumann", "itd", "fd")
-
-#: A lower Hessian with condition number above this is reported as singular.
-SINGULAR_CONDITION = 1e12
 
 #: XLA options for the core's compiled functions. The exact hypergradient's graph grows
 #: steeply with n and XLA's LLVM optimisation dominates its compile time; at n = 5, blocks
@@ -287,8 +285,6 @@ class NumericProblem:
         if flat is not None:
             h = np.asarray(self._grad_hess(k)(tuple(flat))[1])
             if np.all(np.isfinite(h)):
-                from ..symsolve import check_lower_hessian
-
                 check_lower_hessian(h, k + 1)  # raises with eigenvalues and condition number
         raise HessianError(
             "the Hessian D_kk F_k is not positive definite at the point (its Cholesky "
@@ -325,7 +321,7 @@ class NumericProblem:
         blocks, residuals, iterations = nested_solve(self, start, tol, max_iter, method)
         for k in range(1, self.n):
             if self.sizes[k] <= DENSE_LIMIT:
-                _check_dense_hessian(np.asarray(self._grad_hess(k)(tuple(blocks))[1]), k + 1)
+                check_lower_hessian(np.asarray(self._grad_hess(k)(tuple(blocks))[1]), k + 1)
         return LowerSolution(
             tuple(self.unflatten(k, blocks[k]) for k in range(1, self.n)), residuals, iterations
         )
@@ -368,12 +364,6 @@ def _as_float64(x):
 def _reject_unknown(options, method):
     if options:
         raise TypeError(f"method '{method}' got unknown option(s): {', '.join(sorted(options))}")
-
-
-def _check_dense_hessian(h: np.ndarray, level: int) -> None:
-    from ..symsolve import check_lower_hessian
-
-    check_lower_hessian(h, level)
 
 
 __all__ = ["NumericProblem", "LowerSolution", "METHODS", "ConvergenceError"]
