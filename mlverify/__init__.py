@@ -7,6 +7,7 @@ Importing mlverify switches JAX to float64 (see :mod:`mlverify._config`, the one
 from . import _config  # noqa: F401  (float64 before anything traces)
 from .errors import (
     ConvergenceError,
+    DivergenceError,
     HessianError,
     MlverifyError,
     NonFiniteError,
@@ -20,6 +21,7 @@ from .optimize import Trace, optimize  # noqa: E402
 
 __all__ = [
     "ConvergenceError",
+    "DivergenceError",
     "HessianError",
     "Level",
     "MlverifyError",

@@ -48,3 +48,13 @@ class ConvergenceError(MlverifyError, RuntimeError):
 
 class NonFiniteError(MlverifyError, FloatingPointError):
     """A NaN or infinity appeared in an iterate, a Jacobian, a hypergradient or a bound."""
+
+
+class DivergenceError(MlverifyError, ArithmeticError):
+    """An unrolled inner solver (ITD) diverged: its gradient steps raised the level's objective,
+    so the step is too large for the curvature there. ``step_scale`` is the last factor tried
+    on the default steps (1 where the step was given)."""
+
+    def __init__(self, message: str, *, level: int, step_scale: float = 1.0):
+        self.step_scale = step_scale
+        super().__init__(message, level=level, quantity="inner step size")

@@ -295,10 +295,10 @@ class _Runner:
             if self.inner_lr is not None:
                 self._betas = [None] + [float(self.inner_lr)] * (self.num.n - 1)
             else:
-                hessians = self.num.lower_hessians(
+                lipschitz = self.num.lower_lipschitz(
                     [self.num.unflatten(k, x) for k, x in enumerate(flat)]
                 )
-                self._betas = [None] + [1.0 / float(np.linalg.eigvalsh(h)[-1]) for h in hessians]
+                self._betas = [None] + [1.0 / lam for lam in lipschitz]
         return self._betas
 
     def _f1(self, x1, lower):

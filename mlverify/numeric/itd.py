@@ -4,6 +4,12 @@ Each argmin is replaced by K gradient steps from the given start, nested: one gr
 step of level k differentiates through level k+1's unrolled solver, which itself unrolls
 level k+2's, ... The hypergradient is the derivative of the whole unrolled program; its cost
 grows like K^(n-1).
+
+Divergence is detected, not guessed at: gradient descent with a step below 2/L never raises
+the objective it descends, so a rise of f_k between two of level k's unrolled steps means
+the step was too large for the curvature met there. Each level's flag is returned beside the
+hypergradient (``NumericProblem`` halves the default step and retries, or raises
+``DivergenceError`` naming the level).
 """
 
 from __future__ import annotations
@@ -11,40 +17,58 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+#: A rise of f_k by more than this (relative to 1 + |f_k|) between unrolled steps counts as
+#: divergence; float64 round-off in f_k is ~1e-16 relative.
+RISE_TOLERANCE = 1e-10
+
 
 def _unrolled_tail(core, k, upper, starts, steps, lrs):
-    """(x_k, ..., x_n) after K unrolled steps at level k, for the blocks above held fixed."""
+    """((x_k, ..., x_n) after K unrolled steps at level k for the blocks above held fixed,
+    per-level rise flags (n booleans) of every unrolled run inside)."""
+    no_rise = jnp.zeros(core.n, bool)
 
     def tail_from(xk):
-        lower = (
-            _unrolled_tail(core, k + 1, tuple(upper) + (xk,), starts, steps, lrs)
-            if k + 1 < core.n
-            else ()
-        )
-        return lower
+        if k + 1 < core.n:
+            return _unrolled_tail(core, k + 1, tuple(upper) + (xk,), starts, steps, lrs)
+        return (), no_rise
 
     def objective(xk):
-        return core.fs[k](tuple(upper) + (xk,) + tail_from(xk))
+        tail, rose = tail_from(xk)
+        return core.fs[k](tuple(upper) + (xk,) + tail), rose
 
-    grad = jax.grad(objective)
+    value_and_grad = jax.value_and_grad(objective, has_aux=True)
+    this_level = jnp.arange(core.n) == k
 
-    def body(_, xk):
-        return xk - lrs[k] * grad(xk)
+    def body(_, carry):
+        xk, previous, rose = carry
+        (value, lower_rose), grad = value_and_grad(xk)
+        risen = value > previous + RISE_TOLERANCE * (1 + jnp.abs(previous))
+        return xk - lrs[k] * grad, value, rose | lower_rose | (this_level & risen)
 
-    xk = jax.lax.fori_loop(0, steps, body, starts[k])
-    return (xk,) + tail_from(xk)
+    start = (starts[k], jnp.asarray(jnp.inf, starts[k].dtype), no_rise)
+    xk, _, rose = jax.lax.fori_loop(0, steps, body, start)
+    tail, lower_rose = tail_from(xk)
+    return (xk,) + tail, rose | lower_rose
+
+
+def itd_hypergradient_and_flags(core, anchors, steps: int, inner_lr=None, lr_scale=1.0):
+    """(dF_1/dx_1 through K unrolled steps per lower level started from ``anchors[1:]``,
+    rise flags: ``flags[k]`` is True where level k+1's unrolled steps raised f_{k+1})."""
+    if steps < 1:
+        raise ValueError("ITD needs steps >= 1")
+    lrs = tuple(None if lr is None else lr * lr_scale
+                for lr in _learning_rates(core, anchors, inner_lr))
+
+    def top(x1):
+        tail, rose = _unrolled_tail(core, 1, (x1,), anchors, steps, lrs)
+        return core.fs[0]((x1,) + tail), rose
+
+    return jax.grad(top, has_aux=True)(anchors[0])
 
 
 def itd_hypergradient(core, anchors, steps: int, inner_lr=None):
     """dF_1/dx_1 through K unrolled steps per lower level, started from ``anchors[1:]``."""
-    if steps < 1:
-        raise ValueError("ITD needs steps >= 1")
-    lrs = _learning_rates(core, anchors, inner_lr)
-
-    def top(x1):
-        return core.fs[0]((x1,) + _unrolled_tail(core, 1, (x1,), anchors, steps, lrs))
-
-    return jax.grad(top)(anchors[0])
+    return itd_hypergradient_and_flags(core, anchors, steps, inner_lr)[0]
 
 
 def _learning_rates(core, anchors, inner_lr):
@@ -58,20 +82,9 @@ def _learning_rates(core, anchors, inner_lr):
         if jnp.ndim(inner_lr) == 0:
             return (None,) + (inner_lr,) * (core.n - 1)
         return (None,) + tuple(inner_lr)
-    from .implicit import DENSE_LIMIT, LinearSolve
-
     anchors = tuple(jax.lax.stop_gradient(a) for a in anchors)
     rates = [None]
     for k in range(1, core.n):
-        dense = core.sizes[k] <= DENSE_LIMIT
-        _, second = core.reduced_gradient_hessian(k, anchors, LinearSolve(), dense)
-        if dense:
-            lam = jnp.linalg.eigvalsh(0.5 * (second + second.T))[-1]
-        else:
-            v = jnp.ones_like(anchors[k]) / jnp.sqrt(anchors[k].shape[0])
-            for _ in range(30):
-                w = second(v)
-                v = w / jnp.maximum(jnp.linalg.norm(w), 1e-300)
-            lam = jnp.vdot(v, second(v))
+        lam = core.reduced_hessian_lambda_max(k, anchors)
         rates.append(jax.lax.stop_gradient(1.0 / jnp.maximum(1.2 * lam, 1e-12)))
     return tuple(rates)

@@ -10,10 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ..errors import ConvergenceError, HessianError, NonFiniteError, ProblemDefinitionError
+from ..errors import (
+    ConvergenceError,
+    DivergenceError,
+    HessianError,
+    NonFiniteError,
+    ProblemDefinitionError,
+)
 from ..symsolve import check_lower_hessian
 from .implicit import DENSE_LIMIT, ImplicitCore, LinearSolve
-from .itd import itd_hypergradient
+from .itd import itd_hypergradient_and_flags
 
 METHODS = ("exact", "no-curvature", "cg", "neumann", "itd", "fd")
 
@@ -22,6 +28,9 @@ METHODS = ("exact", "no-curvature", "cg", "neumann", "itd", "fd")
 #: of 4, level 0 cut compile from ~29 s to ~11 s with run time unchanged (0.5 ms), since
 #: the work is many small ops rather than tight loops (benchmarks/results/numeric.md).
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+#: How often ITD's default inner steps are halved after its unrolled steps diverged.
+ITD_HALVINGS = 10
 
 
 class LowerSolution(tuple):
@@ -148,20 +157,43 @@ class NumericProblem:
 
         Methods: ``exact`` (all curvature terms), ``no-curvature``, ``cg`` and ``neumann``
         (``iterations=K`` truncated solves), ``itd`` (``steps=K`` unrolled inner steps per
-        level from these iterates, ``inner_lr``). Returns an array shaped like x_1.
+        level from these iterates, ``inner_lr``; without it the steps are 1/(1.2 L_k) at the
+        start, halved while any level's unrolled steps raise its objective, up to
+        ``ITD_HALVINGS`` times; a given ``inner_lr`` that diverges raises DivergenceError).
+        Returns an array shaped like x_1.
         """
         flat = self._flat_all(xs)
         value, status = self._frozen_flat(flat, method, options)
+        if method == "itd" and options.get("inner_lr") is None:
+            value, status = self._itd_backtrack(flat, options, value, status)
         self._check_status(status, method, flat)
         return self.unflatten(0, value)
+
+    def _itd_backtrack(self, flat, options, value, status):
+        """ITD's default steps (1/(1.2 L_k) at the start) can be too large where the
+        curvature grows along the unrolled path; halve them until no level's unrolled steps
+        raise its objective (at most ``ITD_HALVINGS`` times)."""
+        scale = 1.0
+        fn = self._jit(("frozen", "itd", tuple(sorted(options.items()))),
+                       lambda: self._frozen_builder("itd", dict(options)))
+        for _ in range(ITD_HALVINGS):
+            if not bool(np.any(np.asarray(status["inner_rise"]))):
+                break
+            scale *= 0.5
+            value, status = fn(flat, jnp.float64(scale))
+        status = dict(status, step_scale=scale)
+        return value, status
 
     def hypergradient_function(self, method: str = "exact", **options):
         """A pure, jit- and vmap-able ``flat_blocks -> (value, status)`` for ``method``.
 
         ``flat_blocks`` is the tuple of all n blocks as flat float64 vectors (``flatten``).
-        ``status`` holds JAX booleans: ``finite`` (the value has no NaN or inf) and, for dense
-        lower blocks, ``cholesky_ok[k]`` (H_k was positive definite at the iterates). Under
-        your own jit or vmap, check them, or pass them to :meth:`check_status` outside.
+        ``status`` holds JAX booleans: ``finite`` (the value has no NaN or inf); for dense
+        lower blocks, ``cholesky_ok[k]`` (H_k was positive definite at the iterates); for
+        ``itd``, ``inner_rise`` (n flags: level k's unrolled steps raised f_k, so its step is
+        too large; :meth:`hypergradient_frozen` halves the default step and retries, this
+        pure function does not). Under your own jit or vmap, check them, or pass them to
+        :meth:`check_status` outside.
         """
         if method not in METHODS or method == "fd":
             raise ValueError(f"no pure function for method {method!r}")
@@ -203,9 +235,9 @@ class NumericProblem:
             inner_lr = options.pop("inner_lr", None)
             _reject_unknown(options, method)
 
-            def run(flat):
-                value = itd_hypergradient(core, flat, steps, inner_lr)
-                return value, {"finite": jnp.all(jnp.isfinite(value))}
+            def run(flat, lr_scale=1.0):
+                value, rose = itd_hypergradient_and_flags(core, flat, steps, inner_lr, lr_scale)
+                return value, {"finite": jnp.all(jnp.isfinite(value)), "inner_rise": rose}
 
             return run
         curvature = method != "no-curvature"
@@ -240,6 +272,18 @@ class NumericProblem:
     def _check_status(self, status, method, flat=None):
         # Bottom-up: a failure at level k spoils every level above it, so the deepest
         # failing level is where the problem is.
+        if "inner_rise" in status and bool(np.any(status["inner_rise"])):
+            level = int(np.flatnonzero(np.any(np.reshape(status["inner_rise"], (-1, self.n)),
+                                              axis=0))[-1]) + 1
+            scale = float(status.get("step_scale", 1.0))
+            tried = (f" (the default steps were halved down to {scale:g} of 1/(1.2 L_k))"
+                     if scale < 1 else "")
+            raise DivergenceError(
+                f"ITD's unrolled gradient steps raised f_{level}{tried}: the inner step is too "
+                "large for the curvature along the unrolled path; pass a smaller inner_lr",
+                level=level,
+                step_scale=scale,
+            )
         if "cholesky_ok" in status:
             for k in sorted(status["cholesky_ok"], reverse=True):
                 if not bool(np.all(status["cholesky_ok"][k])):
@@ -277,9 +321,19 @@ class NumericProblem:
 
     # ------------------------------------------------------------------ diagnostics
     def lower_hessians(self, xs):
-        """D_kk F_k (dense, levels 2..n) at the given iterates, lower levels by IFT."""
+        """D_kk F_k (dense, levels 2..n) at the given iterates, lower levels by IFT. For a
+        block of d this forms d x d; for step sizes use :meth:`lower_lipschitz`."""
         flat = self._flat_all(xs)
         return [np.asarray(self._grad_hess(k)(flat)[1]) for k in range(1, self.n)]
+
+    def lower_lipschitz(self, xs) -> list[float]:
+        """lambda_max(D_kk F_k), levels 2..n, at the given iterates (matrix-free for blocks
+        over 200: Lanczos on Hessian-vector products, no d x d matrix)."""
+        flat = self._flat_all(xs)
+        build = lambda: lambda flat: jnp.stack(  # noqa: E731
+            [self.core.reduced_hessian_lambda_max(k, flat) for k in range(1, self.n)]
+        )
+        return [float(v) for v in np.asarray(self._jit(("lipschitz",), build)(flat))]
 
     def _raise_hessian_problem(self, k, flat=None):
         if flat is not None:
@@ -293,10 +347,10 @@ class NumericProblem:
         )
 
     def _grad_hess(self, k):
-        dense = self.sizes[k] <= DENSE_LIMIT
+        """(D_k F_k, dense D_kk F_k) at flat blocks, compiled once per level (diagnostics)."""
         return self._jit(
             ("grad_hess", k),
-            lambda: lambda flat: self.core.reduced_gradient_hessian(k, flat, LinearSolve(), dense),
+            lambda: lambda flat: self.core.reduced_gradient_hessian(k, flat, LinearSolve(), True),
         )
 
     # ------------------------------------------------------------------ lower solves
