@@ -129,13 +129,18 @@ def config(quick: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------- problems
-def family(n: int, d: int, seed: int = 0):
-    """The seeded non-quadratic n-level problem with blocks of d (see the module docstring)."""
+def family(n: int, d: int, seed: int = 0, condition: float = 1.0):
+    """The seeded non-quadratic n-level problem with blocks of d (see the module docstring).
+
+    ``condition`` = kappa > 1 replaces the unit own quadratic by 1/2 sum_i s_i (x_k - a_k)_i^2
+    with s log-spaced in [1, kappa] (the same for every level), so each level's Hessian has
+    condition number ~kappa; kappa = 1 is the problem above, unchanged."""
     import jax.numpy as jnp
     import numpy as np
 
     from mlverify.numeric import NumericProblem
 
+    own = jnp.asarray(np.logspace(0.0, np.log10(condition), d) if d > 1 else [condition])
     rng = np.random.default_rng(7919 * seed + 100 * n + d)
     scale = 0.3 / np.sqrt(d)
     a = [jnp.asarray(rng.normal(size=d) * 0.5) for _ in range(n)]
@@ -149,7 +154,7 @@ def family(n: int, d: int, seed: int = 0):
     def objective(k):
         def f(xs):
             xk = xs[k]
-            value = 0.5 * jnp.sum((xk - a[k]) ** 2) + 0.125 * jnp.sum(xk**4)
+            value = 0.5 * jnp.sum(own * (xk - a[k]) ** 2) + 0.125 * jnp.sum(xk**4)
             for m in range(n):
                 if m != k:
                     value = value + jnp.tanh(xs[m]) @ (W[(k, m)] @ xk)

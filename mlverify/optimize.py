@@ -237,11 +237,16 @@ class _Runner:
         self.evals = 0
         self._betas = None
 
-    def _solve(self, x1):
+    def _solve_options(self):
         options = dict(self.solve_options)
         if self.lower is not None:
             options.setdefault("init", self.lower)
-        self.lower = self.num.solve_lower(self.num.unflatten(0, jnp.asarray(x1)), **options)
+        return options
+
+    def _solve(self, x1):
+        self.lower = self.num.solve_lower(
+            self.num.unflatten(0, jnp.asarray(x1)), **self._solve_options()
+        )
         self.evals += self.lower.iterations
         return self.lower
 
@@ -254,11 +259,16 @@ class _Runner:
         num = self.num
         self.evals += 1
         if self.solves_lower:
-            lower = self._solve(x1)
+            # One compiled call: lower solve (warm-started) and hypergradient at its result.
             options = (
                 {"iterations": self.iterations} if self.method in ("aid-cg", "aid-neumann") else {}
             )
-            return self._frozen(x1, lower, _HYPERGRADIENT_METHOD[self.method], **options)
+            g, self.lower = num.solve_and_hypergradient(
+                num.unflatten(0, jnp.asarray(x1)), _HYPERGRADIENT_METHOD[self.method],
+                solve_options=self._solve_options(), **options,
+            )
+            self.evals += self.lower.iterations
+            return np.asarray(num.flatten(0, g))
         if self.method == "itd":
             start = [num.unflatten(k, num.init[k]) for k in range(1, num.n)]
             options = {"steps": self.inner_steps}

@@ -255,6 +255,10 @@ class SymbolicBackend:
         blocks = [self.flatten(k, x) for k, x in enumerate(xs)]
         return self.problem.numeric(curvature).hypergradient_frozen(blocks)
 
+    def solve_and_hypergradient(self, x1, method="exact", *, solve_options=None, **options):
+        lower = self.solve_lower(x1, **(solve_options or {}))
+        return self.hypergradient_frozen((x1, *lower), method, **options), lower
+
     def reduced_gradient_frozen(self, k, flat_blocks):
         return self.problem.numeric().gradient_hessian(k, flat_blocks)[0]
 

@@ -48,9 +48,11 @@ def test_compiled_newton_matches_the_closed_form(sizes, seed):
         assert rel_err(g, w) < SOLUTION_TOL, f"level {k}"
 
 
-@pytest.mark.parametrize("n", [2, 3, 4])
+@pytest.mark.parametrize("n", [2, 3])
 def test_compiled_newton_matches_the_eager_solver_on_nonquadratic_problems(n):
-    """Same algorithm, two drivers: one compiled call vs one jitted step per iteration."""
+    """Same algorithm, two drivers: one compiled call vs one jitted step per iteration.
+    (n = 4 agrees too but compiles both drivers for ~35 s; the quadratic closed-form test
+    above covers four levels.)"""
     num = zoo.nonquadratic(n, size=2, seed=n).lower()
     x1 = np.array([0.3, -0.4])
     compiled = num.solve_lower(x1, tol=SOLVE_TOL)

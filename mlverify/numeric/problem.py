@@ -216,8 +216,55 @@ class NumericProblem:
             # ITD starts from its own fixed inner initial point, not from a solution.
             xs = (x1,) + tuple(self.unflatten(k, self.init[k]) for k in range(1, self.n))
             return self.hypergradient_frozen(xs, method, **options)
+        return self.solve_and_hypergradient(x1, method, solve_options=solve_options,
+                                            **options)[0]
+
+    def solve_and_hypergradient(self, x1, method: str = "exact", *, solve_options=None,
+                                **options):
+        """``(hypergradient, LowerSolution)`` at x_1: levels 2..n solved by ``solve_lower``
+        with ``solve_options`` (``tol``, ``max_iter``, ``init``, ``method``) and the
+        hypergradient by ``method`` and ``options`` (as ``hypergradient_frozen``) there.
+
+        With the default ``newton`` solver both run in one compiled call (what an outer
+        step of implicit-exact costs); if anything in it fails (a level short of ``tol``, a
+        Hessian not positive definite, a NaN), the two steps are re-run separately, and
+        they raise the error naming the level.
+        """
+        if method in ("itd", "fd"):
+            raise ValueError(f"method {method!r} does not use solved lower levels here")
+        solve_options = dict(solve_options or {})
+        tol = solve_options.setdefault("tol", 1e-10)
+        max_iter = solve_options.setdefault("max_iter", 100)
+        start = self._start(x1, solve_options.get("init"))
+        if solve_options.get("method", "newton") == "newton":
+            key = ("solve+frozen", method, tuple(sorted(options.items())))
+            fn = self._jit(key, lambda: self._solve_frozen_builder(method, dict(options)), None)
+            value, blocks, status = fn(tuple(start), jnp.float64(tol), jnp.int32(max_iter))
+            status = jax.device_get(status)
+            solved, frozen = status["solve"], status["frozen"]
+            if (np.all(solved["converged"]) and np.all(solved["hessian_ok"])
+                    and bool(frozen["finite"])
+                    and all(bool(ok) for ok in frozen.get("cholesky_ok", {}).values())):
+                lower = LowerSolution(
+                    tuple(self.unflatten(k, blocks[k]) for k in range(1, self.n)),
+                    [float(r) for r in solved["residual"]],
+                    int(solved["iterations"]),
+                )
+                return self.unflatten(0, value), lower
         lower = self.solve_lower(x1, **solve_options)
-        return self.hypergradient_frozen((x1, *lower), method, **options)
+        return self.hypergradient_frozen((x1, *lower), method, **options), lower
+
+    def _solve_frozen_builder(self, method, options):
+        from .solvers import nested_newton
+
+        solve, frozen = nested_newton(self.core), self._frozen_builder(method, options)
+
+        def run(start, tol, max_iter):
+            blocks, solve_status = solve(start, tol, max_iter)
+            value, status = frozen(blocks)
+            return value, blocks, {"solve": solve_status, "frozen": status}
+
+        return run
 
     def _frozen_flat(self, flat, method, options):
         if method not in METHODS:
@@ -368,20 +415,11 @@ class NumericProblem:
         """
         from .solvers import nested_newton, nested_solve
 
+        start = self._start(x1, init)
         if method not in ("newton", "newton-eager", "gd"):
             raise ValueError(
                 f"unknown inner solver {method!r}: use 'newton', 'newton-eager' or 'gd'"
             )
-        flat1 = self.flatten(0, x1)
-        start = list(self.init)
-        if init is not None:
-            if len(init) != self.n - 1:
-                raise ProblemDefinitionError(
-                    f"init must hold {self.n - 1} blocks (levels 2..{self.n}), got {len(init)}",
-                    quantity="init",
-                )
-            start[1:] = [self.flatten(k, x) for k, x in enumerate(init, start=1)]
-        start[0] = flat1
         blocks = None
         if method == "newton":
             # XLA's default optimisation here: the solve is loops and factorisations, whose
@@ -404,6 +442,19 @@ class NumericProblem:
         return LowerSolution(
             tuple(self.unflatten(k, blocks[k]) for k in range(1, self.n)), residuals, iterations
         )
+
+    def _start(self, x1, init) -> list:
+        """Flat blocks (x_1, then ``init`` or the declared initial points), shape-checked."""
+        start = list(self.init)
+        if init is not None:
+            if len(init) != self.n - 1:
+                raise ProblemDefinitionError(
+                    f"init must hold {self.n - 1} blocks (levels 2..{self.n}), got {len(init)}",
+                    quantity="init",
+                )
+            start[1:] = [self.flatten(k, x) for k, x in enumerate(init, start=1)]
+        start[0] = self.flatten(0, x1)
+        return start
 
     def reduced_objective(self, x1, **solve_options) -> float:
         """F_1(x_1) = f_1(x_1, x_2*, ..., x_n*)."""

@@ -89,8 +89,10 @@ def nested_newton(core):
             return g, jnp.where(descent, newton, fallback)
 
         def newton_step(state):
-            blocks, residual, _, steps, count = state
-            g, d = direction(blocks)
+            blocks, residual, _, steps, count, fresh = state
+            # The first pass only solves the levels below at the starting x_k (a zero step,
+            # always accepted): one nested solve in the trace per level, not two.
+            g, d = jax.lax.cond(fresh, lambda b: (jnp.zeros_like(b[k]),) * 2, direction, blocks)
             value, slope = core.fs[k](blocks), jnp.vdot(g, d)
 
             def search_body(search):
@@ -99,7 +101,7 @@ def nested_newton(core):
                     k + 1, blocks[:k] + (blocks[k] + alpha * d,) + blocks[k + 1:], tol, max_iter
                 )
                 trial_value, trial_residual = core.fs[k](trial), jnp.linalg.norm(gradient(trial))
-                accept = jnp.isfinite(trial_value) & (
+                accept = fresh | jnp.isfinite(trial_value) & (
                     (trial_value <= value + _ARMIJO * alpha * slope)
                     | ((tries == 0) & (trial_residual < residual))
                 )
@@ -112,17 +114,17 @@ def nested_newton(core):
             )
             # A failed line search keeps the point it had and ends this level's loop.
             keep = jax.tree_util.tree_map(lambda a, b: jnp.where(accepted, a, b), trial, blocks)
-            return (keep, jnp.where(accepted, trial_residual, residual), ~accepted, steps + 1,
-                    count + 1)
+            taken = (~fresh).astype(jnp.int32)
+            return (keep, jnp.where(accepted, trial_residual, residual), ~accepted,
+                    steps + taken, count + taken, jnp.zeros((), bool))
 
         def newton_cond(state):
-            _, residual, stuck, steps, _ = state
-            return (residual > tol) & ~stuck & (steps < max_iter)
+            _, residual, stuck, steps, _, fresh = state
+            return fresh | ((residual > tol) & ~stuck & (steps < max_iter))
 
-        blocks, count = solve_from(k + 1, blocks, tol, max_iter)
-        state = (blocks, jnp.linalg.norm(gradient(blocks)), jnp.zeros((), bool),
-                 jnp.zeros((), jnp.int32), count)
-        blocks, _, _, _, count = jax.lax.while_loop(newton_cond, newton_step, state)
+        state = (blocks, jnp.asarray(jnp.inf, blocks[k].dtype), jnp.zeros((), bool),
+                 jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.ones((), bool))
+        blocks, _, _, _, count, _ = jax.lax.while_loop(newton_cond, newton_step, state)
         return blocks, count
 
     return run
