@@ -20,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PAGE = ROOT / "docs" / "benchmarks.md"
 #: Reports in reading order; any other report follows, by name.
-ORDER = ("symbolic", "numeric", "exact_variants", "algorithms", "batch")
+ORDER = ("symbolic", "numeric", "exact_variants", "algorithms", "h2h", "batch")
 
 HEADER = """# Benchmarks
 
