@@ -35,7 +35,11 @@ def _numeric(problem: "quadratic") -> NumericProblem:
 SIZES = [(1, 1), (2, 3), (1, 1, 1), (2, 3, 2), (1, 2, 1, 2)]
 
 
-@pytest.mark.parametrize("sizes", SIZES, ids=lambda s: "x".join(map(str, s)))
+def _ids(sizes) -> str:
+    return "x".join(map(str, sizes))
+
+
+@pytest.mark.parametrize("sizes", SIZES, ids=_ids)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_compiled_newton_matches_the_closed_form(sizes, seed):
     problem = quadratic(sizes, seed)
@@ -105,6 +109,37 @@ def test_failed_compiled_solve_reports_the_level_through_the_eager_run():
     with pytest.raises(mv.ConvergenceError) as info:
         num.solve_lower(np.ones(1), tol=1e-12, max_iter=3)
     assert info.value.level == 3 and info.value.residual > info.value.tolerance
+
+
+# ----------------------------------------------------------------- solve + hypergradient
+@pytest.mark.parametrize("sizes", [(1, 1), (2, 3, 2), (1, 2, 1, 2)], ids=_ids)
+def test_solve_and_hypergradient_matches_the_closed_form_and_the_split_path(sizes):
+    """The fused call (one compile: solve + exact hypergradient) against the NumPy closed
+    form, and against solve_lower followed by hypergradient_frozen."""
+    problem = quadratic(sizes, seed=7)
+    num = _numeric(problem)
+    x1 = np.random.default_rng(7).normal(size=sizes[0])
+    want = quadratic_closed_form(problem, x1)
+    g, lower = num.solve_and_hypergradient(x1, solve_options={"tol": SOLVE_TOL})
+    assert lower.residual <= SOLVE_TOL
+    assert rel_err(g, want.hypergradient) < SOLUTION_TOL
+    for got, w in zip(lower, want.lower, strict=True):
+        assert rel_err(got, w) < SOLUTION_TOL
+    split = num.hypergradient_frozen((x1, *num.solve_lower(x1, tol=SOLVE_TOL)))
+    assert rel_err(g, split) < 1e-12
+
+
+def test_solve_and_hypergradient_reports_an_indefinite_level_by_name():
+    """f_2 = -(x_2 - x_1)^2 + x_2^4/10 from x = 0: the start is a stationary maximum (zero
+    gradient, so the solve 'converges'); the Hessian screen sends it to the exact check."""
+    num = NumericProblem(
+        [lambda xs: jnp.sum(xs[0] ** 2 + xs[1] ** 2),
+         lambda xs: jnp.sum(-((xs[1] - xs[0]) ** 2) + 0.1 * xs[1] ** 4)],
+        [np.zeros(1), np.zeros(1)],
+    )
+    with pytest.raises(mv.HessianError) as info:
+        num.hypergradient(np.zeros(1))
+    assert info.value.level == 2 and info.value.min_eigenvalue == pytest.approx(-2.0)
 
 
 # ----------------------------------------------------------------- blocks over DENSE_LIMIT
