@@ -158,7 +158,7 @@ def run_verify(args) -> int:
         print("  n   T_eps   mean ||e_t||")
         for n, t_eps, err in zip(growth["n"], growth["T_eps"], growth["mean_error"], strict=True):
             print(f"  {n:<3} {t_eps:<7} {err:.3e}")
-        print(f"  fitted growth of log T_eps per level: {growth['growth_per_level']}")
+        print(f"  fitted growth of log T_eps per level: {growth['growth_per_level']:.3g}")
 
     verdicts = {
         "cross-check": "pass" if agree else "fail",
