@@ -174,8 +174,7 @@ class NumericProblem:
         curvature grows along the unrolled path; halve them until no level's unrolled steps
         raise its objective (at most ``ITD_HALVINGS`` times)."""
         scale = 1.0
-        fn = self._jit(("frozen", "itd", tuple(sorted(options.items()))),
-                       lambda: self._frozen_builder("itd", dict(options)))
+        fn = self._frozen_fn("itd", options)
         for _ in range(ITD_HALVINGS):
             if not bool(np.any(np.asarray(status["inner_rise"]))):
                 break
@@ -245,12 +244,7 @@ class NumericProblem:
             if (np.all(solved["converged"]) and np.all(solved["hessian_ok"])
                     and bool(frozen["finite"])
                     and all(bool(ok) for ok in frozen.get("cholesky_ok", {}).values())):
-                lower = LowerSolution(
-                    tuple(self.unflatten(k, blocks[k]) for k in range(1, self.n)),
-                    [float(r) for r in solved["residual"]],
-                    int(solved["iterations"]),
-                )
-                return self.unflatten(0, value), lower
+                return self.unflatten(0, value), self._lower_solution(blocks, solved)
         lower = self.solve_lower(x1, **solve_options)
         return self.hypergradient_frozen((x1, *lower), method, **options), lower
 
@@ -271,9 +265,12 @@ class NumericProblem:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if method == "fd":
             raise ValueError("'fd' needs solved lower levels: use hypergradient(x1, method='fd')")
+        return self._frozen_fn(method, options)(flat)
+
+    def _frozen_fn(self, method, options):
+        """The compiled ``_frozen_builder(method, options)``, cached per method and options."""
         key = ("frozen", method, tuple(sorted(options.items())))
-        fn = self._jit(key, lambda: self._frozen_builder(method, dict(options)))
-        return fn(flat)
+        return self._jit(key, lambda: self._frozen_builder(method, dict(options)))
 
     def _frozen_builder(self, method, options):
         core = self.core
@@ -426,21 +423,26 @@ class NumericProblem:
             # run time level 0 doubles (blocks of 100), not a deep derivative graph.
             solver = self._jit(("nested_newton",), lambda: nested_newton(self.core), None)
             solved, status = solver(tuple(start), jnp.float64(tol), jnp.int32(max_iter))
-            status = jax.tree_util.tree_map(np.asarray, status)
+            status = jax.device_get(status)
             if bool(np.all(status["converged"])):
-                blocks = list(solved)
-                residuals = [float(r) for r in status["residual"]]
-                iterations = int(status["iterations"])
-                checked = status["hessian_ok"]
+                blocks, checked = list(solved), status["hessian_ok"]
         if blocks is None:
             eager = "gd" if method == "gd" else "newton"
             blocks, residuals, iterations = nested_solve(self, start, tol, max_iter, eager)
+            status = {"residual": residuals, "iterations": iterations}
             checked = np.zeros(self.n - 1, bool)
         for k in range(1, self.n):
             if self.sizes[k] <= DENSE_LIMIT and not checked[k - 1]:
                 check_lower_hessian(np.asarray(self._grad_hess(k)(tuple(blocks))[1]), k + 1)
+        return self._lower_solution(blocks, status)
+
+    def _lower_solution(self, blocks, status) -> LowerSolution:
+        """The ``LowerSolution`` of flat ``blocks`` (all n) and a solve's ``residual`` (per
+        level) and ``iterations``."""
         return LowerSolution(
-            tuple(self.unflatten(k, blocks[k]) for k in range(1, self.n)), residuals, iterations
+            tuple(self.unflatten(k, blocks[k]) for k in range(1, self.n)),
+            [float(r) for r in status["residual"]],
+            int(status["iterations"]),
         )
 
     def _start(self, x1, init) -> list:
