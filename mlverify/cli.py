@@ -142,7 +142,8 @@ def run_verify(args) -> int:
         print(report41)
 
     _say(
-        f"[5/5] Theorem 4.2: inexact single-loop iterates, and T_eps(n) for n = 2..{args.max_levels}",
+        "[5/5] Theorem 4.2: inexact single-loop iterates, and T_eps(n) for "
+        f"n = 2..{args.max_levels}",
         quiet,
     )
     report42 = verify.theorem_4_2(problem, T=args.T, methods=("hierarchical", "itd"))

@@ -36,11 +36,13 @@ def abstract_jacobian(n: int, k: int, j: int) -> str:
         f = f"f_{{{k}}}"
         hess = (
             rf"{_d(k, k)}{f} + {_d(k, z)}{f}\,{gy} + {gy}^{{\top}} {_d(z, k)}{f} "
-            rf"+ {gy}^{{\top}} {_d(z, z)}{f}\,{gy} + \sum_i ({_d(z)}{f})_i\, {_d(k, k)} (y_{{{z}}})_i"
+            rf"+ {gy}^{{\top}} {_d(z, z)}{f}\,{gy} "
+            rf"+ \sum_i ({_d(z)}{f})_i\, {_d(k, k)} (y_{{{z}}})_i"
         )
         cross = (
             rf"{_d(k, j)}{f} + {_d(k, z)}{f}\,{gx} + {gy}^{{\top}} {_d(z, j)}{f} "
-            rf"+ {gy}^{{\top}} {_d(z, z)}{f}\,{gx} + \sum_i ({_d(z)}{f})_i\, {_d(k, j)} (y_{{{z}}})_i"
+            rf"+ {gy}^{{\top}} {_d(z, z)}{f}\,{gx} "
+            rf"+ \sum_i ({_d(z)}{f})_i\, {_d(k, j)} (y_{{{z}}})_i"
         )
         return rf"{lhs} = -\left[{hess}\right]^{{-1}} \left[{cross}\right]"
     lower = ", ".join(f"y_{{{m}}}" for m in range(k + 1, n + 1))

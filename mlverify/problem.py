@@ -253,7 +253,8 @@ class MultilevelProblem:
 
     # ------------------------------------------------------------------ display
     def latex_jacobian(self, k: int, j: int, abstract: bool = True) -> str:
-        """LaTeX of D_j y_k, in the lemmas' notation when ``abstract`` (see :mod:`mlverify.latex`)."""
+        """LaTeX of D_j y_k, in the lemmas' notation when ``abstract``
+        (see :mod:`mlverify.latex`)."""
         from .latex import latex_best_response_jacobian
 
         return latex_best_response_jacobian(self, k, j, abstract=abstract)

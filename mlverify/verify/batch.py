@@ -110,7 +110,8 @@ def _instance_check(objectives_of, sizes, box, T, grid, newton_steps, fd_step):
 
             return jax.lax.scan(step, x0, None, length=rounds)
 
-        x_end, (values, squared, residuals) = run(jnp.asarray(lo, dtype=jnp.float64) * jnp.ones(sizes[0]), T)
+        x0 = jnp.asarray(lo, dtype=jnp.float64) * jnp.ones(sizes[0])
+        x_end, (values, squared, residuals) = run(x0, T)
         _, (tail_values, _, _) = run(x_end, 4 * T)
         f_star = jnp.minimum(jnp.min(values), jnp.min(tail_values))
         t = jnp.arange(1, T + 1)

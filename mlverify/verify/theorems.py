@@ -192,7 +192,8 @@ def theorem_4_1(
         ""
         if verdict == "pass"
         else (
-            f"the bound fails at {int(np.sum(~ok))} of {T} values of T (first at T = {int(t[~ok][0])})"
+            f"the bound fails at {int(np.sum(~ok))} of {T} values of T "
+            f"(first at T = {int(t[~ok][0])})"
         )
     )
     return Report(
