@@ -68,15 +68,19 @@ def grid(quick: bool):
     ] + [(3, 1000, 1.0), (3, 1000, 10.0)]
 
 
-def median_time(fn, reps):
+def call_times(fn, reps, warm_up=False):
+    """Wall times of ``reps`` calls of fn(), each ended by ``block_until_ready`` (after one
+    untimed call when ``warm_up``)."""
     import jax
 
+    if warm_up:
+        jax.block_until_ready(fn())
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
 
 
 def run_problem(n, d, kappa, cap):
@@ -126,7 +130,7 @@ def run_problem(n, d, kappa, cap):
         t0 = time.perf_counter()
         g = jax.block_until_ready(compiled(cold, lrs))
         first = time.perf_counter() - t0
-        seconds = median_time(lambda: compiled(cold, lrs), 3 if first < 1 else 1)
+        seconds = statistics.median(call_times(lambda: compiled(cold, lrs), 3 if first < 1 else 1))
         err = rel_err(g, g_ref)
         sweep.append({"K": K, "seconds": seconds, "err": err, "compile_s": compile_s})
         print(f"  n={n} d={d} kappa={kappa:g}: ITD K={K} err {err:.2e} in {seconds * 1e3:.2f} ms", flush=True)
@@ -157,24 +161,16 @@ def run_problem(n, d, kappa, cap):
     def unrolled():
         return compiled(cold, lrs)
 
-    def block(fn, reps):
-        jax.block_until_ready(fn())  # warm (allocations, caches) before the block
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn())
-            times.append(time.perf_counter() - t0)
-        return times
-
     # Blocks A-B-A (implicit, ITD, implicit) rather than call-by-call interleaving: a call
     # right after a large ITD call runs several times slower (ITD's reverse pass allocates
     # big buffers; measured 1.1 ms alone vs 3-9.5 ms right after, n=4, d=10); the second A
     # block catches drift from other jobs on the machine.
     single = max(s["seconds"] for s in sweep if s["K"] == K)
     reps = 11 if single < 0.05 else (5 if single < 2 else 3)
-    ti = block(implicit, 11)
-    tu = block(unrolled, reps)
-    ti += block(implicit, 11)
+    # Each block starts with an untimed call (allocations, caches).
+    ti = call_times(implicit, 11, warm_up=True)
+    tu = call_times(unrolled, reps, warm_up=True)
+    ti += call_times(implicit, 11, warm_up=True)
     row["implicit_s"], row["itd_s"] = statistics.median(ti), statistics.median(tu)
     row["ratio"] = row["itd_s"] / row["implicit_s"]
     row["ratio_of_minima"] = min(tu) / min(ti)
