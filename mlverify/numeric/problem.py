@@ -54,6 +54,7 @@ class _Block:
     size: int
     unravel: Callable
     structure: object  # the pytree structure and leaf shapes of the declared block
+    vector: bool  # declared as one 1-D array: its flat form is the block itself
 
 
 class NumericProblem:
@@ -85,7 +86,9 @@ class NumericProblem:
                 )
             if not bool(jnp.all(jnp.isfinite(flat))):
                 raise NonFiniteError("the initial point holds NaN or inf", level=k, quantity="init")
-            blocks.append(_Block(int(flat.size), unravel, _structure(x0)))
+            leaves = jax.tree_util.tree_leaves(x0)
+            vector = len(leaves) == 1 and np.ndim(leaves[0]) == 1
+            blocks.append(_Block(int(flat.size), unravel, _structure(x0), vector))
             flat_init.append(flat)
         self._blocks = tuple(blocks)
         self.sizes = tuple(b.size for b in blocks)
@@ -119,6 +122,8 @@ class NumericProblem:
 
     def flatten(self, k: int, value) -> jax.Array:
         """Block k (0-based) as a flat float64 vector, shape-checked (level named 1-based)."""
+        if _is_flat(value, self.sizes[k]):
+            return value  # what the checks below would accept and return (hot path: warm starts)
         flat, _ = ravel_pytree(jax.tree_util.tree_map(_as_float64, value))
         if flat.shape != (self.sizes[k],):
             raise ProblemDefinitionError(
@@ -137,7 +142,11 @@ class NumericProblem:
         return flat
 
     def unflatten(self, k: int, flat) -> object:
-        return self._blocks[k].unravel(flat)
+        """Block k shaped as declared, from its flat float64 vector."""
+        block = self._blocks[k]
+        if block.vector and _is_flat(flat, block.size):
+            return flat  # unravel would return an equal copy
+        return block.unravel(flat)
 
     def _flat_all(self, xs) -> tuple:
         if len(xs) != self.n:
@@ -179,7 +188,7 @@ class NumericProblem:
             if not bool(np.any(np.asarray(status["inner_rise"]))):
                 break
             scale *= 0.5
-            value, status = fn(flat, jnp.float64(scale))
+            value, status = fn(flat, np.float64(scale))
         status = dict(status, step_scale=scale)
         return value, status
 
@@ -238,7 +247,7 @@ class NumericProblem:
         if solve_options.get("method", "newton") == "newton":
             key = ("solve+frozen", method, tuple(sorted(options.items())))
             fn = self._jit(key, lambda: self._solve_frozen_builder(method, dict(options)), None)
-            value, blocks, status = fn(tuple(start), jnp.float64(tol), jnp.int32(max_iter))
+            value, blocks, status = fn(tuple(start), np.float64(tol), np.int32(max_iter))
             status = jax.device_get(status)
             solved, frozen = status["solve"], status["frozen"]
             if (np.all(solved["converged"]) and np.all(solved["hessian_ok"])
@@ -422,7 +431,7 @@ class NumericProblem:
             # XLA's default optimisation here: the solve is loops and factorisations, whose
             # run time level 0 doubles (blocks of 100), not a deep derivative graph.
             solver = self._jit(("nested_newton",), lambda: nested_newton(self.core), None)
-            solved, status = solver(tuple(start), jnp.float64(tol), jnp.int32(max_iter))
+            solved, status = solver(tuple(start), np.float64(tol), np.int32(max_iter))
             status = jax.device_get(status)
             if bool(np.all(status["converged"])):
                 blocks, checked = list(solved), status["hessian_ok"]
@@ -487,6 +496,11 @@ def _structure(value):
     if len(shapes) == 1 and len(shapes[0]) <= 1:
         return (max(1, int(np.prod(shapes[0]))),)  # scalars and vectors: their length
     return (str(tree), shapes)
+
+
+def _is_flat(value, size: int) -> bool:
+    """A float64 JAX vector of ``size`` entries: already a block's flat form."""
+    return isinstance(value, jax.Array) and value.dtype == jnp.float64 and value.shape == (size,)
 
 
 def _as_float64(x):
