@@ -11,7 +11,9 @@ from .errors import (
     HessianError,
     MlverifyError,
     NonFiniteError,
+    NonUniqueMinimiserError,
     ProblemDefinitionError,
+    UnboundedLevelError,
 )
 from .problem import Level, MultilevelProblem
 
@@ -27,9 +29,11 @@ __all__ = [
     "MlverifyError",
     "MultilevelProblem",
     "NonFiniteError",
+    "NonUniqueMinimiserError",
     "NumericProblem",
     "ProblemDefinitionError",
     "Trace",
+    "UnboundedLevelError",
     "numeric",
     "optimize",
     "verify",

@@ -58,3 +58,27 @@ class DivergenceError(MlverifyError, ArithmeticError):
     def __init__(self, message: str, *, level: int, step_scale: float = 1.0):
         self.step_scale = step_scale
         super().__init__(message, level=level, quantity="inner step size")
+
+
+class NonUniqueMinimiserError(MlverifyError, ArithmeticError):
+    """A lower level has more than one minimiser at the point (found by seeded multistart).
+
+    ``level`` is 1-based; ``x1`` is the top-level point; ``minimisers`` holds the distinct
+    minimisers found (each a float64 array of the level's block) and ``values`` their
+    reduced objective values F_k. Multistart can find a second minimiser; it cannot prove
+    that there is none.
+    """
+
+    def __init__(self, message: str, *, level: int, x1=None, minimisers=(), values=()):
+        self.x1 = x1
+        self.minimisers = tuple(minimisers)
+        self.values = tuple(values)
+        super().__init__(message, level=level, quantity="minimiser")
+
+
+class UnboundedLevelError(MlverifyError, ArithmeticError):
+    """A lower level's reduced objective is unbounded below along the solver's path."""
+
+    def __init__(self, message: str, *, level: int, value: float | None = None):
+        self.value = value
+        super().__init__(message, level=level, quantity="objective (unbounded below)")
