@@ -97,7 +97,7 @@ def run_verify(args) -> int:
     result: dict = {"problem": label, "levels": problem.n, "block_sizes": list(problem.sizes)}
     _say(f"mlverify verify: {label} ({problem.n} levels, blocks {problem.sizes})", quiet)
 
-    _say("[1/5] deriving the best-response Jacobians (SPEC section 3)", quiet)
+    _say("[1/5] deriving the best-response Jacobians (Lemmas 2.1, 3.1, 3.2)", quiet)
     jacobians = {}
     for k in range(problem.n, 1, -1):
         for j in range(1, k):

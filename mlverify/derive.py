@@ -1,4 +1,5 @@
-"""The lemmas, symbolically: best-response Jacobians and the hypergradient (SPEC section 3).
+"""The lemmas, symbolically: best-response Jacobians and the hypergradient
+(Lemmas 2.1, 3.1, 3.2).
 
 Notation (0-based here, 1-based in the public API). Levels k = 0..n-1, blocks x_k. The
 reduced objectives are F_k(x_{<=k}) = f_k(x_{<=k}, Y_{>k}(x_{<=k})) and the best responses
@@ -15,7 +16,7 @@ Total derivative along M_k (the chain rule the lemmas apply):
 where Z^k_{m,j} is the total derivative of x_m in x_j along M_k. With
 g_k = T^{k+1}_k f_k (the gradient of F_k), H_k = T^{k+1}_k g_k and B_kj = T^{k+1}_j g_k,
 
-    D_j y_k = - H_k^{-1} B_kj                                       (SPEC eq. (*))
+    D_j y_k = - H_k^{-1} B_kj                                       (implicit function theorem)
 
 and the hypergradient is g_0 = T^1_0 f_0. Lemma 2.1 is the case n = 2; Lemma 3.1 is the
 bottom level (where T^{k+1} is a plain partial); Lemma 3.2 is a level with a lower best
@@ -203,7 +204,8 @@ class Derivation:
 
 
 def derive(blocks, objectives, curvature: bool = True) -> Derivation:
-    """Derive every best-response Jacobian and the hypergradient (SPEC section 3)."""
+    """Derive every best-response Jacobian and the hypergradient
+(Lemmas 2.1, 3.1, 3.2)."""
     variables = [v for block in blocks for v in block]
     graph = DerivationGraph(variables, objectives, frozen_kinds=() if curvature else ("J",))
     index_blocks, start = [], 0

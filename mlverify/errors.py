@@ -1,4 +1,4 @@
-"""Exceptions. Every one names the level (1 = top) and the quantity at fault (SPEC section 6)."""
+"""Exceptions. Every one names the level (1 = top) and the quantity at fault."""
 
 from __future__ import annotations
 

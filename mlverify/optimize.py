@@ -1,4 +1,4 @@
-"""The outer algorithms (SPEC section 4) and their traces.
+"""The outer algorithms and their traces.
 
 All share the projected outer step x_1 <- Pi_X(x_1 - alpha g_t); they differ in g_t:
 

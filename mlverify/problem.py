@@ -1,4 +1,4 @@
-"""Declaring an n-level problem in sympy, and validating it (SPEC sections 1 and 6).
+"""Declaring an n-level problem in sympy, and validating it.
 
     min_{x_1} f_1(x_1, x_2*, ..., x_n*)
       x_k* = argmin_{x_k} f_k(x_1, ..., x_k, x_{k+1}*, ..., x_n*)     k = 2..n
@@ -108,7 +108,7 @@ class Level:
 class MultilevelProblem:
     """An n-level problem, top level first, validated on construction.
 
-    The derivations (SPEC section 3) are computed on first use and kept: the object is
+    The derivations (Lemmas 2.1, 3.1, 3.2) are computed on first use and kept: the object is
     immutable, so they never go stale.
     """
 
@@ -170,7 +170,7 @@ class MultilevelProblem:
 
     # ------------------------------------------------------------------ derivations
     def derivation(self, curvature: bool = True):
-        """The memoised derivation graph of SPEC section 3 (see :mod:`mlverify.derive`)."""
+        """The memoised derivation graph of the lemmas (see :mod:`mlverify.derive`)."""
         key = ("derivation", bool(curvature))
         if key not in self._cache:
             from .derive import derive
@@ -179,7 +179,7 @@ class MultilevelProblem:
         return self._cache[key]
 
     def best_response_jacobian(self, k: int, j: int, curvature: bool = True) -> sp.Matrix:
-        """D_j y_k = -H_k^{-1} D_kj F_k (SPEC eq. (*)): a sympy Matrix of shape (d_k, d_j).
+        """D_j y_k = -H_k^{-1} D_kj F_k (implicit function theorem): a sympy Matrix of shape (d_k, d_j).
 
         Exact, in terms of x_1..x_n, valid where x_k..x_n are the lower-level solutions.
         Lemma 2.1 for n = 2, Lemma 3.1 (a)(b) for the bottom of a trilevel problem, Lemma

@@ -4,7 +4,7 @@ The derivation graph (:mod:`mlverify.derive`) is printed once as straight-line N
 per quantity: f_k, and (g_k, H_k) = (D_k F_k, D_kk F_k) for each lower level. Levels
 n..2 are then solved by nested damped Newton on the reduced objectives F_k: every trial
 point of level k re-solves the levels below it, so each level's iterate is a true best
-response of the levels above (SPEC section 2), never a simultaneous root.
+response of the levels above (the reduced objectives F_k, bottom-up), never a simultaneous root.
 """
 
 from __future__ import annotations

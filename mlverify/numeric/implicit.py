@@ -4,7 +4,7 @@ Blocks are flat float64 vectors here (``NumericProblem`` flattens pytrees). ``an
 the tuple of all blocks (x_1, ..., x_n): the point where the formulas are evaluated. With
 the lower levels solved it is the solution; "frozen" it is any iterate.
 
-The best response of level m (SPEC eq. (*))
+The best response of level m (implicit function theorem; Lemmas 2.1, 3.1, 3.2)
 -------------------------------------------
 y_m(x_{<m}) is a ``jax.custom_jvp`` function whose value is the anchor x_m and whose
 tangent is the implicit-function rule

@@ -1,4 +1,4 @@
-"""Iterative differentiation (ITD; Sato et al. 2021), the paper's baseline (SPEC section 4).
+"""Iterative differentiation (ITD; Sato et al. 2021), the paper's baseline.
 
 Each argmin is replaced by K gradient steps from the given start, nested: one gradient
 step of level k differentiates through level k+1's unrolled solver, which itself unrolls

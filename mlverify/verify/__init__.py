@@ -1,4 +1,4 @@
-"""Numerical checks of the convergence theorems (SPEC section 5).
+"""Numerical checks of the convergence theorems (Theorems 4.1 and 4.2).
 
 ``theorem_4_1`` checks the O(1/T) bound of projected gradient descent with the exact
 hypergradient on a box; ``theorem_4_2`` checks the inexact-hypergradient bound along the

@@ -1,4 +1,4 @@
-"""Theorem 4.1 and 4.2 as checkable statements (SPEC section 5)."""
+"""Theorem 4.1 and 4.2 as checkable statements."""
 
 from __future__ import annotations
 

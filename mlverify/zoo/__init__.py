@@ -1,4 +1,4 @@
-"""Reference problems (SPEC section 7), each with what is known about its answer.
+"""Reference problems, each with what is known about its answer.
 
 - :func:`quadratic` - the quadratic n-level family: affine best responses, closed-form
   hypergradient and optimum (all third derivatives vanish, so it cannot test curvature terms).
