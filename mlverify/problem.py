@@ -179,7 +179,7 @@ class MultilevelProblem:
         return self._cache[key]
 
     def best_response_jacobian(self, k: int, j: int, curvature: bool = True) -> sp.Matrix:
-        """D_j y_k = -H_k^{-1} D_kj F_k (implicit function theorem): a sympy Matrix of shape (d_k, d_j).
+        """D_j y_k = -H_k^{-1} D_kj F_k (implicit function theorem), a (d_k, d_j) sympy Matrix.
 
         Exact, in terms of x_1..x_n, valid where x_k..x_n are the lower-level solutions.
         Lemma 2.1 for n = 2, Lemma 3.1 (a)(b) for the bottom of a trilevel problem, Lemma

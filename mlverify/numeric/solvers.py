@@ -35,7 +35,7 @@ def nested_newton(core):
     """A pure function ``(blocks, tol, max_iter) -> (blocks, status)`` that solves levels
     2..n by nested damped Newton for x_1 = ``blocks[0]``, warm-started from ``blocks[1:]``.
 
-    Per level k (bottom-up inside, as the reduced objectives are defined): while ||D_k F_k|| > ``tol`` and
+    Per level k (bottom-up inside): while ||D_k F_k|| > ``tol`` and
     fewer than ``max_iter`` steps, the Newton direction d = -H_k^{-1} D_k F_k (Cholesky for
     blocks up to ``DENSE_LIMIT``, else CG on Hessian-vector products; steepest descent
     scaled by 1/||H_k||_F where H_k is not positive definite), then backtracking from the
