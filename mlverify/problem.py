@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
+from .checks import DEFAULT_TOL
 from .errors import NonFiniteError, ProblemDefinitionError
 
 
@@ -225,25 +226,55 @@ class MultilevelProblem:
             self._cache[key] = SymbolicEvaluator(self, self.derivation(curvature))
         return self._cache[key]
 
-    def solve_lower(self, x1_value, *, tol: float = 1e-12, init=None, max_iter: int = 100):
+    def solve_lower(self, x1_value, *, tol: float = DEFAULT_TOL, init=None, max_iter: int = 100,
+                    starts: int | None = None, seed: int = 0, radius: float | None = None):
         """Solve levels 2..n for the given x_1 by nested damped Newton.
 
-        Returns a :class:`mlverify.symsolve.LowerSolution` (its ``xs`` are the blocks x_2*..x_n*
-        as float64 arrays, its ``residual`` the largest level gradient norm reached, at most
-        ``tol``). Raises ConvergenceError (with the residual) or HessianError.
-        """
-        return self.numeric().solve_lower(x1_value, tol=tol, init=init, max_iter=max_iter)
+        Level k stops when Newton's step, the estimated distance to its solution
+        ``||H_k^{-1} D_k F_k||``, is at most ``tol * (1 + ||x_k||)`` (a test that does not
+        change when f_k is scaled); then every H_k is checked: positive definite and not
+        degenerate against the level's own curvature scale (:mod:`mlverify.checks`).
 
-    def hypergradient_at(self, x1_value, *, curvature: bool = True, tol: float = 1e-12, init=None):
-        """The hypergradient at x_1 as a float64 array of shape (d_1,), lower levels solved."""
-        # The lower levels are always solved exactly: only the formula drops curvature (for
-        # n >= 4 the curvature-free reduced gradients would converge to the wrong point).
-        solution = self.numeric().solve_lower(x1_value, tol=tol, init=init)
-        value = self.numeric(curvature).hypergradient_frozen((solution.x1, *solution.xs))
+        ``starts=K`` adds a seeded multistart, bottom-up: each level k = n..2 is re-solved
+        from K points uniform in x_k* +- ``radius`` (default 2 (1 + ||x_k*||_inf)) with the
+        levels above held at the solution; a distinct minimiser whose F_k is not above the
+        solution's raises NonUniqueMinimiserError naming the level, x_1, both minimisers and
+        their values. Multistart can find a second minimiser, never prove there is none.
+
+        Returns a :class:`mlverify.symsolve.LowerSolution`: ``xs`` (x_2*..x_n* as float64
+        arrays), ``residuals`` (gradient norms) and ``distances`` (Newton's distance
+        estimates) per level. Raises ConvergenceError (with the distance reached),
+        HessianError (indefinite or degenerate, at the deepest such level),
+        UnboundedLevelError or NonFiniteError, each naming the level.
+        """
+        return self.numeric().solve_lower(x1_value, tol=tol, init=init, max_iter=max_iter,
+                                          starts=starts, seed=seed, radius=radius)
+
+    def hypergradient_at(self, x1_value, *, curvature: bool = True, tol: float = DEFAULT_TOL,
+                         init=None, with_error: bool = False, starts: int | None = None,
+                         seed: int = 0):
+        """The hypergradient dF_1/dx_1 at x_1 as a float64 array of shape (d_1,), lower levels
+        solved (``tol``, ``init``, ``starts``, ``seed`` as in :meth:`solve_lower`).
+
+        ``with_error=True`` returns ``(value, error_estimate)``: a first-order a-posteriori
+        bound on |value - exact| per component, from the lower levels' remaining distance to
+        their solutions (one more nested Newton step, carried through the best-response
+        Jacobians of Lemmas 3.1-3.2) plus round-off. With ``curvature=False`` the estimate is
+        against the exact hypergradient: |value - exact| + the exact value's estimate.
+        """
+        exact = self.numeric()
+        solution = exact.solve_lower(x1_value, tol=tol, init=init, starts=starts, seed=seed)
+        blocks = (solution.x1, *solution.xs)
+        value = self.numeric(curvature).hypergradient_frozen(blocks)
         if not np.all(np.isfinite(value)):
             raise NonFiniteError("the hypergradient holds NaN or inf", level=1,
                                  quantity="hypergradient")
-        return value
+        if not with_error:
+            return value
+        error = exact.hypergradient_error(blocks)
+        if not curvature:
+            error = error + np.abs(value - exact.hypergradient_frozen(blocks))
+        return value, error
 
     def lower(self, **options):
         """This problem as a :class:`mlverify.numeric.NumericProblem` on the JAX core."""

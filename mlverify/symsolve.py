@@ -13,21 +13,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import checks
+from .checks import DEFAULT_TOL, check_lower_hessian, descent_direction, distance_estimate
 from .codegen import compile_graph
-from .errors import ConvergenceError, HessianError, NonFiniteError, ProblemDefinitionError
-
-#: A lower Hessian with condition number above this is reported as singular.
-SINGULAR_CONDITION = 1e12
+from .errors import (
+    ConvergenceError,
+    MlverifyError,
+    NonFiniteError,
+    ProblemDefinitionError,
+)
 
 
 @dataclass(frozen=True)
 class LowerSolution:
-    """x_2*..x_n* for one x_1, with the largest gradient norm ||D_k F_k|| reached."""
+    """x_2*..x_n* for one x_1, with, per level, the gradient norm ``||D_k F_k||`` reached
+    (``residuals``; ``residual`` is their max) and Newton's estimate of the distance to the
+    solution ``||H_k^{-1} D_k F_k||`` (``distances``; ``distance`` is their max), which the
+    stopping test bounds by ``tol * (1 + ||x_k||)``."""
 
     x1: np.ndarray
     xs: tuple[np.ndarray, ...]
     residual: float
     residuals: tuple[float, ...]
+    distances: tuple[float, ...] = ()
+
+    @property
+    def distance(self) -> float:
+        return max(self.distances) if self.distances else 0.0
 
     def __iter__(self):
         return iter(self.xs)
@@ -58,34 +70,6 @@ def as_block_value(value, size: int, level: int, name: str = "x") -> np.ndarray:
     return array
 
 
-def check_lower_hessian(h: np.ndarray, level: int) -> None:
-    """Raise HessianError unless H is symmetric positive definite and well conditioned."""
-    if not np.all(np.isfinite(h)):
-        raise NonFiniteError(
-            "the Hessian D_kk F_k holds NaN or inf", level=level, quantity="Hessian"
-        )
-    eigenvalues = np.linalg.eigvalsh(0.5 * (h + h.T))
-    lo, hi = float(eigenvalues[0]), float(eigenvalues[-1])
-    scale = max(abs(lo), abs(hi))
-    condition = float("inf") if lo == 0 else abs(hi / lo)
-    if lo < 0:
-        raise HessianError(
-            f"the Hessian D_kk F_k is indefinite at the point: min eigenvalue {lo:.6g}, "
-            f"max {hi:.6g}, condition number {condition:.3g}",
-            level=level,
-            min_eigenvalue=lo,
-            condition_number=condition,
-        )
-    if scale == 0 or lo <= scale / SINGULAR_CONDITION:
-        raise HessianError(
-            f"the Hessian D_kk F_k is singular at the point: min eigenvalue {lo:.6g}, "
-            f"condition number {condition:.3g} (limit {SINGULAR_CONDITION:.0e})",
-            level=level,
-            min_eigenvalue=lo,
-            condition_number=condition,
-        )
-
-
 class SymbolicEvaluator:
     """Compiled float64 evaluators of one derivation, and the nested lower solver."""
 
@@ -105,32 +89,81 @@ class SymbolicEvaluator:
         self._jacobians = {
             key: compile_graph(graph, list(matrix)) for key, matrix in derivation.jacobians.items()
         }
+        self._top_partials = None
 
     # ------------------------------------------------------------------ evaluation
+    # The straight-line code may meet log(-1) or 0/0 at a trial point: it returns NaN or
+    # inf there (without a RuntimeWarning), and the solver judges and names it.
     def _flat(self, blocks) -> np.ndarray:
         return np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1) for b in blocks])
 
     def objective(self, k: int, blocks) -> float:
         """f_k at the given blocks (0-based k)."""
-        return float(self._objective[k](*self._flat(blocks))[0])
+        with np.errstate(all="ignore"):
+            return float(self._objective[k](*self._flat(blocks))[0])
 
     def gradient_hessian(self, k: int, blocks) -> tuple[np.ndarray, np.ndarray]:
         """(D_k F_k, D_kk F_k) for 0-based k >= 1, valid where levels > k are solved."""
         d = self.sizes[k]
-        values = np.asarray(self._gradient_hessian[k](*self._flat(blocks)), dtype=np.float64)
+        with np.errstate(all="ignore"):
+            values = np.asarray(self._gradient_hessian[k](*self._flat(blocks)), dtype=np.float64)
         return values[:d], values[d:].reshape(d, d)
 
     def hypergradient_frozen(self, blocks) -> np.ndarray:
         """The hypergradient formula evaluated at the given blocks, without any solve."""
-        return np.asarray(self._hypergradient(*self._flat(blocks)), dtype=np.float64)
+        with np.errstate(all="ignore"):
+            return np.asarray(self._hypergradient(*self._flat(blocks)), dtype=np.float64)
 
     def jacobian_frozen(self, k: int, j: int, blocks) -> np.ndarray:
         """D_j y_k (1-based levels) at the given blocks, without any solve."""
-        values = self._jacobians[(k - 1, j - 1)](*self._flat(blocks))
+        with np.errstate(all="ignore"):
+            values = self._jacobians[(k - 1, j - 1)](*self._flat(blocks))
         return np.asarray(values, dtype=np.float64).reshape(self.sizes[k - 1], self.sizes[j - 1])
 
+    def top_gradient(self, blocks) -> np.ndarray:
+        """All partial derivatives of f_1 (a scale for the hypergradient's round-off)."""
+        if self._top_partials is None:
+            graph = self.derivation.graph
+            outputs = [graph.partial(0, (i,)) for i in range(sum(self.sizes))]
+            self._top_partials = compile_graph(graph, outputs)
+        with np.errstate(all="ignore"):
+            return np.asarray(self._top_partials(*self._flat(blocks)), dtype=np.float64)
+
+    # ------------------------------------------------------------------ checks
+    def curvature_probes(self, k: int, blocks) -> list[float]:
+        """The curvature u^T H_k u and the secant slope ||D_k F_k(x + r u) - D_k F_k(x)|| / r
+        on either side of x_k (levels below frozen), r = ``checks.probe_radius(x_k)``."""
+        x = np.asarray(blocks[k], dtype=np.float64)
+        u, r = checks.probe_direction(x.size), checks.probe_radius(x)
+        g0, _ = self.gradient_hessian(k, blocks)
+        probes = []
+        for sign in (1.0, -1.0):
+            moved = list(blocks)
+            moved[k] = x + sign * r * u
+            g, h = self.gradient_hessian(k, moved)
+            probes += [float(u @ h @ u), float(np.linalg.norm(g - g0)) / r]
+        return probes
+
+    def check_level(self, k: int, blocks) -> None:
+        """HessianError (naming level k + 1) unless H_k is positive definite and not
+        degenerate against the level's own curvature scale (``mlverify.checks``)."""
+        _, h = self.gradient_hessian(k, blocks)
+        scale = None
+        if np.all(np.isfinite(h)):
+            scale = checks.curvature_scale(h, self.curvature_probes(k, blocks))
+        check_lower_hessian(h, level=k + 1, scale=scale)
+
+    def _diagnose_below(self, k: int, blocks) -> None:
+        """Before blaming level k + 1: raise for the deepest level below it whose Hessian is
+        not finite, indefinite or degenerate at the current blocks (its failure spoils every
+        level above it)."""
+        for m in range(self.n - 1, k, -1):
+            self.check_level(m, blocks)
+
     # ------------------------------------------------------------------ solving
-    def solve_lower(self, x1_value, *, tol=1e-12, init=None, max_iter=100) -> LowerSolution:
+    def solve_lower(self, x1_value, *, tol=DEFAULT_TOL, init=None, max_iter=100, starts=None,
+                    seed=0, radius=None) -> LowerSolution:
+        """Levels 2..n solved nested for x_1; see ``MultilevelProblem.solve_lower``."""
         x1 = as_block_value(x1_value, self.sizes[0], level=1)
         blocks = [x1] + [np.zeros(d) for d in self.sizes[1:]]
         if init is not None:
@@ -141,88 +174,164 @@ class SymbolicEvaluator:
                 )
             for k, value in enumerate(init, start=1):
                 blocks[k] = as_block_value(value, self.sizes[k], level=k + 1, name="init x")
-        residuals = [0.0] * self.n
-        self._solve_from(1, blocks, tol, max_iter, residuals)
-        for k in range(1, self.n):
-            check_lower_hessian(self.gradient_hessian(k, blocks)[1], level=k + 1)
-        return LowerSolution(x1, tuple(blocks[1:]), max(residuals[1:]), tuple(residuals[1:]))
+        record = {}
+        self._solve_from(1, blocks, tol, max_iter, record)
+        for k in range(self.n - 1, 0, -1):
+            self.check_level(k, blocks)
+        residuals = tuple(record[k][0] for k in range(1, self.n))
+        distances = tuple(record[k][1] for k in range(1, self.n))
+        solution = LowerSolution(x1, tuple(blocks[1:]), max(residuals), residuals, distances)
+        if starts:
+            self.multistart(blocks, distances, tol, max_iter, int(starts), seed, radius)
+        return solution
 
     def _reduced_value(self, k, blocks, tol, max_iter) -> float:
         """F_k at blocks[k] (levels below re-solved in place)."""
         self._solve_from(k + 1, blocks, tol, max_iter, None)
         return self.objective(k, blocks)
 
-    def _solve_from(self, k, blocks, tol, max_iter, residuals) -> None:
-        """Solve levels k..n-1 (0-based) in place, for the blocks above fixed."""
+    def _trial_value(self, k, blocks, tol, max_iter) -> float:
+        """F_k at a line-search trial point; inf where the levels below cannot be solved
+        there (the search then backtracks towards the last good point)."""
+        try:
+            value = self._reduced_value(k, blocks, tol, max_iter)
+        except MlverifyError:
+            return float("inf")
+        return value if np.isfinite(value) else float("inf")
+
+    def _solve_from(self, k, blocks, tol, max_iter, record, strict=True) -> None:
+        """Solve levels k..n-1 (0-based) in place, for the blocks above fixed. ``record``
+        (a dict) receives (residual, distance) per level; ``strict=False`` takes at most
+        ``max_iter`` steps and raises nothing for stopping short (a refinement sweep)."""
         if k >= self.n:
             return
         level = k + 1
-        value = self._reduced_value(k, blocks, tol, max_iter)
+        start = blocks[k].copy()
+        if strict:
+            value = self._reduced_value(k, blocks, tol, max_iter)
+        else:
+            self._solve_from(k + 1, blocks, tol, max_iter, None, strict)
+            value = self.objective(k, blocks)
+        start_value = value
         for _ in range(max_iter):
             g, h = self.gradient_hessian(k, blocks)
             if not (np.all(np.isfinite(g)) and np.all(np.isfinite(h)) and np.isfinite(value)):
+                if not strict:
+                    return
+                self._diagnose_below(k, blocks)
                 raise NonFiniteError(
-                    "NaN or inf in the reduced objective, gradient or Hessian during the lower "
-                    "solve",
+                    "NaN or inf in the reduced objective F_k, its gradient or its Hessian at "
+                    f"x_{level} = {np.array2string(blocks[k], precision=6)}",
                     level=level,
                     quantity="lower solve iterate",
                 )
-            residual = float(np.linalg.norm(g))
-            if residual <= tol:
-                if residuals is not None:
-                    residuals[k] = residual
-                return
-            step, last_min_eigenvalue = _descent_step(g, h)
+            step, lowest = descent_direction(g, h)
+            distance = float(np.linalg.norm(step)) if lowest > 0 else float("inf")
+            # The last Newton step is still taken (it costs one trial and leaves the point
+            # quadratically closer); the test is judged again at the final point below.
+            last = checks.solved(distance, blocks[k], tol)
             slope = float(g @ step)
-            start = blocks[k].copy()
-            accepted = False
-            alpha = 1.0
+            base = blocks[k].copy()
+            accepted, alpha, residual = False, 1.0, float(np.linalg.norm(g))
             for _ in range(60):
-                blocks[k] = start + alpha * step
-                trial = self._reduced_value(k, blocks, tol, max_iter)
-                # Near the solution F stops resolving the decrease (round-off), so the full
+                blocks[k] = base + alpha * step
+                if strict:
+                    trial = self._trial_value(k, blocks, tol, max_iter)
+                else:
+                    self._solve_from(k + 1, blocks, tol, max_iter, None, strict)
+                    trial = self.objective(k, blocks)
+                # Near the solution F_k stops resolving the decrease (round-off), so the full
                 # Newton step is also taken when the gradient shrinks.
                 if np.isfinite(trial) and (
                     trial <= value + 1e-4 * alpha * slope
                     or (
                         alpha == 1.0
-                        and last_min_eigenvalue > 0
+                        and lowest > 0
                         and np.linalg.norm(self.gradient_hessian(k, blocks)[0]) < residual
                     )
                 ):
-                    accepted = True
-                    value = trial
+                    accepted, value = True, trial
                     break
                 alpha *= 0.5
             if not accepted:
-                blocks[k] = start
-                self._solve_from(k + 1, blocks, tol, max_iter, None)
+                blocks[k] = base
+                self._solve_from(k + 1, blocks, tol, max_iter, None, strict)
                 break
-        g, h = self.gradient_hessian(k, blocks)
-        residual = float(np.linalg.norm(g))
-        if residual <= tol:
-            if residuals is not None:
-                residuals[k] = residual
+            if strict:
+                checks.check_bounded(level, blocks[k], start, value, start_value, False)
+            if last:
+                break
+        if not strict:
             return
-        check_lower_hessian(h, level)
+        g, h = self.gradient_hessian(k, blocks)
+        distance = distance_estimate(g, h)
+        residual = float(np.linalg.norm(g))
+        if checks.solved(distance, blocks[k], tol):
+            if record is not None:
+                record[k] = (residual, distance)
+                self._solve_from(k + 1, blocks, tol, max_iter, record)
+            return
+        self._diagnose_below(k, blocks)
+        checks.check_bounded(level, blocks[k], start, value, start_value, True)
+        if np.all(np.isfinite(h)):
+            self.check_level(k, blocks)
+        limit = tol * (1.0 + float(np.linalg.norm(blocks[k])))
         raise ConvergenceError(
-            f"the lower solve stopped at gradient norm {residual:.3e} > tolerance {tol:.1e} "
-            f"after {max_iter} iterations",
+            f"the lower solve stopped at an estimated distance {distance:.3e} to the solution "
+            f"(Newton's step; gradient norm {residual:.3e}) > tolerance {limit:.1e} after "
+            f"{max_iter} iterations",
             level=level,
-            residual=residual,
-            tolerance=tol,
+            residual=distance,
+            tolerance=limit,
         )
 
+    # ------------------------------------------------------------------ uniqueness
+    def multistart(self, blocks, distances, tol, max_iter, starts, seed=0, radius=None) -> None:
+        """Seeded multistart, bottom-up: for each level k = n..2, with the levels above held
+        at the solution ``blocks``, re-solve level k (and those below it) from ``starts``
+        points uniform in x_k* +- radius (default ``checks.start_radius``); raise
+        NonUniqueMinimiserError when one reaches a distinct minimiser whose F_k is not above
+        the solution's. Starts that fail (no convergence, NaN, a degenerate point) are
+        skipped. Multistart can find a second minimiser; it cannot prove there is none."""
+        for k in range(self.n - 1, 0, -1):
+            reference = np.asarray(blocks[k])
+            value = self.objective(k, blocks)
+            _, h = self.gradient_hessian(k, blocks)
+            curvature = float(np.max(np.abs(np.linalg.eigvalsh(0.5 * (h + h.T)))))
+            half_width = checks.start_radius(reference) if radius is None else float(radius)
+            for point in checks.start_points(reference, half_width, starts, seed + k):
+                trial = [np.array(b, dtype=np.float64) for b in blocks]
+                trial[k] = point
+                record = {}
+                try:
+                    self._solve_from(k, trial, tol, max_iter, record)
+                    self.check_level(k, trial)
+                except MlverifyError:
+                    continue
+                if not checks.distinct(reference, trial[k], distances[k - 1], record[k][1]):
+                    continue
+                other = self.objective(k, trial)
+                gap = float(np.linalg.norm(trial[k] - reference))
+                if checks.competes(value, other, curvature, gap):
+                    raise checks.non_unique_error(k, blocks[0], reference, trial[k], value, other,
+                                      starts, half_width)
 
-def _descent_step(g: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, float]:
-    """Newton's step where H is positive definite, else steepest descent scaled by |H|."""
-    sym = 0.5 * (h + h.T)
-    eigenvalues = np.linalg.eigvalsh(sym)
-    lo = float(eigenvalues[0])
-    if lo > 0 and lo > eigenvalues[-1] / SINGULAR_CONDITION:
-        return -np.linalg.solve(sym, g), lo
-    scale = max(1.0, float(np.max(np.abs(eigenvalues))))
-    return -g / scale, lo
+    # ------------------------------------------------------------------ error estimate
+    def hypergradient_error(self, blocks) -> np.ndarray:
+        """A first-order a-posteriori estimate of the hypergradient's error at solved
+        ``blocks``: twice the change of the hypergradient under one more nested Newton step
+        at every level (which removes the lower levels' remaining distance to their
+        solutions to first order, carried through the best-response Jacobians), plus the
+        round-off term 64 eps (1 + max_k cond H_k) max(|dF_1/dx_1|, |grad f_1|)."""
+        blocks = [np.array(b, dtype=np.float64) for b in blocks]
+        value = self.hypergradient_frozen(blocks)
+        refined = [b.copy() for b in blocks]
+        self._solve_from(1, refined, 0.0, 1, None, strict=False)
+        change = np.abs(self.hypergradient_frozen(refined) - value)
+        if not np.all(np.isfinite(change)):
+            change = np.full_like(value, np.inf)
+        hessians = [self.gradient_hessian(k, blocks)[1] for k in range(1, self.n)]
+        return 2.0 * change + checks.roundoff_floor(value, self.top_gradient(blocks), hessians)
 
 
 class SymbolicBackend:
@@ -244,7 +353,7 @@ class SymbolicBackend:
     def unflatten(self, k, flat):
         return np.asarray(flat, dtype=np.float64)
 
-    def solve_lower(self, x1, *, tol=1e-12, init=None, max_iter=100):
+    def solve_lower(self, x1, *, tol=DEFAULT_TOL, init=None, max_iter=100):
         solution = self.problem.numeric().solve_lower(x1, tol=tol, init=init, max_iter=max_iter)
         return _Solved(solution.xs, solution.residuals)
 

@@ -63,6 +63,14 @@ class LinearSolve:
     tol: float = 1e-12
     step: float | None = None
 
+    KINDS = ("auto", "dense", "cg", "neumann")
+
+    def __post_init__(self):
+        if self.kind not in self.KINDS:
+            raise ValueError(
+                f"unknown linear solve {self.kind!r}; the valid kinds are: {', '.join(self.KINDS)}"
+            )
+
     def resolve(self, size: int) -> LinearSolve:
         if self.kind != "auto":
             return self
@@ -247,16 +255,20 @@ class ImplicitCore:
             return g, jax.jacfwd(grad_k)(anchors[k])
         return g, lambda t: jax.jvp(grad_k, (anchors[k],), (t,))[1]
 
-    def reduced_hessian_lambda_max(self, k, anchors):
+    def reduced_hessian_lambda_max(self, k, anchors, lanczos_steps: int | None = None):
         """lambda_max(D_kk F_k) at the anchors: exact (``eigvalsh``) for blocks up to
         ``DENSE_LIMIT``, else Lanczos on Hessian-vector products, scaled by 1.02 because it
-        approaches lambda_max from below. Sets gradient-step sizes 1/L_k."""
+        approaches lambda_max from below. Sets gradient-step sizes 1/L_k.
+
+        ``lanczos_steps=K`` forces K Lanczos steps whatever the block size (K Hessian-vector
+        products instead of a dense Hessian: ITD's default steps, where a slightly low
+        estimate is caught by its divergence check)."""
         anchors = tuple(sg(a) for a in anchors)
-        dense = self.sizes[k] <= DENSE_LIMIT
+        dense = self.sizes[k] <= DENSE_LIMIT and lanczos_steps is None
         _, second = self.reduced_gradient_hessian(k, anchors, LinearSolve(), dense)
         if dense:
             return jnp.linalg.eigvalsh(0.5 * (second + second.T))[-1]
-        return _largest_eigenvalue(second, anchors[k])
+        return _largest_eigenvalue(second, anchors[k], lanczos_steps or 30)
 
 
 def _largest_eigenvalue(hvp, a, iterations: int = 30) -> jax.Array:

@@ -20,6 +20,10 @@ import jax.numpy as jnp
 #: A rise of f_k by more than this (relative to 1 + |f_k|) between unrolled steps counts as
 #: divergence; float64 round-off in f_k is ~1e-16 relative.
 RISE_TOLERANCE = 1e-10
+#: Lanczos steps (Hessian-vector products) for L_k in ITD's default steps 1/(1.2 L_k): a
+#: dense reduced Hessian of a block of 100 cost 10x ITD itself; a Lanczos estimate that is
+#: a little low is caught by the divergence check, which halves the step.
+DEFAULT_LANCZOS_STEPS = 10
 
 
 def _unrolled_tail(core, k, upper, starts, steps, lrs):
@@ -72,7 +76,9 @@ def itd_hypergradient(core, anchors, steps: int, inner_lr=None):
 
 
 def _learning_rates(core, anchors, inner_lr):
-    """Per-level steps: given, or 1/(1.2 L_k) with L_k = lambda_max(D_kk F_k) at the start.
+    """Per-level steps: given, or 1/(1.2 L_k) with L_k = lambda_max(D_kk F_k) at the start
+    (``DEFAULT_LANCZOS_STEPS`` Lanczos steps on Hessian-vector products, inside the compiled
+    call).
 
     The steps descend the (unrolled) reduced objective F_k, whose curvature includes the
     levels below; the partial Hessian D_kk f_k can understate it badly (and ITD then
@@ -81,10 +87,16 @@ def _learning_rates(core, anchors, inner_lr):
     if inner_lr is not None:
         if jnp.ndim(inner_lr) == 0:
             return (None,) + (inner_lr,) * (core.n - 1)
-        return (None,) + tuple(inner_lr)
+        rates = tuple(jnp.reshape(jnp.asarray(inner_lr, jnp.float64), (-1,)))
+        if len(rates) != core.n - 1:
+            raise ValueError(
+                f"inner_lr holds {len(rates)} step sizes; ITD needs one per lower level "
+                f"(levels 2..{core.n}: {core.n - 1}) or a single float"
+            )
+        return (None,) + rates
     anchors = tuple(jax.lax.stop_gradient(a) for a in anchors)
     rates = [None]
     for k in range(1, core.n):
-        lam = core.reduced_hessian_lambda_max(k, anchors)
+        lam = core.reduced_hessian_lambda_max(k, anchors, lanczos_steps=DEFAULT_LANCZOS_STEPS)
         rates.append(jax.lax.stop_gradient(1.0 / jnp.maximum(1.2 * lam, 1e-12)))
     return tuple(rates)

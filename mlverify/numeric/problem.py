@@ -10,14 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from .. import checks
+from ..checks import DEFAULT_TOL, check_lower_hessian
 from ..errors import (
     ConvergenceError,
     DivergenceError,
     HessianError,
+    MlverifyError,
     NonFiniteError,
     ProblemDefinitionError,
 )
-from ..symsolve import check_lower_hessian
 from .implicit import DENSE_LIMIT, ImplicitCore, LinearSolve
 from .itd import itd_hypergradient_and_flags
 
@@ -35,16 +37,22 @@ ITD_HALVINGS = 10
 
 class LowerSolution(tuple):
     """The lower-level solutions x_2*..x_n* (a tuple of blocks, shaped as declared), with
-    ``residuals`` (the gradient norm ||D_k F_k|| reached per level) and ``residual`` (their max)."""
+    ``residuals`` (the gradient norm ||D_k F_k|| reached per level; ``residual`` their max)
+    and ``distances`` (Newton's estimate ||H_k^{-1} D_k F_k|| of the distance to the solution,
+    which the stopping test bounds by ``tol * (1 + ||x_k||)``; ``distance`` their max)."""
 
     residuals: tuple[float, ...]
     residual: float
+    distances: tuple[float, ...]
+    distance: float
     iterations: int
 
-    def __new__(cls, blocks, residuals, iterations):
+    def __new__(cls, blocks, residuals, iterations, distances=()):
         obj = super().__new__(cls, blocks)
         obj.residuals = tuple(residuals)
         obj.residual = max(residuals) if residuals else 0.0
+        obj.distances = tuple(distances)
+        obj.distance = max(distances) if distances else 0.0
         obj.iterations = iterations
         return obj
 
@@ -171,6 +179,7 @@ class NumericProblem:
         ``ITD_HALVINGS`` times; a given ``inner_lr`` that diverges raises DivergenceError).
         Returns an array shaped like x_1.
         """
+        _check_method(method)
         flat = self._flat_all(xs)
         value, status = self._frozen_flat(flat, method, options)
         if method == "itd" and options.get("inner_lr") is None:
@@ -203,8 +212,7 @@ class NumericProblem:
         pure function does not). Under your own jit or vmap, check them, or pass them to
         :meth:`check_status` outside.
         """
-        if method not in METHODS or method == "fd":
-            raise ValueError(f"no pure function for method {method!r}")
+        _check_method(method, exclude=("fd",))
         return self._frozen_builder(method, dict(options))
 
     def check_status(self, status, method: str = "exact", xs=None) -> None:
@@ -213,11 +221,25 @@ class NumericProblem:
         flat = None if xs is None else self._flat_all(xs)
         self._check_status(jax.tree_util.tree_map(np.asarray, status), method, flat)
 
-    def hypergradient(self, x1, method: str = "exact", *, solve_options=None, **options):
+    def hypergradient(self, x1, method: str = "exact", *, solve_options=None,
+                      with_error: bool = False, **options):
         """The hypergradient at x_1 with the lower levels solved (``solve_options`` go to
         ``solve_lower``), by ``method`` (see ``hypergradient_frozen``; ``fd`` is central
-        finite differences of F_1 with tightly solved lower levels, ``step=h``)."""
+        finite differences of F_1 with tightly solved lower levels, ``step=h``).
+
+        ``with_error=True`` returns ``(value, error_estimate)`` as NumPy arrays of shape
+        (d_1,). For ``exact``: a first-order a-posteriori bound on |value - dF_1/dx_1| per
+        component from the lower levels' remaining distance to their solutions (twice the
+        change of the hypergradient under one more nested Newton step at every level, which
+        carries each level's Newton distance through the best-response Jacobians) plus a
+        round-off term 64 eps (1 + max_k cond H_k) max(|value|, |grad f_1|). For every other
+        method it is against the exact hypergradient: |value - exact| + the exact value's
+        estimate (the approximation's bias is the error).
+        """
+        _check_method(method)
         solve_options = dict(solve_options or {})
+        if with_error:
+            return self._with_error(x1, method, solve_options, options)
         if method == "fd":
             return self.unflatten(0, self._finite_difference(x1, solve_options, **options))
         if method == "itd":
@@ -238,14 +260,15 @@ class NumericProblem:
         Hessian not positive definite, a NaN), the two steps are re-run separately, and
         they raise the error naming the level.
         """
+        _check_method(method)
         if method in ("itd", "fd"):
             raise ValueError(f"method {method!r} does not use solved lower levels here")
         solve_options = dict(solve_options or {})
-        tol = solve_options.setdefault("tol", 1e-10)
+        tol = solve_options.setdefault("tol", DEFAULT_TOL)
         max_iter = solve_options.setdefault("max_iter", 100)
         start = self._start(x1, solve_options.get("init"))
         if solve_options.get("method", "newton") == "newton":
-            key = ("solve+frozen", method, tuple(sorted(options.items())))
+            key = ("solve+frozen", method, _options_key(options))
             fn = self._jit(key, lambda: self._solve_frozen_builder(method, dict(options)), None)
             value, blocks, status = fn(tuple(start), np.float64(tol), np.int32(max_iter))
             status = jax.device_get(status)
@@ -278,7 +301,7 @@ class NumericProblem:
 
     def _frozen_fn(self, method, options):
         """The compiled ``_frozen_builder(method, options)``, cached per method and options."""
-        key = ("frozen", method, tuple(sorted(options.items())))
+        key = ("frozen", method, _options_key(options))
         return self._jit(key, lambda: self._frozen_builder(method, dict(options)))
 
     def _frozen_builder(self, method, options):
@@ -390,9 +413,8 @@ class NumericProblem:
 
     def _raise_hessian_problem(self, k, flat=None):
         if flat is not None:
-            h = np.asarray(self._grad_hess(k)(tuple(flat))[1])
-            if np.all(np.isfinite(h)):
-                check_lower_hessian(h, k + 1)  # raises with eigenvalues and condition number
+            self.diagnose_below(k, list(flat))
+            self.check_level(k, list(flat))  # raises with eigenvalues and the scale
         raise HessianError(
             "the Hessian D_kk F_k is not positive definite at the point (its Cholesky "
             "factorisation failed)",
@@ -406,44 +428,154 @@ class NumericProblem:
             lambda: lambda flat: self.core.reduced_gradient_hessian(k, flat, LinearSolve(), True),
         )
 
+    def check_level(self, k: int, blocks) -> None:
+        """HessianError (or NonFiniteError), naming level k + 1 (0-based k), unless H_k at
+        the flat ``blocks`` is positive definite and not degenerate against the level's own
+        curvature scale (``mlverify.checks``). Blocks over ``DENSE_LIMIT`` are not checked."""
+        if self.sizes[k] > DENSE_LIMIT:
+            return
+        from .solvers import curvature_probe_scale
+
+        def build():
+            def check(flat):
+                g, h = self.core.reduced_gradient_hessian(k, flat, LinearSolve(), True)
+                return h, curvature_probe_scale(self.core, k, flat, g, LinearSolve())
+
+            return check
+
+        h, scale = self._jit(("check_level", k), build)(tuple(blocks))
+        h = np.asarray(h)
+        scale = checks.curvature_scale(h, [float(scale)]) if np.all(np.isfinite(h)) else None
+        check_lower_hessian(h, k + 1, scale)
+
+    def diagnose_below(self, k: int, blocks) -> None:
+        """Raise for the deepest level below level k + 1 (0-based k) whose Hessian is not
+        finite, indefinite or degenerate at ``blocks``: its failure spoils every level above
+        it, so a failure of level k + 1 is blamed on it first."""
+        for m in range(self.n - 1, k, -1):
+            self.check_level(m, blocks)
+
     # ------------------------------------------------------------------ lower solves
     def solve_lower(
-        self, x1, *, tol: float = 1e-10, max_iter: int = 100, init=None, method: str = "newton"
+        self, x1, *, tol: float = DEFAULT_TOL, max_iter: int = 100, init=None,
+        method: str = "newton", starts: int | None = None, seed: int = 0,
+        radius: float | None = None,
     ):
         """Solve levels 2..n for x_1, warm-started from ``init`` (default: the declared
         initial points). Returns a ``LowerSolution``.
+
+        Level k stops when Newton's step, the estimated distance to its solution
+        ``||H_k^{-1} D_k F_k||``, is at most ``tol * (1 + ||x_k||)``: invariant under scaling
+        f_k, unlike a gradient-norm test. Every H_k (blocks up to ``DENSE_LIMIT``) is then
+        checked: positive definite and not degenerate against the level's own curvature
+        scale (:mod:`mlverify.checks`); a failure names the deepest failing level.
 
         ``newton``: nested damped Newton in one compiled call (``solvers.nested_newton``;
         dense Cholesky steps, or CG on Hessian-vector products for blocks over 200). If it
         stops short of ``tol``, the same solve is re-run step by step from Python, which
         raises the error naming the level (or returns, if that run converges).
         ``newton-eager`` / ``gd``: that Python-driven nested Newton / Armijo gradient descent.
-        """
-        from .solvers import nested_newton, nested_solve
 
-        start = self._start(x1, init)
+        ``starts=K``: seeded multistart, bottom-up, as ``MultilevelProblem.solve_lower``
+        (K points uniform in x_k* +- ``radius`` per level, default 2 (1 + ||x_k*||_inf));
+        raises NonUniqueMinimiserError naming the level, x_1, both minimisers and their
+        values. Multistart finds second minimisers; it cannot prove there is none.
+        """
         if method not in ("newton", "newton-eager", "gd"):
             raise ValueError(
-                f"unknown inner solver {method!r}: use 'newton', 'newton-eager' or 'gd'"
+                f"unknown inner solver {method!r}; the valid solvers are: newton, "
+                "newton-eager, gd"
             )
+        start = self._start(x1, init)
+        blocks, status = self._solve_blocks(start, tol, max_iter, method, first=1)
+        solution = self._lower_solution(blocks, status)
+        if starts:
+            self._multistart(blocks, status["distance"], tol, max_iter, method, int(starts),
+                             seed, radius)
+        return solution
+
+    def _solve_blocks(self, start, tol, max_iter, method, first):
+        """(flat blocks with levels first+1..n solved, status), every Hessian checked."""
+        from .solvers import nested_newton, nested_solve
+
         blocks = None
         if method == "newton":
             # XLA's default optimisation here: the solve is loops and factorisations, whose
             # run time level 0 doubles (blocks of 100), not a deep derivative graph.
-            solver = self._jit(("nested_newton",), lambda: nested_newton(self.core), None)
+            solver = self._jit(("nested_newton", first),
+                               lambda: nested_newton(self.core, first), None)
             solved, status = solver(tuple(start), np.float64(tol), np.int32(max_iter))
             status = jax.device_get(status)
             if bool(np.all(status["converged"])):
                 blocks, checked = list(solved), status["hessian_ok"]
         if blocks is None:
             eager = "gd" if method == "gd" else "newton"
-            blocks, residuals, iterations = nested_solve(self, start, tol, max_iter, eager)
-            status = {"residual": residuals, "iterations": iterations}
-            checked = np.zeros(self.n - 1, bool)
-        for k in range(1, self.n):
-            if self.sizes[k] <= DENSE_LIMIT and not checked[k - 1]:
-                check_lower_hessian(np.asarray(self._grad_hess(k)(tuple(blocks))[1]), k + 1)
-        return self._lower_solution(blocks, status)
+            blocks, residuals, distances, iterations = nested_solve(
+                self, start, tol, max_iter, eager, first)
+            status = {"residual": residuals[first - 1:], "distance": distances[first - 1:],
+                      "iterations": iterations}
+            checked = np.zeros(self.n - first, bool)
+        for k in range(self.n - 1, first - 1, -1):
+            if not checked[k - first]:
+                self.check_level(k, blocks)
+        return blocks, status
+
+    def _multistart(self, blocks, distances, tol, max_iter, method, starts, seed, radius):
+        """Bottom-up multistart (see :meth:`solve_lower`): level k re-solved from seeded
+        starts with the levels above held at the solution."""
+        for k in range(self.n - 1, 0, -1):
+            reference = np.asarray(blocks[k])
+            value = self.objective_value(k, blocks)
+            curvature = max(self.lower_lipschitz([self.unflatten(m, b)
+                                                  for m, b in enumerate(blocks)])[k - 1], 0.0)
+            half_width = checks.start_radius(reference) if radius is None else float(radius)
+            for point in checks.start_points(reference, half_width, starts, seed + k):
+                trial = list(blocks)
+                trial[k] = jnp.asarray(point)
+                try:
+                    solved, status = self._solve_blocks(trial, tol, max_iter, method, first=k)
+                except MlverifyError:
+                    continue
+                other_point = np.asarray(solved[k])
+                if not checks.distinct(reference, other_point, float(distances[k - 1]),
+                                       float(status["distance"][0])):
+                    continue
+                other = self.objective_value(k, solved)
+                gap = float(np.linalg.norm(other_point - reference))
+                if checks.competes(value, other, curvature, gap):
+                    raise checks.non_unique_error(k, np.asarray(blocks[0]), reference,
+                                                  other_point, value, other, starts, half_width)
+
+    def _with_error(self, x1, method, solve_options, options):
+        """(value, error estimate) for ``hypergradient(..., with_error=True)``."""
+        exact, lower = self.solve_and_hypergradient(x1, "exact", solve_options=solve_options)
+        flat = self._flat_all((x1, *lower))
+        exact = np.asarray(self.flatten(0, exact))
+        error = self.exact_error(flat, exact)
+        if method == "exact":
+            return exact, error
+        value = np.asarray(self.flatten(0, self.hypergradient(
+            x1, method, solve_options=solve_options, **options)))
+        return value, error + np.abs(value - exact)
+
+    def exact_error(self, flat, value) -> np.ndarray:
+        """The a-posteriori error estimate of the exact hypergradient ``value`` at the solved
+        flat blocks (see :meth:`hypergradient`): one more nested Newton step at every level
+        (compiled, ``tol = 0``, one step), the change it makes to the hypergradient, times 2,
+        plus the round-off term."""
+        from .solvers import nested_newton
+
+        solver = self._jit(("nested_newton", 1), lambda: nested_newton(self.core, 1), None)
+        refined, _ = solver(tuple(flat), np.float64(0.0), np.int32(1))
+        again, status = self._frozen_fn("exact", {})(tuple(refined))
+        change = np.abs(np.asarray(again) - value)
+        if not (np.all(np.isfinite(change)) and bool(status["finite"])):
+            change = np.full_like(value, np.inf)
+        top = self._jit(("top_gradient",), lambda: jax.grad(self.core.fs[0]))(tuple(flat))
+        top = np.concatenate([np.asarray(t).reshape(-1) for t in top])
+        hessians = [np.asarray(self._grad_hess(k)(tuple(flat))[1])
+                    for k in range(1, self.n) if self.sizes[k] <= DENSE_LIMIT]
+        return 2.0 * change + checks.roundoff_floor(value, top, hessians)
 
     def _lower_solution(self, blocks, status) -> LowerSolution:
         """The ``LowerSolution`` of flat ``blocks`` (all n) and a solve's ``residual`` (per
@@ -452,6 +584,7 @@ class NumericProblem:
             tuple(self.unflatten(k, blocks[k]) for k in range(1, self.n)),
             [float(r) for r in status["residual"]],
             int(status["iterations"]),
+            [float(d) for d in status["distance"]],
         )
 
     def _start(self, x1, init) -> list:
@@ -505,6 +638,25 @@ def _is_flat(value, size: int) -> bool:
 
 def _as_float64(x):
     return jnp.asarray(x, dtype=jnp.float64)
+
+
+def _check_method(method, exclude=()):
+    """ValueError naming the valid methods unless ``method`` is one of them."""
+    valid = [m for m in METHODS if m not in exclude]
+    if method not in valid:
+        raise ValueError(
+            f"unknown hypergradient method {method!r}; the valid methods are: {', '.join(valid)}"
+        )
+
+
+def _options_key(options) -> tuple:
+    """A hashable cache key for method options (array values, e.g. ``inner_lr``, as tuples)."""
+    def hashable(value):
+        if isinstance(value, (jax.Array, np.ndarray, list, tuple)):
+            return tuple(float(v) for v in np.asarray(value, dtype=np.float64).reshape(-1))
+        return value
+
+    return tuple(sorted((name, hashable(value)) for name, value in options.items()))
 
 
 def _reject_unknown(options, method):

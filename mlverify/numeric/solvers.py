@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import ConvergenceError, NonFiniteError
-from ..symsolve import SINGULAR_CONDITION
+from .. import checks
+from ..errors import ConvergenceError, MlverifyError, NonFiniteError
 from .implicit import DENSE_LIMIT, LinearSolve
 
 _ARMIJO = 1e-4
@@ -31,40 +31,43 @@ _ARMIJO = 1e-4
 _HALVINGS = 40
 
 
-def nested_newton(core):
+def nested_newton(core, first: int = 1):
     """A pure function ``(blocks, tol, max_iter) -> (blocks, status)`` that solves levels
-    2..n by nested damped Newton for x_1 = ``blocks[0]``, warm-started from ``blocks[1:]``.
+    ``first + 1``..n (1-based; all lower levels by default) by nested damped Newton for the
+    blocks above held fixed, warm-started from ``blocks``.
 
-    Per level k (bottom-up inside): while ||D_k F_k|| > ``tol`` and
-    fewer than ``max_iter`` steps, the Newton direction d = -H_k^{-1} D_k F_k (Cholesky for
-    blocks up to ``DENSE_LIMIT``, else CG on Hessian-vector products; steepest descent
-    scaled by 1/||H_k||_F where H_k is not positive definite), then backtracking from the
-    full step: a trial x_k + a d re-solves levels k+1..n and is accepted on Armijo's test
+    Per level k (bottom-up inside): until Newton's step, the estimated distance to the
+    solution ||H_k^{-1} D_k F_k||, is at most ``tol * (1 + ||x_k||)`` (``mlverify.checks``)
+    or ``max_iter`` steps, the Newton direction d = -H_k^{-1} D_k F_k (Cholesky for blocks up
+    to ``DENSE_LIMIT``, else CG on Hessian-vector products; steepest descent scaled by
+    1/||H_k||_F where H_k is not positive definite), then backtracking from the full step: a
+    trial x_k + a d re-solves levels k+1..n and is accepted on Armijo's test
     F_k(trial) <= F_k + 1e-4 a D_k F_k . d, or, for the full step, when ||D_k F_k|| drops
     (near the solution F_k carries the lower solves' error and stops resolving the
     decrease). Lower levels are solved to the same ``tol`` at every trial.
 
-    ``status``: ``residual`` (||D_k F_k|| at the end, levels 2..n), ``converged`` (n - 1
-    booleans; a NaN residual is not converged) and ``iterations`` (Newton steps over all
-    levels and all nested solves). ``tol`` and ``max_iter`` are traced arguments: one
+    ``status`` per level solved: ``residual`` (||D_k F_k|| at the end), ``distance``
+    (Newton's step there), ``converged`` (the stopping test holds; NaN fails it),
+    ``hessian_ok`` (H_k surely positive definite and not degenerate against the level's
+    curvature scale; False leaves the verdict to the exact check) and ``iterations`` (Newton
+    steps over all levels and all nested solves). ``tol`` and ``max_iter`` are traced: one
     compile per problem serves them all.
     """
     n = core.n
     solve = LinearSolve("auto")
 
     def run(blocks, tol, max_iter):
-        blocks, count = solve_from(1, tuple(blocks), tol, max_iter)
-        residual, hessian_ok = [], []
-        for k in range(1, n):
-            if core.sizes[k] <= DENSE_LIMIT:
-                g, h = core.reduced_gradient_hessian(k, blocks, solve, True)
-                hessian_ok.append(_surely_positive_definite(h))
-            else:
-                g = core.reduced_gradient_at(k, blocks, solve)
-                hessian_ok.append(jnp.ones((), bool))
+        blocks, count = solve_from(first, tuple(blocks), tol, max_iter)
+        residual, distance, hessian_ok = [], [], []
+        for k in range(first, n):
+            g, d, ok = _final_check(core, k, blocks, solve)
             residual.append(jnp.linalg.norm(g))
-        residual = jnp.stack(residual)
-        return blocks, {"residual": residual, "converged": residual <= tol,
+            distance.append(d)
+            hessian_ok.append(ok)
+        distance = jnp.stack(distance)
+        scale = jnp.stack([1.0 + jnp.linalg.norm(blocks[k]) for k in range(first, n)])
+        return blocks, {"residual": jnp.stack(residual), "distance": distance,
+                        "converged": distance <= tol * scale,
                         "hessian_ok": jnp.stack(hessian_ok), "iterations": count}
 
     def solve_from(k, blocks, tol, max_iter):
@@ -76,6 +79,7 @@ def nested_newton(core):
             return core.reduced_gradient_at(k, blocks, solve)
 
         def direction(blocks):
+            """(g, descent direction, Newton's distance estimate: inf where not Newton)."""
             if core.sizes[k] <= DENSE_LIMIT:
                 g, h = core.reduced_gradient_hessian(k, blocks, solve, True)
                 h = 0.5 * (h + h.T)
@@ -86,17 +90,24 @@ def nested_newton(core):
                 newton = jax.scipy.sparse.linalg.cg(hvp, -g, tol=1e-10, maxiter=10 * g.size)[0]
                 fallback = -g
             descent = jnp.all(jnp.isfinite(newton)) & (jnp.vdot(g, newton) < 0)
-            return g, jnp.where(descent, newton, fallback)
+            distance = jnp.where(descent, jnp.linalg.norm(newton), jnp.inf)
+            return g, jnp.where(descent, newton, fallback), distance
 
         def newton_step(state):
-            blocks, residual, _, steps, count, fresh = state
+            blocks, _, steps, count, fresh = state
             # The first pass only solves the levels below at the starting x_k (a zero step,
             # always accepted): one nested solve in the trace per level, not two.
-            g, d = jax.lax.cond(fresh, lambda b: (jnp.zeros_like(b[k]),) * 2, direction, blocks)
-            value, slope = core.fs[k](blocks), jnp.vdot(g, d)
+            g, d, distance = jax.lax.cond(
+                fresh,
+                lambda b: (jnp.zeros_like(b[k]), jnp.zeros_like(b[k]), jnp.asarray(jnp.inf)),
+                direction, blocks)
+            # The last Newton step is still taken (quadratically closer for one trial); the
+            # stopping test is judged again at the final point in ``run``.
+            last = ~fresh & (distance <= tol * (1.0 + jnp.linalg.norm(blocks[k])))
+            value, slope, residual = core.fs[k](blocks), jnp.vdot(g, d), jnp.linalg.norm(g)
 
             def search_body(search):
-                alpha, _, _, count, _, tries = search
+                alpha, _, count, _, tries = search
                 trial, inner = solve_from(
                     k + 1, blocks[:k] + (blocks[k] + alpha * d,) + blocks[k + 1:], tol, max_iter
                 )
@@ -105,39 +116,66 @@ def nested_newton(core):
                     (trial_value <= value + _ARMIJO * alpha * slope)
                     | ((tries == 0) & (trial_residual < residual))
                 )
-                return (0.5 * alpha, trial, trial_residual, count + inner, accept, tries + 1)
+                return (0.5 * alpha, trial, count + inner, accept, tries + 1)
 
-            search = (jnp.ones(()), blocks, residual, count, jnp.zeros((), bool),
-                      jnp.zeros((), jnp.int32))
-            _, trial, trial_residual, count, accepted, _ = jax.lax.while_loop(
-                lambda s: ~s[4] & (s[5] < _HALVINGS), search_body, search
+            search = (jnp.ones(()), blocks, count, jnp.zeros((), bool), jnp.zeros((), jnp.int32))
+            _, trial, count, accepted, _ = jax.lax.while_loop(
+                lambda s: ~s[3] & (s[4] < _HALVINGS), search_body, search
             )
             # A failed line search keeps the point it had and ends this level's loop.
             keep = jax.tree_util.tree_map(lambda a, b: jnp.where(accepted, a, b), trial, blocks)
             taken = (~fresh).astype(jnp.int32)
-            return (keep, jnp.where(accepted, trial_residual, residual), ~accepted,
-                    steps + taken, count + taken, jnp.zeros((), bool))
+            return (keep, last | ~accepted, steps + taken, count + taken, jnp.zeros((), bool))
 
         def newton_cond(state):
-            _, residual, stuck, steps, _, fresh = state
-            return fresh | ((residual > tol) & ~stuck & (steps < max_iter))
+            _, finished, steps, _, fresh = state
+            return fresh | (~finished & (steps < max_iter))
 
-        state = (blocks, jnp.asarray(jnp.inf, blocks[k].dtype), jnp.zeros((), bool),
-                 jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.ones((), bool))
-        blocks, _, _, _, count, _ = jax.lax.while_loop(newton_cond, newton_step, state)
+        state = (blocks, jnp.zeros((), bool), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
+                 jnp.ones((), bool))
+        blocks, _, _, count, _ = jax.lax.while_loop(newton_cond, newton_step, state)
         return blocks, count
 
     return run
 
 
-def _surely_positive_definite(h):
-    """True only if lambda_min(H) > ||H||_F / SINGULAR_CONDITION (a Cholesky factorisation of
-    the shifted H succeeds), which implies ``check_lower_hessian`` passes; False leaves the
-    verdict to that exact (eigenvalue) check."""
+def _final_check(core, k, blocks, solve):
+    """(D_k F_k, Newton's distance estimate, H_k surely fine) at the solved ``blocks``."""
+    if core.sizes[k] > DENSE_LIMIT:
+        g, hvp = core.reduced_gradient_hessian(k, blocks, solve, False)
+        step = jax.scipy.sparse.linalg.cg(hvp, g, tol=1e-10, maxiter=10 * g.size)[0]
+        return g, jnp.linalg.norm(step), jnp.ones((), bool)
+    g, h = core.reduced_gradient_hessian(k, blocks, solve, True)
     h = 0.5 * (h + h.T)
-    shift = jnp.linalg.norm(h) / SINGULAR_CONDITION
+    factor = jax.scipy.linalg.cho_factor(h)[0]
+    step = jax.scipy.linalg.cho_solve((factor, False), g)
+    distance = jnp.where(jnp.all(jnp.isfinite(step)), jnp.linalg.norm(step), jnp.inf)
+    scale = jnp.maximum(jnp.linalg.norm(h), curvature_probe_scale(core, k, blocks, g, solve))
+    return g, distance, _surely_positive_definite(h, scale)
+
+
+def curvature_probe_scale(core, k, blocks, g0, solve):
+    """The largest finite probe of ``mlverify.checks``' curvature scale: u^T H_k u and the
+    secant slope ||D_k F_k(x + r u) - D_k F_k(x)|| / r at x_k +- r u (levels below frozen)."""
+    x = blocks[k]
+    u = jnp.asarray(checks.probe_direction(x.shape[0]))
+    r = checks.PROBE_RADIUS * (1.0 + jnp.linalg.norm(x))
+    probes = []
+    for sign in (1.0, -1.0):
+        moved = blocks[:k] + (x + sign * r * u,) + blocks[k + 1:]
+        g, hvp = core.reduced_gradient_hessian(k, moved, solve, False)
+        probes += [jnp.abs(jnp.vdot(u, hvp(u))), jnp.linalg.norm(g - g0) / r]
+    probes = jnp.stack(probes)
+    return jnp.max(jnp.where(jnp.isfinite(probes), probes, 0.0))
+
+
+def _surely_positive_definite(h, scale):
+    """True only if lambda_min(H) > DEGENERATE_RATIO * scale (a Cholesky factorisation of
+    the shifted H succeeds), which implies ``checks.check_lower_hessian`` passes with that
+    scale; False leaves the verdict to that exact (eigenvalue) check."""
+    shift = checks.DEGENERATE_RATIO * scale
     factor = jax.scipy.linalg.cho_factor(h - shift * jnp.eye(h.shape[0]))[0]
-    return jnp.all(jnp.isfinite(factor)) & (jnp.linalg.norm(h) > 0)
+    return jnp.all(jnp.isfinite(factor)) & (scale > 0)
 
 
 def _step_function(problem, k, method):
@@ -165,70 +203,82 @@ def _value_function(problem, k):
 
 
 def _direction(g, second, dense, method):
-    """Newton's direction where H is positive definite, else steepest descent scaled by |H|."""
+    """(direction, Newton's distance estimate or inf): Newton's direction where H is positive
+    definite (``checks.descent_direction``), else steepest descent scaled by 1/||H||; for
+    matrix-free blocks ``second`` is already the direction (CG, or -g for ``gd``)."""
     if not dense:
-        return np.asarray(second)
+        direction = np.asarray(second)
+        newton = method != "gd" and np.all(np.isfinite(direction)) and g @ direction < 0
+        return direction, float(np.linalg.norm(direction)) if newton else float("inf")
     h = np.asarray(second)
-    eigenvalues = np.linalg.eigvalsh(0.5 * (h + h.T))
-    scale = max(float(np.max(np.abs(eigenvalues))), 1e-300)
-    if method == "newton" and eigenvalues[0] > scale * 1e-12:
-        return -np.linalg.solve(0.5 * (h + h.T), g)
-    return -g / scale
+    direction, lowest = checks.descent_direction(g, h)
+    if method == "gd":
+        scale = float(np.max(np.abs(np.linalg.eigvalsh(0.5 * (h + h.T)))))
+        return -g / max(scale, 1e-300), float("inf")
+    return direction, float(np.linalg.norm(direction)) if lowest > 0 else float("inf")
 
 
-def nested_solve(problem, start, tol, max_iter, method):
-    """The Python-driven nested solve (``method`` ``"newton"`` or ``"gd"``); raises
-    ConvergenceError / NonFiniteError naming the level where it fails."""
+def nested_solve(problem, start, tol, max_iter, method, first=1):
+    """The Python-driven nested solve (``method`` ``"newton"`` or ``"gd"``) of levels
+    ``first + 1``..n; raises ConvergenceError / NonFiniteError / HessianError /
+    UnboundedLevelError naming the level where it fails (for a failure of level k, the
+    levels below it are checked first: a degenerate lower level spoils every level above).
+    Returns (blocks, residuals, distances, iterations)."""
     n = problem.n
     blocks = [jnp.asarray(b) for b in start]
-    residuals = [0.0] * (n - 1)
+    residuals, distances = [0.0] * (n - 1), [0.0] * (n - 1)
     iterations = [0]
 
     def value(k):
         solve_from(k + 1, record=False)
-        v = float(_value_function(problem, k)(tuple(blocks)))
-        if not np.isfinite(v):
-            raise NonFiniteError(
-                "F_k is NaN or inf during the lower solve",
-                level=k + 1,
-                quantity="reduced objective",
-            )
-        return v
+        return float(_value_function(problem, k)(tuple(blocks)))
+
+    def trial_value(k):
+        """F_k at a line-search trial; inf where the levels below fail there."""
+        try:
+            v = value(k)
+        except MlverifyError:
+            return float("inf")
+        return v if np.isfinite(v) else float("inf")
+
+    def fail(k, error):
+        problem.diagnose_below(k, blocks)
+        raise error
 
     def solve_from(k, record):
         if k >= n:
             return
         dense = problem.sizes[k] <= DENSE_LIMIT
         step = _step_function(problem, k, method)
+        first_point = np.asarray(blocks[k])
         current = value(k)
-        residual = np.inf
+        start_value = current
+        distance = np.inf
         for _ in range(max_iter):
             iterations[0] += 1
             g, second = step(tuple(blocks))
             g = np.asarray(g)
-            if not np.all(np.isfinite(g)):
-                raise NonFiniteError(
-                    "the reduced gradient D_k F_k is NaN or inf",
-                    level=k + 1,
-                    quantity="reduced gradient",
-                )
+            if not (np.all(np.isfinite(g)) and np.isfinite(current)):
+                fail(k, NonFiniteError(
+                    "NaN or inf in the reduced objective F_k or its gradient D_k F_k during "
+                    "the lower solve", level=k + 1, quantity="reduced gradient"))
+            direction, distance = _direction(g, second, dense, method)
+            # The last Newton step is still taken; the test is judged again after the loop.
+            last = checks.solved(distance, np.asarray(blocks[k]), tol)
             residual = float(np.linalg.norm(g))
-            if residual <= tol:
-                break
-            direction = _direction(g, second, dense, method)
             slope = float(g @ direction)
             base = np.asarray(blocks[k])
             alpha, accepted = 1.0, False
             for _ in range(60):
                 blocks[k] = jnp.asarray(base + alpha * direction)
-                trial = value(k)
+                trial = trial_value(k)
                 # Near the solution F_k carries the noise of the lower solves (solved to tol),
                 # larger than the decrease Armijo asks for: the full step is then also taken
                 # when the gradient norm drops.
-                if trial <= current + _ARMIJO * alpha * slope or (
+                if np.isfinite(trial) and (trial <= current + _ARMIJO * alpha * slope or (
                     alpha == 1.0
                     and float(np.linalg.norm(np.asarray(step(tuple(blocks))[0]))) < residual
-                ):
+                )):
                     current, accepted = trial, True
                     break
                 alpha *= 0.5
@@ -236,19 +286,32 @@ def nested_solve(problem, start, tol, max_iter, method):
                 blocks[k] = jnp.asarray(base)
                 solve_from(k + 1, record=False)
                 break
-        if residual > tol:
-            g, _ = step(tuple(blocks))
-            residual = float(np.linalg.norm(np.asarray(g)))
-        if residual > tol:
+            checks.check_bounded(k + 1, blocks[k], first_point, current, start_value, False)
+            if last:
+                break
+        g, second = step(tuple(blocks))
+        g = np.asarray(g)
+        direction, distance = _direction(g, second, dense, method)
+        if method == "gd" and dense:
+            distance = checks.distance_estimate(g, np.asarray(second))
+        residual = float(np.linalg.norm(g))
+        if not checks.solved(distance, np.asarray(blocks[k]), tol):
+            problem.diagnose_below(k, blocks)
+            checks.check_bounded(k + 1, blocks[k], first_point, current, start_value, True)
+            if dense and np.all(np.isfinite(np.asarray(second))):
+                problem.check_level(k, blocks)
+            limit = tol * (1.0 + float(np.linalg.norm(np.asarray(blocks[k]))))
             raise ConvergenceError(
-                f"the lower solve stopped at gradient norm {residual:.3e} > tolerance {tol:.1e}",
+                f"the lower solve stopped at an estimated distance {distance:.3e} to the "
+                f"solution (Newton's step; gradient norm {residual:.3e}) > tolerance "
+                f"{limit:.1e}",
                 level=k + 1,
-                residual=residual,
-                tolerance=tol,
+                residual=distance,
+                tolerance=limit,
             )
         if record:
-            residuals[k - 1] = residual
+            residuals[k - 1], distances[k - 1] = residual, distance
             solve_from(k + 1, record=True)
 
-    solve_from(1, record=True)
-    return blocks, residuals, iterations[0]
+    solve_from(first, record=True)
+    return blocks, residuals, distances, iterations[0]
