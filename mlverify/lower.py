@@ -31,6 +31,7 @@ JAX_FUNCTIONS = {
     "gamma": lambda x: jnp.exp(jsp.gammaln(x)),
 }
 
+#: The ``modules`` argument of ``sympy.lambdify`` for JAX: the fixes above, then ``jax``.
 MODULES = [JAX_FUNCTIONS, "jax"]
 
 

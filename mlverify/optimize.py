@@ -26,6 +26,7 @@ import numpy as np
 from .errors import NonFiniteError
 from .numeric import NumericProblem
 
+#: The outer algorithms `optimize` runs (see the Algorithms page of the documentation).
 OUTER_METHODS = ("implicit-exact", "hierarchical", "itd", "aid-cg", "aid-neumann", "no-curvature")
 _HYPERGRADIENT_METHOD = {
     "implicit-exact": "exact",
@@ -57,6 +58,7 @@ class Trace:
 
     @property
     def rounds(self) -> int:
+        """The number of outer rounds $T$ run (one hypergradient per round)."""
         return len(self.grad_norm)
 
     def save(self, path: str) -> None:
@@ -73,6 +75,7 @@ class Trace:
 
     @classmethod
     def load(cls, path: str) -> Trace:
+        """A trace saved by `save` (``.npz`` or ``.json``, by the file's suffix)."""
         if str(path).endswith(".json"):
             with open(path) as fh:
                 data = json.load(fh)

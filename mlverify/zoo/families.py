@@ -25,11 +25,14 @@ def _symbols(n, sizes):
 
 @dataclass(frozen=True)
 class QuadraticFamily:
-    """f_k(z) = 1/2 z^T Q_k z + c_k^T z, z = (x_1..x_n), each Q_k symmetric positive definite.
+    r"""$f_k(z) = \tfrac12 z^\top Q_k z + c_k^\top z$, $z = (x_1, \dots, x_n)$, each $Q_k$
+    symmetric positive definite.
 
-    Q_k positive definite makes every reduced Hessian [I; J]^T Q_k [I; J] positive definite,
-    so each lower level has a unique minimiser and F_1 is a strongly convex quadratic. The
-    entries are rationals (``Q_num / denominator``), so the symbolic form is exact.
+    $Q_k$ positive definite makes every reduced Hessian
+    $\begin{bmatrix} I \\ J \end{bmatrix}^\top Q_k \begin{bmatrix} I \\ J \end{bmatrix}$
+    positive definite, so each lower level has a unique minimiser and $F_1$ is a strongly
+    convex quadratic. The entries are rationals (``Q_num / denominator``), so the symbolic
+    form is exact.
     """
 
     sizes: tuple[int, ...]
@@ -39,12 +42,14 @@ class QuadraticFamily:
 
     @property
     def n(self) -> int:
+        """The number of levels $n$."""
         return len(self.sizes)
 
     def _float(self):
         return [q / self.denominator for q in self.Q], [c / self.denominator for c in self.c]
 
     def symbolic(self) -> MultilevelProblem:
+        """The family as a declared `MultilevelProblem` (exact rational coefficients)."""
         blocks = _symbols(self.n, self.sizes)
         z = sp.Matrix.vstack(*blocks)
         levels = []
@@ -56,6 +61,7 @@ class QuadraticFamily:
         return MultilevelProblem(levels)
 
     def numeric(self) -> NumericProblem:
+        """The family as a JAX `NumericProblem` (float64 coefficients, zero start)."""
         qs, cs = self._float()
         qs = [jnp.asarray(q) for q in qs]
         cs = [jnp.asarray(c) for c in cs]
@@ -72,7 +78,8 @@ class QuadraticFamily:
 
     # -------------------------------------------------------------- closed forms
     def reduced_map(self) -> tuple[np.ndarray, np.ndarray]:
-        """(P, p) with z = P x_1 + p on the solution manifold (nested argmins solved exactly)."""
+        """$(P, p)$ with $z = P x_1 + p$ on the solution manifold (nested argmins solved
+        exactly)."""
         qs, cs = self._float()
         ends = np.cumsum(self.sizes)
         total = int(ends[-1])
@@ -87,27 +94,34 @@ class QuadraticFamily:
         return P, p
 
     def hypergradient(self, x1) -> np.ndarray:
+        r"""The exact hypergradient $\nabla F_1(x_1) = P^\top (Q_1 z + c_1)$, $z = P x_1 + p$
+        (closed form, see `reduced_map`)."""
         P, p = self.reduced_map()
         q1, c1 = self._float()[0][0], self._float()[1][0]
         return P.T @ (q1 @ (P @ np.asarray(x1, float) + p) + c1)
 
     def F1(self, x1) -> float:
+        r"""The upper objective $F_1(x_1) = \tfrac12 z^\top Q_1 z + c_1^\top z$ at
+        $z = P x_1 + p$, the lower levels solved exactly."""
         P, p = self.reduced_map()
         q1, c1 = self._float()[0][0], self._float()[1][0]
         z = P @ np.asarray(x1, float) + p
         return float(0.5 * z @ q1 @ z + c1 @ z)
 
     def hessian_F1(self) -> np.ndarray:
+        r"""The (constant) Hessian of $F_1$, $P^\top Q_1 P$: its largest eigenvalue is the
+        exact $L$ of Theorem 4.1."""
         P, _ = self.reduced_map()
         return P.T @ self._float()[0][0] @ P
 
     def lower_solution(self, x1) -> list[np.ndarray]:
+        r"""The exact lower solutions $x_2^*, \dots, x_n^*$ at ``x1``, one array per level."""
         P, p = self.reduced_map()
         z = P @ np.asarray(x1, float) + p
         return np.split(z, np.cumsum(self.sizes)[:-1])[1:]
 
     def optimum(self) -> np.ndarray:
-        """argmin F_1 over R^{d_1}."""
+        r"""$\operatorname*{arg\,min} F_1$ over $\mathbb{R}^{d_1}$."""
         P, p = self.reduced_map()
         q1, c1 = self._float()[0][0], self._float()[1][0]
         return np.linalg.solve(P.T @ q1 @ P, -P.T @ (q1 @ p + c1))
