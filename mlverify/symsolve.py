@@ -131,6 +131,11 @@ class SymbolicEvaluator:
 
     # ------------------------------------------------------------------ solving
     def solve_lower(self, x1_value, *, tol=1e-12, init=None, max_iter=100) -> LowerSolution:
+        r"""Solve levels $n, \dots, 2$ for $x_1$ = ``x1_value`` by nested damped Newton.
+
+        Each level's gradient and Hessian are the reduced $D_k F_k$, $D_{kk} F_k$ of the
+        lemmas at the current lower solutions; ``tol`` bounds each level's residual.
+        """
         x1 = as_block_value(x1_value, self.sizes[0], level=1)
         blocks = [x1] + [np.zeros(d) for d in self.sizes[1:]]
         if init is not None:
@@ -239,16 +244,21 @@ class SymbolicBackend:
         self.init = tuple(np.zeros(d) for d in self.sizes)
 
     def flatten(self, k, value):
+        """Level ``k``'s value (0-based) as a flat float64 array, checked against its size."""
         return as_block_value(value, self.sizes[k], level=k + 1)
 
     def unflatten(self, k, flat):
+        """The inverse of `flatten` (blocks are flat arrays here)."""
         return np.asarray(flat, dtype=np.float64)
 
     def solve_lower(self, x1, *, tol=1e-12, init=None, max_iter=100):
+        r"""The lower solutions $x_2^*, \dots, x_n^*$ at ``x1`` (nested damped Newton)."""
         solution = self.problem.numeric().solve_lower(x1, tol=tol, init=init, max_iter=max_iter)
         return _Solved(solution.xs, solution.residuals)
 
     def hypergradient_frozen(self, xs, method="exact", **options):
+        """The hypergradient formula at the blocks ``xs``, no solve (``exact``: with the
+        curvature terms of Lemma 3.2; ``no-curvature``: without them)."""
         if method not in self.METHODS or options:
             raise ValueError(f"the symbolic backend serves {self.METHODS} without options")
         curvature = method == "exact"
@@ -256,20 +266,25 @@ class SymbolicBackend:
         return self.problem.numeric(curvature).hypergradient_frozen(blocks)
 
     def solve_and_hypergradient(self, x1, method="exact", *, solve_options=None, **options):
+        """``(hypergradient, lower solutions)`` at ``x1``, the lower levels solved first."""
         lower = self.solve_lower(x1, **(solve_options or {}))
         return self.hypergradient_frozen((x1, *lower), method, **options), lower
 
     def reduced_gradient_frozen(self, k, flat_blocks):
+        """The reduced gradient $D_k F_k$ (0-based ``k`` >= 1) at the blocks, no solve."""
         return self.problem.numeric().gradient_hessian(k, flat_blocks)[0]
 
     def lower_hessians(self, xs):
+        r"""The reduced Hessians $H_k = D_{kk} F_k$ of levels $2, \dots, n$ at the blocks."""
         evaluator = self.problem.numeric()
         return [evaluator.gradient_hessian(k, xs)[1] for k in range(1, self.n)]
 
     def lower_lipschitz(self, xs):
+        r"""$\lambda_{\max}(H_k)$ for levels $2, \dots, n$ at the blocks (inner steps' $L$)."""
         return [float(np.linalg.eigvalsh(0.5 * (h + h.T))[-1]) for h in self.lower_hessians(xs)]
 
     def objective_value(self, k, flat_blocks):
+        """The objective $f_k$ (0-based ``k``) at the blocks."""
         return self.problem.numeric().objective(k, flat_blocks)
 
 
