@@ -64,6 +64,8 @@ class LinearSolve:
     step: float | None = None
 
     def resolve(self, size: int) -> LinearSolve:
+        """The solve for a block of ``size``: ``auto`` becomes ``dense`` (Cholesky) up to
+        `DENSE_LIMIT` and ``cg`` above; any other kind is kept."""
         if self.kind != "auto":
             return self
         return LinearSolve("dense" if size <= DENSE_LIMIT else "cg", self.iterations, self.tol)
@@ -73,7 +75,7 @@ class ImplicitCore:
     """The n-level reduced objectives and best responses of one problem, as JAX functions.
 
     ``jit_levels``: compile each level's reduced gradient as its own cached function.
-    ``consts`` (from :meth:`level_constants`) is a tuple with one dict of arrays per level:
+    ``consts`` (from `level_constants`) is a tuple with one dict of arrays per level:
     ``chol`` (the Cholesky factor of H_m at the anchors, dense solves) and ``step`` (the
     Neumann step); it is a pytree, so it passes through jit and custom_jvp.
     """

@@ -21,6 +21,7 @@ from ..symsolve import check_lower_hessian
 from .implicit import DENSE_LIMIT, ImplicitCore, LinearSolve
 from .itd import itd_hypergradient_and_flags
 
+#: The hypergradient methods of `NumericProblem.hypergradient` and `hypergradient_frozen`.
 METHODS = ("exact", "no-curvature", "cg", "neumann", "itd", "fd")
 
 #: XLA options for the core's compiled functions. The exact hypergradient's graph grows
@@ -199,9 +200,9 @@ class NumericProblem:
         ``status`` holds JAX booleans: ``finite`` (the value has no NaN or inf); for dense
         lower blocks, ``cholesky_ok[k]`` (H_k was positive definite at the iterates); for
         ``itd``, ``inner_rise`` (n flags: level k's unrolled steps raised f_k, so its step is
-        too large; :meth:`hypergradient_frozen` halves the default step and retries, this
+        too large; `hypergradient_frozen` halves the default step and retries, this
         pure function does not). Under your own jit or vmap, check them, or pass them to
-        :meth:`check_status` outside.
+        `check_status` outside.
         """
         if method not in METHODS or method == "fd":
             raise ValueError(f"no pure function for method {method!r}")
@@ -375,7 +376,7 @@ class NumericProblem:
     # ------------------------------------------------------------------ diagnostics
     def lower_hessians(self, xs):
         """D_kk F_k (dense, levels 2..n) at the given iterates, lower levels by IFT. For a
-        block of d this forms d x d; for step sizes use :meth:`lower_lipschitz`."""
+        block of d this forms d x d; for step sizes use `lower_lipschitz`."""
         flat = self._flat_all(xs)
         return [np.asarray(self._grad_hess(k)(flat)[1]) for k in range(1, self.n)]
 

@@ -8,9 +8,9 @@ for small blocks and by conjugate gradients on Hessian-vector products for large
 
 Two drivers run this one algorithm:
 
-- :func:`nested_newton` is pure JAX (nested ``lax.while_loop``s): one compiled call solves
+- `nested_newton` is pure JAX (nested ``lax.while_loop``s): one compiled call solves
   every level, with no Python between iterations. ``NumericProblem.solve_lower`` uses it.
-- :func:`nested_solve` drives the same steps from Python, one jitted step per iteration. It
+- `nested_solve` drives the same steps from Python, one jitted step per iteration. It
   serves ``method="gd"``, and it re-runs a failed compiled solve eagerly so that the error
   names the level and the quantity at fault.
 """
