@@ -9,7 +9,7 @@ NOTES.md, and its trainable constants are not wanted here.
 
 Derived formulas (best-response Jacobians, the hypergradient) are lowered from the
 derivation graph as straight-line code, one assignment per intermediate (see
-:mod:`mlverify.codegen`), which is how the symbolic and numeric cores are compared under
+`mlverify.codegen`), which is how the symbolic and numeric cores are compared under
 ``jit`` and ``vmap``.
 """
 
