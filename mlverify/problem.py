@@ -170,7 +170,7 @@ class MultilevelProblem:
 
     # ------------------------------------------------------------------ derivations
     def derivation(self, curvature: bool = True):
-        """The memoised derivation graph of the lemmas (see :mod:`mlverify.derive`)."""
+        """The memoised derivation graph of the lemmas (see `mlverify.derive`)."""
         key = ("derivation", bool(curvature))
         if key not in self._cache:
             from .derive import derive
@@ -217,7 +217,7 @@ class MultilevelProblem:
 
     # ------------------------------------------------------------------ numbers
     def numeric(self, curvature: bool = True):
-        """Compiled float64 NumPy evaluators of the derivation (see :mod:`mlverify.symsolve`)."""
+        """Compiled float64 NumPy evaluators of the derivation (see `mlverify.symsolve`)."""
         key = ("numeric", bool(curvature))
         if key not in self._cache:
             from .symsolve import SymbolicEvaluator
@@ -228,7 +228,7 @@ class MultilevelProblem:
     def solve_lower(self, x1_value, *, tol: float = 1e-12, init=None, max_iter: int = 100):
         """Solve levels 2..n for the given x_1 by nested damped Newton.
 
-        Returns a :class:`mlverify.symsolve.LowerSolution` (its ``xs`` are the blocks x_2*..x_n*
+        Returns a `mlverify.symsolve.LowerSolution` (its ``xs`` are the blocks x_2*..x_n*
         as float64 arrays, its ``residual`` the largest level gradient norm reached, at most
         ``tol``). Raises ConvergenceError (with the residual) or HessianError.
         """
@@ -246,7 +246,7 @@ class MultilevelProblem:
         return value
 
     def lower(self, **options):
-        """This problem as a :class:`mlverify.numeric.NumericProblem` on the JAX core."""
+        """This problem as a `mlverify.numeric.NumericProblem` on the JAX core."""
         from .lower import lower_problem
 
         return lower_problem(self, **options)
@@ -254,7 +254,7 @@ class MultilevelProblem:
     # ------------------------------------------------------------------ display
     def latex_jacobian(self, k: int, j: int, abstract: bool = True) -> str:
         """LaTeX of D_j y_k, in the lemmas' notation when ``abstract``
-        (see :mod:`mlverify.latex`)."""
+        (see `mlverify.latex`)."""
         from .latex import latex_best_response_jacobian
 
         return latex_best_response_jacobian(self, k, j, abstract=abstract)

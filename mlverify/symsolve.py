@@ -1,6 +1,6 @@
 """Numbers from a declared problem: nested lower solves and the hypergradient, in float64.
 
-The derivation graph (:mod:`mlverify.derive`) is printed once as straight-line NumPy code
+The derivation graph (`mlverify.derive`) is printed once as straight-line NumPy code
 per quantity: f_k, and (g_k, H_k) = (D_k F_k, D_kk F_k) for each lower level. Levels
 n..2 are then solved by nested damped Newton on the reduced objectives F_k: every trial
 point of level k re-solves the levels below it, so each level's iterate is a true best
