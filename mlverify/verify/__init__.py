@@ -3,7 +3,7 @@
 ``theorem_4_1`` checks the O(1/T) bound of projected gradient descent with the exact
 hypergradient on a box; ``theorem_4_2`` checks the inexact-hypergradient bound along the
 single-loop and ITD runs and measures how the error and the rounds-to-epsilon grow with n.
-Each returns a :class:`Report` with ``.verdict`` in {"pass", "fail", "not-applicable"}.
+Each returns a `Report` with ``.verdict`` in {"pass", "fail", "not-applicable"}.
 
 On the paper's argument: its proofs end by appeal to the Central Limit Theorem for the
 deterministic sum (1/T) sum_t ||grad F_1(x^t)||^2. No probability is involved: the correct

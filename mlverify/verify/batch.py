@@ -38,10 +38,13 @@ class BatchReport:
     residual: np.ndarray
 
     def counts(self) -> dict:
+        """How many instances got each verdict: ``{"pass": ..., "fail": ..., ...}``."""
         values, counts = np.unique(self.verdicts, return_counts=True)
         return dict(zip(values.tolist(), counts.tolist(), strict=True))
 
     def summary(self) -> str:
+        """The verdict counts and the quantiles (0, 0.5, 0.9, 1) of the worst ratio
+        left/right over the applicable instances."""
         ok = self.verdicts != "not-applicable"
         ratios = self.worst_ratio[ok]
         quantiles = np.quantile(ratios, [0.0, 0.5, 0.9, 1.0]) if ratios.size else [np.nan] * 4
@@ -143,7 +146,7 @@ def theorem_4_1_batch(objectives_of, params, sizes, box, *, T: int = 100, grid_p
     """Check Theorem 4.1 on every instance of a batched family (see the module docstring).
 
     ``vectorize=False`` runs the same compiled single-instance check in a Python loop (the
-    baseline of the throughput benchmark). Returns a :class:`BatchReport`.
+    baseline of the throughput benchmark). Returns a `BatchReport`.
     """
     check = instance_check(objectives_of, sizes, box, T=T, grid_points=grid_points,
                            newton_steps=newton_steps, fd_step=fd_step)
