@@ -5,11 +5,18 @@ The notebooks stay where they are (``notebooks/*.ipynb`` at the repository root,
 ``notebooks/<name>.ipynb`` and to the nav's "Notebooks" section, after its first entry (the
 overview page), in file-name order. A new notebook therefore appears without editing
 ``mkdocs.yml``. mkdocs-jupyter renders them with their stored outputs (``execute: false``).
+
+The site must read offline, so the hook also takes out of each notebook page the two
+loaders that nbconvert's template puts there: MathJax (an empty ``<script src="">`` here;
+``docs/javascripts/katex-init.js`` renders the notebooks' ``$...$`` with the KaTeX served
+from the site) and mermaid.js, imported from a CDN when a notebook has a mermaid diagram
+(ours have none).
 """
 
 from __future__ import annotations
 
 import pathlib
+import re
 
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File
@@ -18,6 +25,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 #: The nav section the notebooks are appended to.
 SECTION = "Notebooks"
+#: nbconvert's MathJax loader and configuration, between the comments its template writes.
+MATHJAX = re.compile(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.S)
+#: nbconvert's module script that imports mermaid.js from a CDN.
+MERMAID = re.compile(r'<script type="module">(?:(?!</script>).)*?mermaid.*?</script>', re.S)
 
 
 def notebook_paths() -> list[pathlib.Path]:
@@ -55,6 +66,12 @@ def on_files(files, config):
                 File(path, str(ROOT), config.site_dir, config.use_directory_urls)
             )
     return files
+
+
+def on_page_content(html, page, config, files):
+    if not page.file.src_uri.endswith(".ipynb"):
+        return html
+    return MERMAID.sub("", MATHJAX.sub("", html))
 
 
 def on_serve(server, config, builder):
