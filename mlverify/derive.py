@@ -32,10 +32,10 @@ the $Z$'s. Differentiating $y_m$ once more costs one more derivative of $f_m$, s
 needed to order $k$.
 
 Why a graph: differentiating the nested quotients with sympy's ``diff`` re-walks shared
-subtrees and grows like a tree (about 60,000 operations at n = 4 against 543 after CSE).
+subtrees and grows like a tree (about 60,000 operations at $n = 4$ against 543 after CSE).
 Here every derived scalar is an intermediate symbol whose definition is small, and the
 derivative of an intermediate in a variable is itself memoised as an intermediate. Each
-distinct partial derivative of an f_k is derived once (keyed by its sorted multi-index).
+distinct partial derivative of an $f_k$ is derived once (keyed by its sorted multi-index).
 ``curvature=False`` freezes the best-response Jacobians while differentiating (their
 derivatives, the curvature terms, are taken as zero).
 """
@@ -194,7 +194,7 @@ class DerivationGraph:
         return [s for s in self.order if s in needed]
 
     def is_partial(self, sym) -> bool:
-        """Whether ``sym`` stands for a partial derivative of some f_k."""
+        """Whether ``sym`` stands for a partial derivative of some $f_k$."""
         return sym in self._partial_of
 
     def size(self, outputs) -> int:
@@ -205,10 +205,11 @@ class DerivationGraph:
 
 @dataclass(frozen=True)
 class Derivation:
-    """What the lemmas give, as matrices of graph atoms (0-based level keys).
+    r"""What the lemmas give, as matrices of graph atoms (0-based level keys).
 
-    ``jacobians[(k, j)]``: D_j y_k (d_k x d_j), ``gradients[k]``: g_k = D_k F_k (d_k x 1),
-    ``hessians[k]``: H_k = D_kk F_k (d_k x d_k, k >= 1); ``gradients[0]`` is the hypergradient.
+    ``jacobians[(k, j)]``: $D_j y_k$ ($d_k \times d_j$), ``gradients[k]``: $g_k = D_k F_k$
+    ($d_k \times 1$), ``hessians[k]``: $H_k = D_{kk} F_k$ ($d_k \times d_k$, $k \ge 1$);
+    ``gradients[0]`` is the hypergradient.
     """
 
     graph: DerivationGraph
@@ -235,7 +236,7 @@ def derive(blocks, objectives, curvature: bool = True) -> Derivation:
     z_cache: dict[tuple[int, int, int], sp.Matrix] = {}
 
     def z(k: int, m: int, j: int) -> sp.Matrix:
-        """Z^k_{m,j}: total derivative of x_m in x_j along M_k (m >= k > j)."""
+        r"""$Z^k_{m,j}$: total derivative of $x_m$ in $x_j$ along $M_k$ ($m \ge k > j$)."""
         key = (k, m, j)
         if key not in z_cache:
             total = jacobians[(m, j)]
@@ -245,7 +246,7 @@ def derive(blocks, objectives, curvature: bool = True) -> Derivation:
         return z_cache[key]
 
     def total(k: int, column: sp.Matrix, j: int) -> sp.Matrix:
-        """T^k_j column: total Jacobian of ``column`` in x_j along M_k."""
+        """$T^k_j$ column: total Jacobian of ``column`` in $x_j$ along $M_k$."""
         result = graph.jacobian(column, index_blocks[j])
         for m in range(k, n):
             result = graph.add(

@@ -48,7 +48,7 @@ def lower_expression(variables, expr):
 
 
 def lower_problem(problem, init=None) -> NumericProblem:
-    """``problem`` as a NumericProblem: f_k(xs) with xs the tuple of level vectors."""
+    """``problem`` as a NumericProblem: each $f_k$ as ``f(xs)``, ``xs`` the tuple of blocks."""
     variables = problem.variables
     lowered = [lower_expression(variables, f) for f in problem.objectives]
 
