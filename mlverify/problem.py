@@ -1,7 +1,10 @@
-"""Declaring an n-level problem in sympy, and validating it.
+r"""Declaring an n-level problem in sympy, and validating it.
 
-    min_{x_1} f_1(x_1, x_2*, ..., x_n*)
-      x_k* = argmin_{x_k} f_k(x_1, ..., x_k, x_{k+1}*, ..., x_n*)     k = 2..n
+$$
+\min_{x_1} f_1(x_1, x_2^*, \dots, x_n^*), \qquad
+x_k^* = \operatorname*{arg\,min}_{x_k} f_k(x_1, \dots, x_k, x_{k+1}^*, \dots, x_n^*),
+\quad k = 2, \dots, n.
+$$
 
 Level 1 is the top. Each level owns a block of variables (one sympy Symbol, or a column of
 them) and a scalar objective in the symbols of all blocks.
@@ -149,7 +152,7 @@ class MultilevelProblem:
 
     @property
     def sizes(self) -> tuple[int, ...]:
-        """Block sizes d_1..d_n."""
+        r"""Block sizes $d_1, \dots, d_n$."""
         return tuple(len(b) for b in self.blocks)
 
     @property
@@ -158,7 +161,7 @@ class MultilevelProblem:
         return tuple(v for block in self.blocks for v in block)
 
     def block(self, k: int) -> sp.Matrix:
-        """The variable block x_k as a column Matrix (k is 1-based)."""
+        """The variable block $x_k$ as a column Matrix ($k$ is 1-based)."""
         self._check_level(k, lowest=1)
         return sp.Matrix(self.blocks[k - 1])
 
@@ -179,11 +182,12 @@ class MultilevelProblem:
         return self._cache[key]
 
     def best_response_jacobian(self, k: int, j: int, curvature: bool = True) -> sp.Matrix:
-        """D_j y_k = -H_k^{-1} D_kj F_k (implicit function theorem), a (d_k, d_j) sympy Matrix.
+        r"""$D_j y_k = -H_k^{-1} D_{kj} F_k$ (implicit function theorem), a $(d_k, d_j)$ sympy
+        Matrix.
 
-        Exact, in terms of x_1..x_n, valid where x_k..x_n are the lower-level solutions.
-        Lemma 2.1 for n = 2, Lemma 3.1 (a)(b) for the bottom of a trilevel problem, Lemma
-        3.2 above it. Levels are 1-based: 2 <= k <= n, 1 <= j < k.
+        Exact, in terms of $x_1, \dots, x_n$, valid where $x_k, \dots, x_n$ are the lower-level
+        solutions. Lemma 2.1 for $n = 2$, Lemma 3.1 (a)(b) for the bottom of a trilevel
+        problem, Lemma 3.2 above it. Levels are 1-based: $2 \le k \le n$, $1 \le j < k$.
         """
         self._check_level(k, lowest=2)
         if not isinstance(j, (int, np.integer)) or not 1 <= j < k:
@@ -194,23 +198,25 @@ class MultilevelProblem:
         return d.graph.expand_matrix(d.jacobians[(k - 1, j - 1)])
 
     def reduced_gradient(self, k: int, curvature: bool = True) -> sp.Matrix:
-        """D_k F_k: the gradient of the reduced objective of level k in x_k (d_k x 1)."""
+        r"""$D_k F_k$: the gradient of the reduced objective of level $k$ in $x_k$
+        ($d_k \times 1$)."""
         self._check_level(k, lowest=1)
         d = self.derivation(curvature)
         return d.graph.expand_matrix(d.gradients[k - 1])
 
     def reduced_hessian(self, k: int, curvature: bool = True) -> sp.Matrix:
-        """H_k = D_kk F_k, the matrix each lemma inverts (d_k x d_k), for k >= 2."""
+        r"""$H_k = D_{kk} F_k$, the matrix each lemma inverts ($d_k \times d_k$), for $k \ge 2$."""
         self._check_level(k, lowest=2)
         d = self.derivation(curvature)
         return d.graph.expand_matrix(d.hessians[k - 1])
 
     def hypergradient(self, curvature: bool = True) -> sp.Matrix:
-        """The exact hypergradient dF_1/dx_1 (d_1 x 1) in terms of x_1..x_n.
+        r"""The exact hypergradient $\mathrm{d}F_1/\mathrm{d}x_1$ ($d_1 \times 1$) in terms of
+        $x_1, \dots, x_n$.
 
-        Valid where x_2..x_n are the lower solutions. ``curvature=False`` drops the second
-        derivatives of the lower best responses, the terms sum_i (f_z)_i D^2 g_i of Lemma
-        3.2, at every level: the approximation most libraries compute.
+        Valid where $x_2, \dots, x_n$ are the lower solutions. ``curvature=False`` drops the
+        second derivatives of the lower best responses, the terms $\sum_i (f_z)_i\, D^2 g_i$
+        of Lemma 3.2, at every level: the approximation most libraries compute.
         """
         d = self.derivation(curvature)
         return d.graph.expand_matrix(d.gradients[0])
@@ -226,16 +232,16 @@ class MultilevelProblem:
         return self._cache[key]
 
     def solve_lower(self, x1_value, *, tol: float = 1e-12, init=None, max_iter: int = 100):
-        """Solve levels 2..n for the given x_1 by nested damped Newton.
+        r"""Solve levels $2, \dots, n$ for the given $x_1$ by nested damped Newton.
 
-        Returns a `mlverify.symsolve.LowerSolution` (its ``xs`` are the blocks x_2*..x_n*
+        Returns a `mlverify.symsolve.LowerSolution` (its ``xs`` are the blocks $x_2^*, \dots, x_n^*$
         as float64 arrays, its ``residual`` the largest level gradient norm reached, at most
         ``tol``). Raises ConvergenceError (with the residual) or HessianError.
         """
         return self.numeric().solve_lower(x1_value, tol=tol, init=init, max_iter=max_iter)
 
     def hypergradient_at(self, x1_value, *, curvature: bool = True, tol: float = 1e-12, init=None):
-        """The hypergradient at x_1 as a float64 array of shape (d_1,), lower levels solved."""
+        """The hypergradient at $x_1$, a float64 array of shape ``(d_1,)``, lower levels solved."""
         # The lower levels are always solved exactly: only the formula drops curvature (for
         # n >= 4 the curvature-free reduced gradients would converge to the wrong point).
         solution = self.numeric().solve_lower(x1_value, tol=tol, init=init)
@@ -253,7 +259,7 @@ class MultilevelProblem:
 
     # ------------------------------------------------------------------ display
     def latex_jacobian(self, k: int, j: int, abstract: bool = True) -> str:
-        """LaTeX of D_j y_k, in the lemmas' notation when ``abstract``
+        """LaTeX of $D_j y_k$, in the lemmas' notation when ``abstract``
         (see `mlverify.latex`)."""
         from .latex import latex_best_response_jacobian
 
