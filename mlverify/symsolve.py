@@ -1,10 +1,10 @@
-"""Numbers from a declared problem: nested lower solves and the hypergradient, in float64.
+r"""Numbers from a declared problem: nested lower solves and the hypergradient, in float64.
 
 The derivation graph (`mlverify.derive`) is printed once as straight-line NumPy code
-per quantity: f_k, and (g_k, H_k) = (D_k F_k, D_kk F_k) for each lower level. Levels
-n..2 are then solved by nested damped Newton on the reduced objectives F_k: every trial
-point of level k re-solves the levels below it, so each level's iterate is a true best
-response of the levels above (the reduced objectives F_k, bottom-up), never a simultaneous root.
+per quantity: $f_k$, and $(g_k, H_k) = (D_k F_k, D_{kk} F_k)$ for each lower level. Levels
+$n, \dots, 2$ are then solved by nested damped Newton on the reduced objectives $F_k$: every trial
+point of level $k$ re-solves the levels below it, so each level's iterate is a true best
+response of the levels above (the reduced objectives $F_k$, bottom-up), never a simultaneous root.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ SINGULAR_CONDITION = 1e12
 
 @dataclass(frozen=True)
 class LowerSolution:
-    """x_2*..x_n* for one x_1, with the largest gradient norm ||D_k F_k|| reached."""
+    r"""$x_2^*, \dots, x_n^*$ for one $x_1$, with the largest gradient norm
+    $\lVert D_k F_k \rVert$ reached."""
 
     x1: np.ndarray
     xs: tuple[np.ndarray, ...]
@@ -111,11 +112,11 @@ class SymbolicEvaluator:
         return np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1) for b in blocks])
 
     def objective(self, k: int, blocks) -> float:
-        """f_k at the given blocks (0-based k)."""
+        """$f_k$ at the given blocks (0-based $k$)."""
         return float(self._objective[k](*self._flat(blocks))[0])
 
     def gradient_hessian(self, k: int, blocks) -> tuple[np.ndarray, np.ndarray]:
-        """(D_k F_k, D_kk F_k) for 0-based k >= 1, valid where levels > k are solved."""
+        r"""$(D_k F_k, D_{kk} F_k)$ for 0-based $k \ge 1$, valid where levels $> k$ are solved."""
         d = self.sizes[k]
         values = np.asarray(self._gradient_hessian[k](*self._flat(blocks)), dtype=np.float64)
         return values[:d], values[d:].reshape(d, d)
@@ -125,7 +126,7 @@ class SymbolicEvaluator:
         return np.asarray(self._hypergradient(*self._flat(blocks)), dtype=np.float64)
 
     def jacobian_frozen(self, k: int, j: int, blocks) -> np.ndarray:
-        """D_j y_k (1-based levels) at the given blocks, without any solve."""
+        """$D_j y_k$ (1-based levels) at the given blocks, without any solve."""
         values = self._jacobians[(k - 1, j - 1)](*self._flat(blocks))
         return np.asarray(values, dtype=np.float64).reshape(self.sizes[k - 1], self.sizes[j - 1])
 
@@ -271,7 +272,7 @@ class SymbolicBackend:
         return self.hypergradient_frozen((x1, *lower), method, **options), lower
 
     def reduced_gradient_frozen(self, k, flat_blocks):
-        """The reduced gradient $D_k F_k$ (0-based ``k`` >= 1) at the blocks, no solve."""
+        r"""The reduced gradient $D_k F_k$ (0-based $k \ge 1$) at the blocks, no solve."""
         return self.problem.numeric().gradient_hessian(k, flat_blocks)[0]
 
     def lower_hessians(self, xs):
