@@ -62,9 +62,7 @@ def on_files(files, config):
     for notebook in notebook_paths():
         path = site_path(notebook)
         if files.get_file_from_path(path) is None:
-            files.append(
-                File(path, str(ROOT), config.site_dir, config.use_directory_urls)
-            )
+            files.append(File(path, str(ROOT), config.site_dir, config.use_directory_urls))
     return files
 
 
