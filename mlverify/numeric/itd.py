@@ -1,12 +1,12 @@
 """Iterative differentiation (ITD; Sato et al. 2021), the paper's baseline.
 
-Each argmin is replaced by K gradient steps from the given start, nested: one gradient
-step of level k differentiates through level k+1's unrolled solver, which itself unrolls
-level k+2's, ... The hypergradient is the derivative of the whole unrolled program; its cost
-grows like K^(n-1).
+Each argmin is replaced by $K$ gradient steps from the given start, nested: one gradient
+step of level $k$ differentiates through level $k+1$'s unrolled solver, which itself unrolls
+level $k+2$'s, ... The hypergradient is the derivative of the whole unrolled program; its cost
+grows like $K^{n-1}$.
 
-Divergence is detected, not guessed at: gradient descent with a step below 2/L never raises
-the objective it descends, so a rise of f_k between two of level k's unrolled steps means
+Divergence is detected, not guessed at: gradient descent with a step below $2/L$ never raises
+the objective it descends, so a rise of $f_k$ between two of level $k$'s unrolled steps means
 the step was too large for the curvature met there. Each level's flag is returned beside the
 hypergradient (``NumericProblem`` halves the default step and retries, or raises
 ``DivergenceError`` naming the level).
@@ -52,8 +52,9 @@ def _unrolled_tail(core, k, upper, starts, steps, lrs):
 
 
 def itd_hypergradient_and_flags(core, anchors, steps: int, inner_lr=None, lr_scale=1.0):
-    """(dF_1/dx_1 through K unrolled steps per lower level started from ``anchors[1:]``,
-    rise flags: ``flags[k]`` is True where level k+1's unrolled steps raised f_{k+1})."""
+    r"""($\mathrm{d}F_1/\mathrm{d}x_1$ through $K$ unrolled steps per lower level started from
+    ``anchors[1:]``, rise flags: ``flags[k]`` is True where level $k+1$'s unrolled steps
+    raised $f_{k+1}$)."""
     if steps < 1:
         raise ValueError("ITD needs steps >= 1")
     lrs = tuple(None if lr is None else lr * lr_scale

@@ -35,8 +35,9 @@ ITD_HALVINGS = 10
 
 
 class LowerSolution(tuple):
-    """The lower-level solutions x_2*..x_n* (a tuple of blocks, shaped as declared), with
-    ``residuals`` (the gradient norm ||D_k F_k|| reached per level) and ``residual`` (their max)."""
+    r"""The lower-level solutions $x_2^*, \dots, x_n^*$ (a tuple of blocks, shaped as declared),
+    with ``residuals`` (the gradient norm $\lVert D_k F_k \rVert$ reached per level) and
+    ``residual`` (their max)."""
 
     residuals: tuple[float, ...]
     residual: float
@@ -167,10 +168,10 @@ class NumericProblem:
 
         Methods: ``exact`` (all curvature terms), ``no-curvature``, ``cg`` and ``neumann``
         (``iterations=K`` truncated solves), ``itd`` (``steps=K`` unrolled inner steps per
-        level from these iterates, ``inner_lr``; without it the steps are 1/(1.2 L_k) at the
+        level from these iterates, ``inner_lr``; without it the steps are $1/(1.2 L_k)$ at the
         start, halved while any level's unrolled steps raise its objective, up to
         ``ITD_HALVINGS`` times; a given ``inner_lr`` that diverges raises DivergenceError).
-        Returns an array shaped like x_1.
+        Returns an array shaped like $x_1$.
         """
         flat = self._flat_all(xs)
         value, status = self._frozen_flat(flat, method, options)
@@ -198,8 +199,8 @@ class NumericProblem:
 
         ``flat_blocks`` is the tuple of all n blocks as flat float64 vectors (``flatten``).
         ``status`` holds JAX booleans: ``finite`` (the value has no NaN or inf); for dense
-        lower blocks, ``cholesky_ok[k]`` (H_k was positive definite at the iterates); for
-        ``itd``, ``inner_rise`` (n flags: level k's unrolled steps raised f_k, so its step is
+        lower blocks, ``cholesky_ok[k]`` ($H_k$ was positive definite at the iterates); for
+        ``itd``, ``inner_rise`` ($n$ flags: level $k$'s unrolled steps raised $f_k$, so its step is
         too large; `hypergradient_frozen` halves the default step and retries, this
         pure function does not). Under your own jit or vmap, check them, or pass them to
         `check_status` outside.
@@ -215,9 +216,9 @@ class NumericProblem:
         self._check_status(jax.tree_util.tree_map(np.asarray, status), method, flat)
 
     def hypergradient(self, x1, method: str = "exact", *, solve_options=None, **options):
-        """The hypergradient at x_1 with the lower levels solved (``solve_options`` go to
+        """The hypergradient at $x_1$ with the lower levels solved (``solve_options`` go to
         ``solve_lower``), by ``method`` (see ``hypergradient_frozen``; ``fd`` is central
-        finite differences of F_1 with tightly solved lower levels, ``step=h``)."""
+        finite differences of $F_1$ with tightly solved lower levels, ``step=h``)."""
         solve_options = dict(solve_options or {})
         if method == "fd":
             return self.unflatten(0, self._finite_difference(x1, solve_options, **options))
@@ -230,8 +231,8 @@ class NumericProblem:
 
     def solve_and_hypergradient(self, x1, method: str = "exact", *, solve_options=None,
                                 **options):
-        """``(hypergradient, LowerSolution)`` at x_1: levels 2..n solved by ``solve_lower``
-        with ``solve_options`` (``tol``, ``max_iter``, ``init``, ``method``) and the
+        r"""``(hypergradient, LowerSolution)`` at $x_1$: levels $2, \dots, n$ solved by
+        ``solve_lower`` with ``solve_options`` (``tol``, ``max_iter``, ``init``, ``method``) and the
         hypergradient by ``method`` and ``options`` (as ``hypergradient_frozen``) there.
 
         With the default ``newton`` solver both run in one compiled call (what an outer
@@ -353,11 +354,11 @@ class NumericProblem:
             )
 
     def objective_value(self, k: int, flat_blocks) -> float:
-        """f_k (0-based) at the given flat blocks."""
+        """$f_k$ (0-based $k$) at the given flat blocks."""
         return float(self._jit(("value", k), lambda: self.core.fs[k])(tuple(flat_blocks)))
 
     def reduced_gradient_frozen(self, k: int, flat_blocks) -> jax.Array:
-        """D_k F_k (0-based k >= 1) at the given flat iterates, levels below by the lemmas'
+        r"""$D_k F_k$ (0-based $k \ge 1$) at the given flat iterates, levels below by the lemmas'
         formulas at those iterates (what the single-loop algorithm steps along)."""
         return self._jit(
             ("reduced_gradient", k), lambda: lambda flat: self.core.reduced_gradient_at(k, flat)
@@ -375,14 +376,14 @@ class NumericProblem:
 
     # ------------------------------------------------------------------ diagnostics
     def lower_hessians(self, xs):
-        """D_kk F_k (dense, levels 2..n) at the given iterates, lower levels by IFT. For a
-        block of d this forms d x d; for step sizes use `lower_lipschitz`."""
+        r"""$D_{kk} F_k$ (dense, levels $2, \dots, n$) at the given iterates, lower levels by IFT.
+        For a block of $d$ this forms $d \times d$; for step sizes use `lower_lipschitz`."""
         flat = self._flat_all(xs)
         return [np.asarray(self._grad_hess(k)(flat)[1]) for k in range(1, self.n)]
 
     def lower_lipschitz(self, xs) -> list[float]:
-        """lambda_max(D_kk F_k), levels 2..n, at the given iterates (matrix-free for blocks
-        over 200: Lanczos on Hessian-vector products, no d x d matrix)."""
+        r"""$\lambda_{\max}(D_{kk} F_k)$, levels $2, \dots, n$, at the given iterates (matrix-free
+        for blocks over 200: Lanczos on Hessian-vector products, no $d \times d$ matrix)."""
         flat = self._flat_all(xs)
         build = lambda: lambda flat: jnp.stack(  # noqa: E731
             [self.core.reduced_hessian_lambda_max(k, flat) for k in range(1, self.n)]
@@ -411,7 +412,7 @@ class NumericProblem:
     def solve_lower(
         self, x1, *, tol: float = 1e-10, max_iter: int = 100, init=None, method: str = "newton"
     ):
-        """Solve levels 2..n for x_1, warm-started from ``init`` (default: the declared
+        r"""Solve levels $2, \dots, n$ for $x_1$, warm-started from ``init`` (default: the declared
         initial points). Returns a ``LowerSolution``.
 
         ``newton``: nested damped Newton in one compiled call (``solvers.nested_newton``;
@@ -469,7 +470,7 @@ class NumericProblem:
         return start
 
     def reduced_objective(self, x1, **solve_options) -> float:
-        """F_1(x_1) = f_1(x_1, x_2*, ..., x_n*)."""
+        r"""$F_1(x_1) = f_1(x_1, x_2^*, \dots, x_n^*)$, the lower levels solved."""
         lower = self.solve_lower(x1, **solve_options)
         flat = self._flat_all((x1, *lower))
         return float(self.core.fs[0](flat))

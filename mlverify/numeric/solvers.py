@@ -1,6 +1,6 @@
-"""Inner solvers: levels n..2 solved nested, for the blocks above held fixed.
+r"""Inner solvers: levels $n, \dots, 2$ solved nested, for the blocks above held fixed.
 
-Each level k runs damped Newton (or gradient descent) on its reduced objective F_k, whose
+Each level $k$ runs damped Newton (or gradient descent) on its reduced objective $F_k$, whose
 gradient and Hessian come from the implicit core at the current lower solutions; every
 trial point re-solves the levels below it (warm-started from their last solution), so the
 iterates are true best responses of the levels above. Newton's system is solved densely
@@ -32,22 +32,24 @@ _HALVINGS = 40
 
 
 def nested_newton(core):
-    """A pure function ``(blocks, tol, max_iter) -> (blocks, status)`` that solves levels
-    2..n by nested damped Newton for x_1 = ``blocks[0]``, warm-started from ``blocks[1:]``.
+    r"""A pure function ``(blocks, tol, max_iter) -> (blocks, status)`` that solves levels
+    $2, \dots, n$ by nested damped Newton for $x_1$ = ``blocks[0]``, warm-started from
+    ``blocks[1:]``.
 
-    Per level k (bottom-up inside): while ||D_k F_k|| > ``tol`` and
-    fewer than ``max_iter`` steps, the Newton direction d = -H_k^{-1} D_k F_k (Cholesky for
+    Per level $k$ (bottom-up inside): while $\lVert D_k F_k \rVert >$ ``tol`` and
+    fewer than ``max_iter`` steps, the Newton direction $d = -H_k^{-1} D_k F_k$ (Cholesky for
     blocks up to ``DENSE_LIMIT``, else CG on Hessian-vector products; steepest descent
-    scaled by 1/||H_k||_F where H_k is not positive definite), then backtracking from the
-    full step: a trial x_k + a d re-solves levels k+1..n and is accepted on Armijo's test
-    F_k(trial) <= F_k + 1e-4 a D_k F_k . d, or, for the full step, when ||D_k F_k|| drops
-    (near the solution F_k carries the lower solves' error and stops resolving the
-    decrease). Lower levels are solved to the same ``tol`` at every trial.
+    scaled by $1/\lVert H_k \rVert_F$ where $H_k$ is not positive definite), then backtracking
+    from the full step: a trial $x_k + a d$ re-solves levels $k+1, \dots, n$ and is accepted on
+    Armijo's test $F_k(\text{trial}) \le F_k + 10^{-4} a\, D_k F_k \cdot d$, or, for the full
+    step, when $\lVert D_k F_k \rVert$ drops (near the solution $F_k$ carries the lower solves'
+    error and stops resolving the decrease). Lower levels are solved to the same ``tol`` at
+    every trial.
 
-    ``status``: ``residual`` (||D_k F_k|| at the end, levels 2..n), ``converged`` (n - 1
-    booleans; a NaN residual is not converged) and ``iterations`` (Newton steps over all
-    levels and all nested solves). ``tol`` and ``max_iter`` are traced arguments: one
-    compile per problem serves them all.
+    ``status``: ``residual`` ($\lVert D_k F_k \rVert$ at the end, levels $2, \dots, n$),
+    ``converged`` ($n - 1$ booleans; a NaN residual is not converged) and ``iterations``
+    (Newton steps over all levels and all nested solves). ``tol`` and ``max_iter`` are traced
+    arguments: one compile per problem serves them all.
     """
     n = core.n
     solve = LinearSolve("auto")
@@ -68,7 +70,7 @@ def nested_newton(core):
                         "hessian_ok": jnp.stack(hessian_ok), "iterations": count}
 
     def solve_from(k, blocks, tol, max_iter):
-        """(blocks with levels k..n solved for blocks[:k], Newton steps taken)."""
+        r"""(blocks with levels $k, \dots, n$ solved for ``blocks[:k]``, Newton steps taken)."""
         if k >= n:
             return blocks, jnp.zeros((), jnp.int32)
 
