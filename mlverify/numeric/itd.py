@@ -17,8 +17,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-#: A rise of f_k by more than this (relative to 1 + |f_k|) between unrolled steps counts as
-#: divergence; float64 round-off in f_k is ~1e-16 relative.
+#: A rise of $f_k$ by more than this (relative to $1 + |f_k|$) between unrolled steps counts
+#: as divergence; float64 round-off in $f_k$ is about $10^{-16}$ relative.
 RISE_TOLERANCE = 1e-10
 
 

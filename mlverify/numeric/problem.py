@@ -25,7 +25,7 @@ from .itd import itd_hypergradient_and_flags
 METHODS = ("exact", "no-curvature", "cg", "neumann", "itd", "fd")
 
 #: XLA options for the core's compiled functions. The exact hypergradient's graph grows
-#: steeply with n and XLA's LLVM optimisation dominates its compile time; at n = 5, blocks
+#: steeply with $n$ and XLA's LLVM optimisation dominates its compile time; at $n = 5$, blocks
 #: of 4, level 0 cut compile from ~29 s to ~11 s with run time unchanged (0.5 ms), since
 #: the work is many small ops rather than tight loops (benchmarks/results/numeric.md).
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
