@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import inspect
 import os
@@ -46,6 +47,11 @@ PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", flags=re.S | re.M)
 HAND_WRITTEN = [p for p in PAGES if p.name != "benchmarks.md"]
 #: Characters the pages used for formulas in plain text before they were LaTeX.
 PLAIN_MATH = re.compile(r"[∇Σ∑∂≤≥≠∈αβλεφθηΠπ·ᵀ²³√∞→⇒]")
+#: Formulas in plain-text notation: x_k, D_kj, ^{-1}, <=, sum_i, ||e_t||, lambda_max, x_1..x_n.
+PLAIN_FORMULA = re.compile(
+    r"(?<![\w.])[A-Za-z]_(\{|[0-9a-zA-Z]{1,2}\b)|\^\{|\^-1|<=|>=|\bsum_|\|\||lambda_max"
+    r"|\b[a-z]\.\.[a-z0-9]\b|[0-9]\.\.[a-z]\b"
+)
 
 
 def python_blocks(page: pathlib.Path) -> list[str]:
@@ -124,8 +130,20 @@ def site(tmp_path_factory) -> pathlib.Path:
     return out
 
 
+@functools.cache
 def _html(path: pathlib.Path) -> BeautifulSoup:
+    """The parsed page (parsed once: the tests only read it)."""
     return BeautifulSoup(path.read_text(), "html.parser")
+
+
+def _text_outside(element, selector: str) -> str:
+    """The text of ``element`` outside its descendants that match ``selector``."""
+    skipped = {id(tag) for tag in element.select(selector)}
+    parts = []
+    for string in element.find_all(string=True):
+        if not any(id(parent) in skipped for parent in string.parents):
+            parts.append(str(string))
+    return " ".join(" ".join(parts).split())
 
 
 def _built(site: pathlib.Path, source: str) -> pathlib.Path:
@@ -185,6 +203,7 @@ def _own_doc(obj, name: str) -> str:
     return inspect.cleandoc(doc)
 
 
+@functools.cache
 def public_names() -> dict[str, str]:
     """Every public name, as the id its API entry has (where it is defined) -> docstring."""
     modules = {name: importlib.import_module(name) for name in public_modules()}
@@ -259,14 +278,10 @@ def test_api_pages_show_every_public_name_with_its_docstring(site):
             absent.append(name)
             continue
         contents = heading.parent.find("div", class_="doc-contents", recursive=False)
-        shown = [
-            part.get_text(" ")
-            for part in (contents.find_all(recursive=False) if contents else [])
-            if "doc-children" not in (part.get("class") or [])
-        ]
+        shown = _text_outside(contents, "div.doc-children") if contents else ""
         # The first words of the docstring, in order, in the entry's own text.
         expected = _words(doc.split("\n\n")[0])[:8]
-        text = iter(_words(" ".join(shown)))
+        text = iter(_words(shown))
         if not expected or not all(word in text for word in expected):
             wrong.append(name)
     assert not absent, f"not on the API pages: {absent}"
@@ -298,18 +313,17 @@ def test_package_pages_link_every_reexported_name(site):
 # ---------------------------------------------------------------------- formulas
 def _prose(soup: BeautifulSoup) -> str:
     """The article's text outside code, formulas and scripts."""
-    article = soup.select_one("article")
-    for tag in article.select("code, pre, .arithmatex, script, style"):
-        tag.decompose()
-    return article.get_text(" ")
+    return _text_outside(soup.select_one("article"), "code, pre, .arithmatex, script, style")
 
 
 @pytest.mark.parametrize("page", HAND_WRITTEN, ids=lambda p: p.name)
 def test_formulas_are_latex_in_arithmatex_markup(site, page):
     soup = _html(_built(site, page.name))
-    prose = _prose(_html(_built(site, page.name)))
+    prose = _prose(soup)
     assert "$" not in prose, f"{page.name}: a $ outside a formula (unbalanced math?)"
     assert not PLAIN_MATH.findall(prose), f"{page.name}: {PLAIN_MATH.findall(prose)}"
+    plain = [m.group(0) for m in PLAIN_FORMULA.finditer(prose)]
+    assert not plain, f"{page.name}: formulas in plain text: {plain}"
     for code in soup.select("article pre code"):
         if "language-python" in " ".join(code.parent.parent.get("class") or []):
             continue
@@ -334,6 +348,16 @@ def test_the_lemmas_are_displayed_in_their_notation(site):
     assert any("\\sum_i (f_z)_i\\, D_{yy} g_i" in text for text in displayed)
     theorems = _html(_built(site, "theorems.md")).select("article div.arithmatex")
     assert any("\\frac{2L\\,\\bigl(F_1(x^0) - F_1^*\\bigr)}{T}" in d.get_text() for d in theorems)
+
+
+def test_docstring_formulas_are_latex(site):
+    """No docstring on the API pages writes a formula in plain text (outside code)."""
+    plain = []
+    for page in (site / "api").rglob("index.html"):
+        for contents in _html(page).select("div.doc-contents"):
+            text = _text_outside(contents, "div.doc-children, code, pre, .arithmatex")
+            plain += [text[max(0, m.start() - 40) : m.end()] for m in PLAIN_FORMULA.finditer(text)]
+    assert not plain, plain
 
 
 def test_docstring_math_is_rendered_on_the_api_pages(site):
