@@ -1,9 +1,11 @@
 r"""Declaring an n-level problem in sympy, and validating it.
 
 $$
-\min_{x_1} f_1(x_1, x_2^*, \dots, x_n^*), \qquad
-x_k^* = \operatorname*{arg\,min}_{x_k} f_k(x_1, \dots, x_k, x_{k+1}^*, \dots, x_n^*),
-\quad k = 2, \dots, n.
+\begin{aligned}
+& \min_{x_1} f_1(x_1, x_2^*, \dots, x_n^*), \\
+& x_k^* = \operatorname*{arg\,min}_{x_k} f_k(x_1, \dots, x_k, x_{k+1}^*, \dots, x_n^*),
+  \quad k = 2, \dots, n.
+\end{aligned}
 $$
 
 Level 1 is the top. Each level owns a block of variables (one sympy Symbol, or a column of
