@@ -17,7 +17,8 @@
     root.querySelectorAll(".arithmatex").forEach(function (element) {
       renderMathInElement(element, Object.assign({ delimiters: arithmatex }, options));
     });
-    root.querySelectorAll(".jupyter-wrapper").forEach(function (element) {
+    // The notebooks, and the table of contents, whose titles come from their headings.
+    root.querySelectorAll(".jupyter-wrapper, .md-nav--secondary").forEach(function (element) {
       renderMathInElement(element, Object.assign({ delimiters: jupyter }, options));
     });
   }
