@@ -1,7 +1,7 @@
 # ruff: noqa: I001  (the import order is deliberate: float64 is switched on first)
 """mlverify: multilevel optimisation by implicit differentiation, exact and checked.
 
-Importing mlverify switches JAX to float64 (see :mod:`mlverify._config`, the one place).
+Importing mlverify switches JAX to float64 (see `mlverify._config`, the one place).
 """
 
 from . import _config  # noqa: F401  (float64 before anything traces)

@@ -1,29 +1,29 @@
-"""One definition of "solved", "degenerate" and "distinct minimisers", for both backends.
+r"""One definition of "solved", "degenerate" and "distinct minimisers", for both backends.
 
-The symbolic evaluator (:mod:`mlverify.symsolve`) and the JAX core
-(:mod:`mlverify.numeric`) solve the lower levels by the same damped Newton method and judge
-the result by the tests here, so a declared problem and its lowered JAX twin stop at the
-same points and fail with the same errors. Every test is invariant under scaling a lower
-objective f_k by a positive constant (which changes no lower solution and no hypergradient):
+The symbolic evaluator (`mlverify.symsolve`) and the JAX core (`mlverify.numeric`) solve the
+lower levels by the same damped Newton method and judge the result by the tests here, so a
+declared problem and its lowered JAX twin stop at the same points and fail with the same
+errors. Every test is invariant under scaling a lower objective $f_k$ by a positive
+constant, which changes no lower solution and no hypergradient:
 
-- **Solved.** Level k is solved when Newton's step at the point, the estimated distance to
-  the solution ``||H_k^{-1} D_k F_k||``, is at most ``tol * (1 + ||x_k||)``. Near a
-  non-degenerate minimiser Newton's step is the distance to it to second order; the gradient
-  norm ``||D_k F_k||`` is not (it scales with f_k, and it is tiny wherever H_k is tiny).
-  Both are reported.
-- **Degenerate.** H_k's smallest eigenvalue is compared with the curvature scale the level
-  itself sets: the largest of ``lambda_max(H_k)`` at the point, the curvature
-  ``u^T H_k u`` a short way along a fixed direction u on either side
-  (``PROBE_RADIUS * (1 + ||x_k||)``), and the secant slope of the gradient there. A 1x1
-  block or a Hessian that is uniformly small is judged against how fast the level's
-  curvature grows nearby, not against itself. ``lambda_min <= DEGENERATE_RATIO * scale``
-  is degenerate (singular to working accuracy); ``lambda_min < -DEGENERATE_RATIO * scale``
-  is indefinite.
-- **Distinct minimisers** (multistart): two solutions of one level for the same levels above
-  are distinct when they are further apart than a hundred times their estimated distances
-  to the solution (and than ``DISTINCT_RATIO * (1 + ||x||)``); the second one is a
-  competitor when its reduced objective is not above the first's by more than a relative
-  ``VALUE_RATIO`` of the level's own value scale.
+- **Solved.** Level $k$ is solved when Newton's step at the point, the estimated distance to
+  the solution $\lVert H_k^{-1} D_k F_k \rVert$, is at most
+  $\mathrm{tol}\,(1 + \lVert x_k \rVert)$. Near a non-degenerate minimiser Newton's step is
+  the distance to it to second order; the gradient norm $\lVert D_k F_k \rVert$ is not (it
+  scales with $f_k$, and it is tiny wherever $H_k$ is tiny). Both are reported.
+- **Degenerate.** The smallest eigenvalue of $H_k$ is compared with the curvature scale the
+  level itself sets: the largest of $\lambda_{\max}(H_k)$ at the point, the curvature
+  $u^\top H_k u$ a short way along a fixed direction $u$ on either side (at distance
+  `PROBE_RADIUS` $(1 + \lVert x_k \rVert)$), and the secant slope of the gradient there. A
+  $1 \times 1$ block, or a Hessian that is uniformly small, is judged against how fast the
+  level's curvature grows nearby, not against itself. $\lambda_{\min} \le$
+  `DEGENERATE_RATIO` $\cdot$ scale is degenerate (singular to working accuracy); below minus
+  that, indefinite.
+- **Distinct minimisers** (multistart): two solutions of one level, for the same levels
+  above, are distinct when they are further apart than a hundred times their estimated
+  distances to the solution (and than `DISTINCT_RATIO` $(1 + \lVert x \rVert)$); the second
+  one competes when its reduced objective is not above the first's by more than a relative
+  `VALUE_RATIO` of the level's own value scale.
 """
 
 from __future__ import annotations
@@ -34,40 +34,40 @@ from .errors import HessianError, NonFiniteError, NonUniqueMinimiserError, Unbou
 
 #: Default lower-solve tolerance on the estimated relative distance to the solution.
 DEFAULT_TOL = 1e-12
-#: lambda_min(H_k) <= this times the level's curvature scale: degenerate.
+#: $\lambda_{\min}(H_k)$ at most this times the level's curvature scale: degenerate.
 DEGENERATE_RATIO = 1e-12
-#: The probe points for the curvature scale lie this far (relative to 1 + ||x_k||) away.
+#: The curvature probes lie this far away, relative to $1 + \lVert x_k \rVert$.
 PROBE_RADIUS = 0.1
-#: Two minimisers closer than this (relative to 1 + ||x||) are one.
+#: Two minimisers closer than this, relative to $1 + \lVert x \rVert$, are one.
 DISTINCT_RATIO = 1e-9
 #: Relative value tolerance when comparing two minimisers' objectives.
 VALUE_RATIO = 1e-8
-#: A level whose iterate moved this far (relative to 1 + ||start||) while its objective
-#: kept falling is reported as unbounded below.
+#: A level whose iterate moved this far, relative to $1 + \lVert x^0_k \rVert$, while its
+#: objective kept falling is reported as unbounded below.
 UNBOUNDED_RATIO = 1e12
 #: Round-off unit of float64.
 EPS = float(np.finfo(np.float64).eps)
 
 
 def probe_direction(size: int) -> np.ndarray:
-    """The fixed unit direction u of the curvature probes (seeded, so both backends agree)."""
+    """The fixed unit direction $u$ of the curvature probes (seeded: both backends agree)."""
     u = np.random.default_rng(20241011).standard_normal(size) + 0.5
     return u / np.linalg.norm(u)
 
 
 def probe_radius(x: np.ndarray) -> float:
-    """How far the curvature probes lie from x_k."""
+    """How far the curvature probes lie from $x_k$."""
     return PROBE_RADIUS * (1.0 + float(np.linalg.norm(x)))
 
 
 def solved(distance: float, x: np.ndarray, tol: float) -> bool:
-    """The stopping test: estimated distance <= tol * (1 + ||x_k||)."""
+    r"""The stopping test: estimated distance $\le \mathrm{tol}\,(1 + \lVert x_k \rVert)$."""
     return bool(distance <= tol * (1.0 + float(np.linalg.norm(x))))
 
 
 def newton_step(g: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, float]:
-    """(Newton's step -H^{-1} g, lambda_min(H)); the step is NaN where H is not positive
-    definite or is singular relative to its own largest eigenvalue."""
+    r"""(Newton's step $-H^{-1} g$, $\lambda_{\min}(H)$); the step is NaN where $H$ is not
+    positive definite or is singular relative to its own largest eigenvalue."""
     sym = 0.5 * (h + h.T)
     eigenvalues = np.linalg.eigvalsh(sym)
     lo, hi = float(eigenvalues[0]), float(eigenvalues[-1])
@@ -77,8 +77,9 @@ def newton_step(g: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def descent_direction(g: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, float]:
-    """Newton's direction where H is positive definite, else steepest descent scaled by
-    1/||H||_2 (scale-invariant: multiplying f_k by c changes neither); and lambda_min(H)."""
+    r"""Newton's direction where $H$ is positive definite, else steepest descent scaled by
+    $1/\lVert H \rVert_2$ (scale-invariant: multiplying $f_k$ by $c$ changes neither); and
+    $\lambda_{\min}(H)$."""
     step, lo = newton_step(g, h)
     if np.all(np.isfinite(step)):
         return step, lo
@@ -87,23 +88,23 @@ def descent_direction(g: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def distance_estimate(g: np.ndarray, h: np.ndarray) -> float:
-    """||H^{-1} g||, Newton's estimate of the distance to the solution (inf where H is not
-    positive definite)."""
+    r"""$\lVert H^{-1} g \rVert$, Newton's estimate of the distance to the solution (inf
+    where $H$ is not positive definite)."""
     step, _ = newton_step(g, h)
     return float(np.linalg.norm(step)) if np.all(np.isfinite(step)) else float("inf")
 
 
 def curvature_scale(h: np.ndarray, probes=()) -> float:
-    """The level's own curvature scale: lambda_max(H) at the point, and the finite probe
-    curvatures / secant slopes in ``probes``."""
+    r"""The level's own curvature scale: $\lambda_{\max}(H)$ at the point, and the finite
+    probe curvatures and secant slopes in ``probes``."""
     values = [float(np.max(np.abs(np.linalg.eigvalsh(0.5 * (h + h.T)))))]
     values += [abs(float(p)) for p in probes if np.isfinite(p)]
     return max(values)
 
 
 def check_lower_hessian(h: np.ndarray, level: int, scale: float | None = None) -> None:
-    """Raise HessianError unless H_k is symmetric positive definite and non-degenerate
-    against ``scale`` (the level's curvature scale; its own lambda_max when not given)."""
+    r"""Raise HessianError unless $H_k$ is symmetric positive definite and non-degenerate
+    against ``scale`` (the level's curvature scale; its own $\lambda_{\max}$ if not given)."""
     if not np.all(np.isfinite(h)):
         raise NonFiniteError(
             "the Hessian D_kk F_k holds NaN or inf", level=level, quantity="Hessian D_kk F_k"
@@ -142,9 +143,10 @@ def distinct(a: np.ndarray, b: np.ndarray, distance_a: float, distance_b: float)
 
 
 def competes(value_ref: float, value_other: float, curvature: float, gap: float) -> bool:
-    """Whether another minimiser's value is not meaningfully above the reference's: the
+    r"""Whether another minimiser's value is not meaningfully above the reference's: the
     level's argmin is then not unique (equal values) or the reference is not the global
-    minimiser (a lower value). The value scale is |F| and the curvature times the gap^2."""
+    minimiser (a lower value). The value scale is $\lvert F \rvert$ and the curvature times
+    the squared gap."""
     scale = max(abs(value_ref), abs(value_other), 0.5 * abs(curvature) * gap * gap)
     return bool(value_other <= value_ref + VALUE_RATIO * scale)
 
@@ -157,14 +159,15 @@ def start_points(center: np.ndarray, radius: float, count: int, seed: int) -> np
 
 
 def start_radius(x: np.ndarray) -> float:
-    """The default multistart half-width around a level's solution: 2 (1 + ||x_k||_inf)."""
+    r"""The default multistart half-width around a level's solution:
+    $2\,(1 + \lVert x_k \rVert_\infty)$."""
     return 2.0 * (1.0 + float(np.max(np.abs(x))))
 
 
 def check_bounded(level: int, x, start, value: float, start_value: float, final: bool) -> None:
     """UnboundedLevelError when a level's iterate ran off (``UNBOUNDED_RATIO`` times its
-    start's scale during the solve, or 1e6 times for a solve that stopped short) while its
-    reduced objective kept falling: the level has no minimiser."""
+    start's scale during the solve, or a million times for a solve that stopped short) while
+    its reduced objective kept falling: the level has no minimiser."""
     moved = float(np.linalg.norm(np.asarray(x) - np.asarray(start)))
     moved /= 1.0 + float(np.linalg.norm(start))
     limit = 1e6 if final else UNBOUNDED_RATIO
@@ -179,8 +182,9 @@ def check_bounded(level: int, x, start, value: float, start_value: float, final:
 
 
 def roundoff_floor(value, top_gradient, hessians) -> float:
-    """64 eps (1 + max_k cond H_k) max(|value|, |grad f_1|): the round-off part of the
-    hypergradient's error estimate (both backends)."""
+    r"""$64\,\varepsilon\,(1 + \max_k \kappa(H_k))\,\max(\lvert \text{value} \rvert,
+    \lvert \nabla f_1 \rvert)$: the round-off part of the hypergradient's error estimate
+    (both backends; $\kappa$ the condition number)."""
     conditions = [1.0]
     for h in hessians:
         eigenvalues = np.abs(np.linalg.eigvalsh(0.5 * (h + h.T)))
@@ -190,7 +194,7 @@ def roundoff_floor(value, top_gradient, hessians) -> float:
 
 
 def non_unique_error(k, x1, reference, other_point, value, other, starts, half_width):
-    """The NonUniqueMinimiserError of level k + 1 (0-based k), both backends."""
+    """The NonUniqueMinimiserError of level $k + 1$ (0-based $k$), both backends."""
     return NonUniqueMinimiserError(
         f"x_{k + 1} has two minimisers at x_1 = {np.array2string(np.asarray(x1), precision=6)}: "
         f"{np.array2string(np.asarray(reference), precision=8)} (F_{k + 1} = {value:.10g}) and "

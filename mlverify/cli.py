@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+#: Exit statuses: every check passes, a bound fails, bad input, an assumption is violated.
 EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_NOT_APPLICABLE = 0, 1, 2, 3
 #: Symbolic, JAX and finite-difference hypergradients must agree to this (relative).
 AGREEMENT = 1e-8
@@ -84,6 +85,9 @@ def _cross_check(problem, x1):
 
 
 def run_verify(args) -> int:
+    """``mlverify verify`` on parsed arguments: derive the Jacobians, cross-check the
+    hypergradients, run the outer methods, check Theorems 4.1 and 4.2 and measure
+    rounds-to-epsilon against $n$; write the report and plots; return the exit status."""
     import sympy as sp
 
     from . import verify, zoo
@@ -219,6 +223,7 @@ def _json_default(value):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser: the ``verify`` subcommand and its options."""
     parser = argparse.ArgumentParser(prog="mlverify", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     v = sub.add_parser("verify", help="derive, cross-check and verify the bounds on a problem")
@@ -239,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """The ``mlverify`` command: run it on ``argv`` and return the exit status; a lower
+    Hessian that is not positive definite gives 3, bad input 2, with the error's message."""
     from .errors import HessianError, MlverifyError
 
     args = build_parser().parse_args(argv)

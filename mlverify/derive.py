@@ -1,33 +1,41 @@
-"""The lemmas, symbolically: best-response Jacobians and the hypergradient
+r"""The lemmas, symbolically: best-response Jacobians and the hypergradient
 (Lemmas 2.1, 3.1, 3.2).
 
-Notation (0-based here, 1-based in the public API). Levels k = 0..n-1, blocks x_k. The
-reduced objectives are F_k(x_{<=k}) = f_k(x_{<=k}, Y_{>k}(x_{<=k})) and the best responses
-y_k(x_{<k}) = argmin_{x_k} F_k. Every quantity below is a function of all of x_0..x_{n-1},
-valid on the *solution manifold* M_k = {x_m = y_m(x_{<m}) for m >= k}, which x_{<k}
-parametrises.
+Notation (0-based here, 1-based in the public API). Levels $k = 0, \dots, n-1$, blocks
+$x_k$. The reduced objectives are $F_k(x_{\le k}) = f_k(x_{\le k}, Y_{>k}(x_{\le k}))$ and
+the best responses $y_k(x_{<k}) = \operatorname*{arg\,min}_{x_k} F_k$. Every quantity below
+is a function of all of $x_0, \dots, x_{n-1}$, valid on the *solution manifold*
+$M_k = \{x_m = y_m(x_{<m}) \text{ for } m \ge k\}$, which $x_{<k}$ parametrises.
 
-Total derivative along M_k (the chain rule the lemmas apply):
+Total derivative along $M_k$ (the chain rule the lemmas apply), for $j < k$:
 
-    T^k_j E = D_j E + sum_{m >= k} D_m E . Z^k_{m,j},      j < k,
-    Z^k_{k,j} = D_j y_k,
-    Z^k_{m,j} = D_j y_m + sum_{k <= l < m} D_l y_m . Z^k_{l,j}     (m > k),
+$$
+\begin{aligned}
+T^k_j E &= D_j E + \sum_{m \ge k} D_m E \; Z^k_{m,j}, \\
+Z^k_{k,j} &= D_j y_k, \qquad
+Z^k_{m,j} = D_j y_m + \sum_{k \le l < m} D_l y_m \; Z^k_{l,j} \quad (m > k),
+\end{aligned}
+$$
 
-where Z^k_{m,j} is the total derivative of x_m in x_j along M_k. With
-g_k = T^{k+1}_k f_k (the gradient of F_k), H_k = T^{k+1}_k g_k and B_kj = T^{k+1}_j g_k,
+where $Z^k_{m,j}$ is the total derivative of $x_m$ in $x_j$ along $M_k$. With
+$g_k = T^{k+1}_k f_k$ (the gradient of $F_k$), $H_k = T^{k+1}_k g_k$ and
+$B_{kj} = T^{k+1}_j g_k$, the implicit function theorem gives
 
-    D_j y_k = - H_k^{-1} B_kj                                       (implicit function theorem)
+$$
+D_j y_k = -H_k^{-1} B_{kj}
+$$
 
-and the hypergradient is g_0 = T^1_0 f_0. Lemma 2.1 is the case n = 2; Lemma 3.1 is the
-bottom level (where T^{k+1} is a plain partial); Lemma 3.2 is a level with a lower best
-response inside, whose second derivatives enter H_k and B_kj when T differentiates the Z's.
-Differentiating y_m once more costs one more derivative of f_m, so f_k is needed to order k.
+and the hypergradient is $g_0 = T^1_0 f_0$. Lemma 2.1 is the case $n = 2$; Lemma 3.1 is the
+bottom level (where $T^{k+1}$ is a plain partial); Lemma 3.2 is a level with a lower best
+response inside, whose second derivatives enter $H_k$ and $B_{kj}$ when $T$ differentiates
+the $Z$'s. Differentiating $y_m$ once more costs one more derivative of $f_m$, so $f_k$ is
+needed to order $k$.
 
 Why a graph: differentiating the nested quotients with sympy's ``diff`` re-walks shared
-subtrees and grows like a tree (about 60,000 operations at n = 4 against 543 after CSE).
+subtrees and grows like a tree (about 60,000 operations at $n = 4$ against 543 after CSE).
 Here every derived scalar is an intermediate symbol whose definition is small, and the
 derivative of an intermediate in a variable is itself memoised as an intermediate. Each
-distinct partial derivative of an f_k is derived once (keyed by its sorted multi-index).
+distinct partial derivative of an $f_k$ is derived once (keyed by its sorted multi-index).
 ``curvature=False`` freezes the best-response Jacobians while differentiating (their
 derivatives, the curvature terms, are taken as zero).
 """
@@ -103,6 +111,11 @@ class DerivationGraph:
         return result
 
     def dsym(self, sym: sp.Symbol, var_index: int) -> sp.Expr:
+        """The derivative of the intermediate ``sym`` in variable ``var_index`` (memoised).
+
+        Zero for a frozen kind (``curvature=False``); for the partial derivative of an
+        objective, the next partial (derived once); otherwise a new intermediate.
+        """
         key = (sym, var_index)
         if key not in self._dcache:
             if self.kind[sym] in self._frozen_kinds:
@@ -124,10 +137,12 @@ class DerivationGraph:
         )
 
     def matmul(self, a: sp.Matrix, b: sp.Matrix, kind: str = "tmp") -> sp.Matrix:
+        """The product ``a * b``, each entry an intermediate of the given ``kind``."""
         product = a * b
         return product.applyfunc(lambda e: self.define(e, kind))
 
     def add(self, a: sp.Matrix, b: sp.Matrix, kind: str = "tmp") -> sp.Matrix:
+        """The sum ``a + b``, each entry an intermediate of the given ``kind``."""
         return (a + b).applyfunc(lambda e: self.define(e, kind))
 
     # -------------------------------------------------------------- reading
@@ -163,6 +178,7 @@ class DerivationGraph:
         return self._expanded[sym]
 
     def expand_matrix(self, matrix: sp.Matrix) -> sp.Matrix:
+        """``matrix`` with every entry expanded (see `expand`)."""
         return matrix.applyfunc(self.expand)
 
     def dependencies(self, outputs) -> list[sp.Symbol]:
@@ -178,7 +194,7 @@ class DerivationGraph:
         return [s for s in self.order if s in needed]
 
     def is_partial(self, sym) -> bool:
-        """Whether ``sym`` stands for a partial derivative of some f_k."""
+        """Whether ``sym`` stands for a partial derivative of some $f_k$."""
         return sym in self._partial_of
 
     def size(self, outputs) -> int:
@@ -189,10 +205,11 @@ class DerivationGraph:
 
 @dataclass(frozen=True)
 class Derivation:
-    """What the lemmas give, as matrices of graph atoms (0-based level keys).
+    r"""What the lemmas give, as matrices of graph atoms (0-based level keys).
 
-    ``jacobians[(k, j)]``: D_j y_k (d_k x d_j), ``gradients[k]``: g_k = D_k F_k (d_k x 1),
-    ``hessians[k]``: H_k = D_kk F_k (d_k x d_k, k >= 1); ``gradients[0]`` is the hypergradient.
+    ``jacobians[(k, j)]``: $D_j y_k$ ($d_k \times d_j$), ``gradients[k]``: $g_k = D_k F_k$
+    ($d_k \times 1$), ``hessians[k]``: $H_k = D_{kk} F_k$ ($d_k \times d_k$, $k \ge 1$);
+    ``gradients[0]`` is the hypergradient.
     """
 
     graph: DerivationGraph
@@ -219,7 +236,7 @@ def derive(blocks, objectives, curvature: bool = True) -> Derivation:
     z_cache: dict[tuple[int, int, int], sp.Matrix] = {}
 
     def z(k: int, m: int, j: int) -> sp.Matrix:
-        """Z^k_{m,j}: total derivative of x_m in x_j along M_k (m >= k > j)."""
+        r"""$Z^k_{m,j}$: total derivative of $x_m$ in $x_j$ along $M_k$ ($m \ge k > j$)."""
         key = (k, m, j)
         if key not in z_cache:
             total = jacobians[(m, j)]
@@ -229,7 +246,7 @@ def derive(blocks, objectives, curvature: bool = True) -> Derivation:
         return z_cache[key]
 
     def total(k: int, column: sp.Matrix, j: int) -> sp.Matrix:
-        """T^k_j column: total Jacobian of ``column`` in x_j along M_k."""
+        """$T^k_j$ column: total Jacobian of ``column`` in $x_j$ along $M_k$."""
         result = graph.jacobian(column, index_blocks[j])
         for m in range(k, n):
             result = graph.add(

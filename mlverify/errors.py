@@ -18,7 +18,7 @@ class ProblemDefinitionError(MlverifyError, ValueError):
 
 
 class HessianError(MlverifyError, ArithmeticError):
-    """A lower-level Hessian D_kk F_k is singular or indefinite at the point.
+    """A lower-level Hessian $H_k = D_{kk} F_k$ is singular or indefinite at the point.
 
     Attributes ``min_eigenvalue`` and ``condition_number`` hold what was measured (``None``
     where the check was exact and symbolic).
@@ -65,7 +65,7 @@ class NonUniqueMinimiserError(MlverifyError, ArithmeticError):
 
     ``level`` is 1-based; ``x1`` is the top-level point; ``minimisers`` holds the distinct
     minimisers found (each a float64 array of the level's block) and ``values`` their
-    reduced objective values F_k. Multistart can find a second minimiser; it cannot prove
+    reduced objective values $F_k$. Multistart can find a second minimiser; it cannot prove
     that there is none.
     """
 

@@ -14,7 +14,7 @@ def _d(*indices: int) -> str:
 
 
 def lemma_name(n: int, k: int) -> str:
-    """Which lemma gives D_j y_k in an n-level problem (1-based levels)."""
+    """Which lemma gives $D_j y_k$ in an $n$-level problem (1-based levels)."""
     if n == 2:
         return "Lemma 2.1"
     if k == n:
@@ -25,7 +25,7 @@ def lemma_name(n: int, k: int) -> str:
 
 
 def abstract_jacobian(n: int, k: int, j: int) -> str:
-    """D_j y_k as the lemma states it, at level k of an n-level problem."""
+    """$D_j y_k$ as the lemma states it, at level $k$ of an $n$-level problem."""
     lhs = f"{_d(j)} y_{{{k}}}"
     if k == n:
         return rf"{lhs} = -\left[{_d(k, k)} f_{{{k}}}\right]^{{-1}} {_d(k, j)} f_{{{k}}}"
@@ -53,7 +53,7 @@ def abstract_jacobian(n: int, k: int, j: int) -> str:
 
 
 def latex_best_response_jacobian(problem, k: int, j: int, abstract: bool = True) -> str:
-    """LaTeX of D_j y_k: the lemma's formula (``abstract``) or the derived matrix."""
+    """LaTeX of $D_j y_k$: the lemma's formula (``abstract``) or the derived matrix."""
     if abstract:
         return abstract_jacobian(problem.n, k, j)
     matrix = problem.best_response_jacobian(k, j)

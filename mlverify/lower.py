@@ -9,7 +9,7 @@ NOTES.md, and its trainable constants are not wanted here.
 
 Derived formulas (best-response Jacobians, the hypergradient) are lowered from the
 derivation graph as straight-line code, one assignment per intermediate (see
-:mod:`mlverify.codegen`), which is how the symbolic and numeric cores are compared under
+`mlverify.codegen`), which is how the symbolic and numeric cores are compared under
 ``jit`` and ``vmap``.
 """
 
@@ -31,6 +31,7 @@ JAX_FUNCTIONS = {
     "gamma": lambda x: jnp.exp(jsp.gammaln(x)),
 }
 
+#: The ``modules`` argument of ``sympy.lambdify`` for JAX: the fixes above, then ``jax``.
 MODULES = [JAX_FUNCTIONS, "jax"]
 
 
@@ -47,7 +48,7 @@ def lower_expression(variables, expr):
 
 
 def lower_problem(problem, init=None) -> NumericProblem:
-    """``problem`` as a NumericProblem: f_k(xs) with xs the tuple of level vectors."""
+    """``problem`` as a NumericProblem: each $f_k$ as ``f(xs)``, ``xs`` the tuple of blocks."""
     variables = problem.variables
     lowered = [lower_expression(variables, f) for f in problem.objectives]
 

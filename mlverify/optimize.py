@@ -1,14 +1,15 @@
-"""The outer algorithms and their traces.
+r"""The outer algorithms and their traces.
 
-All share the projected outer step x_1 <- Pi_X(x_1 - alpha g_t); they differ in g_t:
+All share the projected outer step $x_1 \leftarrow \Pi_X(x_1 - \alpha g_t)$; they differ in
+$g_t$ (Theorem 4.1 bounds the exact case, Theorem 4.2 the inexact ones):
 
-- ``implicit-exact``: levels n..2 solved to tolerance (warm-started), g_t the exact
+- ``implicit-exact``: levels $n, \dots, 2$ solved to tolerance (warm-started), $g_t$ the exact
   hypergradient there.
-- ``aid-cg``, ``aid-neumann``, ``no-curvature``: lower levels solved, g_t by truncated CG /
+- ``aid-cg``, ``aid-neumann``, ``no-curvature``: lower levels solved, $g_t$ by truncated CG /
   Neumann solves (``iterations``) or without the curvature terms.
-- ``hierarchical``: the single-loop scheme: per round, for k = n..2, ``inner_steps`` gradient
-  steps x_k <- x_k - beta_k D_k F_k with D_k F_k by the lemmas at the current iterates (no
-  nested solve), then g_t by the exact formula at the current iterates.
+- ``hierarchical``: the single-loop scheme: per round, for $k = n, \dots, 2$, ``inner_steps``
+  gradient steps $x_k \leftarrow x_k - \beta_k D_k F_k$ with $D_k F_k$ by the lemmas at the
+  current iterates (no nested solve), then $g_t$ by the exact formula at the current iterates.
 - ``itd``: ``inner_steps`` unrolled gradient steps per level from a fixed start, nested, and
   differentiated through (Sato et al. 2021).
 """
@@ -26,6 +27,7 @@ import numpy as np
 from .errors import NonFiniteError
 from .numeric import NumericProblem
 
+#: The outer algorithms `optimize` runs (see the Algorithms page of the documentation).
 OUTER_METHODS = ("implicit-exact", "hierarchical", "itd", "aid-cg", "aid-neumann", "no-curvature")
 _HYPERGRADIENT_METHOD = {
     "implicit-exact": "exact",
@@ -37,11 +39,12 @@ _HYPERGRADIENT_METHOD = {
 
 @dataclass
 class Trace:
-    """One run. Per round t < T: the hypergradient used (``grad``), its norm, and when
-    ``track_exact`` the exact hypergradient norm and the error ||g_t - grad F_1(x_1^t)||;
-    ``x1`` and ``F1`` have T + 1 rows (F_1 with lower levels solved when known, else f_1 at
-    the iterates; ``F1_exact`` says which). ``time`` is cumulative wall time of the algorithm
-    alone (tracking excluded); ``evals`` counts hypergradient evaluations and inner iterations."""
+    r"""One run. Per round $t < T$: the hypergradient used (``grad``), its norm, and when
+    ``track_exact`` the exact hypergradient norm and the error
+    $\lVert g_t - \nabla F_1(x_1^t) \rVert$; ``x1`` and ``F1`` have $T + 1$ rows ($F_1$ with
+    lower levels solved when known, else $f_1$ at the iterates; ``F1_exact`` says which).
+    ``time`` is cumulative wall time of the algorithm alone (tracking excluded); ``evals``
+    counts hypergradient evaluations and inner iterations."""
 
     method: str
     x1: np.ndarray
@@ -57,6 +60,7 @@ class Trace:
 
     @property
     def rounds(self) -> int:
+        """The number of outer rounds $T$ run (one hypergradient per round)."""
         return len(self.grad_norm)
 
     def save(self, path: str) -> None:
@@ -73,6 +77,7 @@ class Trace:
 
     @classmethod
     def load(cls, path: str) -> Trace:
+        """A trace saved by `save` (``.npz`` or ``.json``, by the file's suffix)."""
         if str(path).endswith(".json"):
             with open(path) as fh:
                 data = json.load(fh)
@@ -107,7 +112,8 @@ def as_numeric(problem, method: str = "itd"):
 
 
 def exact_value_and_gradient(num, x1, init=None):
-    """(F_1, grad F_1, lower solution) at x_1, lower levels solved, on either backend."""
+    r"""$(F_1, \nabla F_1, \text{lower solution})$ at $x_1$, lower levels solved, on either
+    backend."""
     options = {} if init is None else {"init": init}
     lower = num.solve_lower(num.unflatten(0, jnp.asarray(x1)), **options)
     flat = [jnp.asarray(x1)] + [num.flatten(k, x) for k, x in enumerate(lower, 1)]
@@ -121,7 +127,7 @@ def exact_value_and_gradient(num, x1, init=None):
 
 
 def hessian_F1(num, x1, step: float = 1e-5) -> np.ndarray:
-    """Hessian of F_1 at x_1: central differences of the exact hypergradient (symmetrised)."""
+    """Hessian of $F_1$ at $x_1$: central differences of the exact hypergradient (symmetrised)."""
     x1 = np.asarray(x1, dtype=np.float64)
     columns = []
     for i in range(x1.size):
@@ -135,7 +141,7 @@ def hessian_F1(num, x1, step: float = 1e-5) -> np.ndarray:
 
 
 def estimate_lipschitz(num, x1) -> float:
-    """lambda_max of the Hessian of F_1 at x_1 (a local estimate of L)."""
+    r"""$\lambda_{\max}$ of the Hessian of $F_1$ at $x_1$ (a local estimate of $L$)."""
     return float(np.linalg.eigvalsh(hessian_F1(num, np.asarray(num.flatten(0, x1))))[-1])
 
 
@@ -155,10 +161,11 @@ def optimize(
     progress: bool = False,
     solve_options: dict | None = None,
 ) -> Trace:
-    """Run ``method`` for ``steps`` rounds on a MultilevelProblem or NumericProblem.
+    r"""Run ``method`` for ``steps`` rounds on a MultilevelProblem or NumericProblem.
 
-    ``step_size``: a float alpha, or ``None`` / ``"1/L"`` for 1/L with ``L`` given or
-    estimated at x_0 (lambda_max of the Hessian of F_1). ``box``: (lo, hi) for x_1.
+    ``step_size``: a float $\alpha$, or ``None`` / ``"1/L"`` for $1/L$ with ``L`` given or
+    estimated at $x_0$ ($\lambda_{\max}$ of the Hessian of $F_1$). ``box``: ``(lo, hi)`` for
+    $x_1$.
     """
     if method not in OUTER_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(OUTER_METHODS)}")
@@ -255,7 +262,7 @@ class _Runner:
         return np.asarray(self.num.flatten(0, self.num.hypergradient_frozen(xs, method, **options)))
 
     def step(self, x1):
-        """g_t at x_1^t (what the timer measures)."""
+        """$g_t$ at $x_1^t$ (what the timer measures)."""
         num = self.num
         self.evals += 1
         if self.solves_lower:
@@ -288,8 +295,8 @@ class _Runner:
         return np.asarray(num.flatten(0, num.hypergradient_frozen(xs, "exact")))
 
     def value(self, x1):
-        """F_1 at x_1 (lower levels solved; for ITD solved outside the timer), or f_1 at the
-        single-loop iterates for ``hierarchical``."""
+        """$F_1$ at $x_1$ (lower levels solved; for ITD solved outside the timer), or $f_1$ at
+        the single-loop iterates for ``hierarchical``."""
         if self.solves_lower:
             return self._f1(x1, self.lower)
         if self.method == "itd":

@@ -1,7 +1,12 @@
-"""Declaring an n-level problem in sympy, and validating it.
+r"""Declaring an n-level problem in sympy, and validating it.
 
-    min_{x_1} f_1(x_1, x_2*, ..., x_n*)
-      x_k* = argmin_{x_k} f_k(x_1, ..., x_k, x_{k+1}*, ..., x_n*)     k = 2..n
+$$
+\begin{aligned}
+& \min_{x_1} f_1(x_1, x_2^*, \dots, x_n^*), \\
+& x_k^* = \operatorname*{arg\,min}_{x_k} f_k(x_1, \dots, x_k, x_{k+1}^*, \dots, x_n^*),
+  \quad k = 2, \dots, n.
+\end{aligned}
+$$
 
 Level 1 is the top. Each level owns a block of variables (one sympy Symbol, or a column of
 them) and a scalar objective in the symbols of all blocks.
@@ -150,7 +155,7 @@ class MultilevelProblem:
 
     @property
     def sizes(self) -> tuple[int, ...]:
-        """Block sizes d_1..d_n."""
+        r"""Block sizes $d_1, \dots, d_n$."""
         return tuple(len(b) for b in self.blocks)
 
     @property
@@ -159,7 +164,7 @@ class MultilevelProblem:
         return tuple(v for block in self.blocks for v in block)
 
     def block(self, k: int) -> sp.Matrix:
-        """The variable block x_k as a column Matrix (k is 1-based)."""
+        """The variable block $x_k$ as a column Matrix ($k$ is 1-based)."""
         self._check_level(k, lowest=1)
         return sp.Matrix(self.blocks[k - 1])
 
@@ -171,7 +176,7 @@ class MultilevelProblem:
 
     # ------------------------------------------------------------------ derivations
     def derivation(self, curvature: bool = True):
-        """The memoised derivation graph of the lemmas (see :mod:`mlverify.derive`)."""
+        """The memoised derivation graph of the lemmas (see `mlverify.derive`)."""
         key = ("derivation", bool(curvature))
         if key not in self._cache:
             from .derive import derive
@@ -180,11 +185,12 @@ class MultilevelProblem:
         return self._cache[key]
 
     def best_response_jacobian(self, k: int, j: int, curvature: bool = True) -> sp.Matrix:
-        """D_j y_k = -H_k^{-1} D_kj F_k (implicit function theorem), a (d_k, d_j) sympy Matrix.
+        r"""$D_j y_k = -H_k^{-1} D_{kj} F_k$ (implicit function theorem), a $(d_k, d_j)$ sympy
+        Matrix.
 
-        Exact, in terms of x_1..x_n, valid where x_k..x_n are the lower-level solutions.
-        Lemma 2.1 for n = 2, Lemma 3.1 (a)(b) for the bottom of a trilevel problem, Lemma
-        3.2 above it. Levels are 1-based: 2 <= k <= n, 1 <= j < k.
+        Exact, in terms of $x_1, \dots, x_n$, valid where $x_k, \dots, x_n$ are the lower-level
+        solutions. Lemma 2.1 for $n = 2$, Lemma 3.1 (a)(b) for the bottom of a trilevel
+        problem, Lemma 3.2 above it. Levels are 1-based: $2 \le k \le n$, $1 \le j < k$.
         """
         self._check_level(k, lowest=2)
         if not isinstance(j, (int, np.integer)) or not 1 <= j < k:
@@ -195,30 +201,32 @@ class MultilevelProblem:
         return d.graph.expand_matrix(d.jacobians[(k - 1, j - 1)])
 
     def reduced_gradient(self, k: int, curvature: bool = True) -> sp.Matrix:
-        """D_k F_k: the gradient of the reduced objective of level k in x_k (d_k x 1)."""
+        r"""$D_k F_k$: the gradient of the reduced objective of level $k$ in $x_k$
+        ($d_k \times 1$)."""
         self._check_level(k, lowest=1)
         d = self.derivation(curvature)
         return d.graph.expand_matrix(d.gradients[k - 1])
 
     def reduced_hessian(self, k: int, curvature: bool = True) -> sp.Matrix:
-        """H_k = D_kk F_k, the matrix each lemma inverts (d_k x d_k), for k >= 2."""
+        r"""$H_k = D_{kk} F_k$, the matrix each lemma inverts ($d_k \times d_k$), for $k \ge 2$."""
         self._check_level(k, lowest=2)
         d = self.derivation(curvature)
         return d.graph.expand_matrix(d.hessians[k - 1])
 
     def hypergradient(self, curvature: bool = True) -> sp.Matrix:
-        """The exact hypergradient dF_1/dx_1 (d_1 x 1) in terms of x_1..x_n.
+        r"""The exact hypergradient $\mathrm{d}F_1/\mathrm{d}x_1$ ($d_1 \times 1$) in terms of
+        $x_1, \dots, x_n$.
 
-        Valid where x_2..x_n are the lower solutions. ``curvature=False`` drops the second
-        derivatives of the lower best responses, the terms sum_i (f_z)_i D^2 g_i of Lemma
-        3.2, at every level: the approximation most libraries compute.
+        Valid where $x_2, \dots, x_n$ are the lower solutions. ``curvature=False`` drops the
+        second derivatives of the lower best responses, the terms $\sum_i (f_z)_i\, D^2 g_i$
+        of Lemma 3.2, at every level: the approximation most libraries compute.
         """
         d = self.derivation(curvature)
         return d.graph.expand_matrix(d.gradients[0])
 
     # ------------------------------------------------------------------ numbers
     def numeric(self, curvature: bool = True):
-        """Compiled float64 NumPy evaluators of the derivation (see :mod:`mlverify.symsolve`)."""
+        """Compiled float64 NumPy evaluators of the derivation (see `mlverify.symsolve`)."""
         key = ("numeric", bool(curvature))
         if key not in self._cache:
             from .symsolve import SymbolicEvaluator
@@ -228,20 +236,22 @@ class MultilevelProblem:
 
     def solve_lower(self, x1_value, *, tol: float = DEFAULT_TOL, init=None, max_iter: int = 100,
                     starts: int | None = None, seed: int = 0, radius: float | None = None):
-        """Solve levels 2..n for the given x_1 by nested damped Newton.
+        r"""Solve levels $2, \dots, n$ for the given $x_1$ by nested damped Newton.
 
-        Level k stops when Newton's step, the estimated distance to its solution
-        ``||H_k^{-1} D_k F_k||``, is at most ``tol * (1 + ||x_k||)`` (a test that does not
-        change when f_k is scaled); then every H_k is checked: positive definite and not
-        degenerate against the level's own curvature scale (:mod:`mlverify.checks`).
+        Level $k$ stops when Newton's step, the estimated distance to its solution
+        $\lVert H_k^{-1} D_k F_k \rVert$, is at most $\mathrm{tol}\,(1 + \lVert x_k \rVert)$
+        (a test that does not change when $f_k$ is scaled); then every $H_k$ is checked:
+        positive definite and not degenerate against the level's own curvature scale
+        (`mlverify.checks`).
 
-        ``starts=K`` adds a seeded multistart, bottom-up: each level k = n..2 is re-solved
-        from K points uniform in x_k* +- ``radius`` (default 2 (1 + ||x_k*||_inf)) with the
-        levels above held at the solution; a distinct minimiser whose F_k is not above the
-        solution's raises NonUniqueMinimiserError naming the level, x_1, both minimisers and
-        their values. Multistart can find a second minimiser, never prove there is none.
+        ``starts=K`` adds a seeded multistart, bottom-up: each level $k = n, \dots, 2$ is
+        re-solved from $K$ points uniform in $x_k^* \pm r$ ($r$ = ``radius``, by default
+        $2\,(1 + \lVert x_k^* \rVert_\infty)$) with the levels above held at the solution; a
+        distinct minimiser whose $F_k$ is not above the solution's raises
+        NonUniqueMinimiserError naming the level, $x_1$, both minimisers and their values.
+        Multistart can find a second minimiser, never prove there is none.
 
-        Returns a :class:`mlverify.symsolve.LowerSolution`: ``xs`` (x_2*..x_n* as float64
+        Returns a `mlverify.symsolve.LowerSolution`: ``xs`` ($x_2^*, \dots, x_n^*$ as float64
         arrays), ``residuals`` (gradient norms) and ``distances`` (Newton's distance
         estimates) per level. Raises ConvergenceError (with the distance reached),
         HessianError (indefinite or degenerate, at the deepest such level),
@@ -253,14 +263,15 @@ class MultilevelProblem:
     def hypergradient_at(self, x1_value, *, curvature: bool = True, tol: float = DEFAULT_TOL,
                          init=None, with_error: bool = False, starts: int | None = None,
                          seed: int = 0):
-        """The hypergradient dF_1/dx_1 at x_1 as a float64 array of shape (d_1,), lower levels
-        solved (``tol``, ``init``, ``starts``, ``seed`` as in :meth:`solve_lower`).
+        r"""The hypergradient $dF_1/dx_1$ at $x_1$ as a float64 array of shape ``(d_1,)``,
+        lower levels solved (``tol``, ``init``, ``starts``, ``seed`` as in `solve_lower`).
 
         ``with_error=True`` returns ``(value, error_estimate)``: a first-order a-posteriori
-        bound on |value - exact| per component, from the lower levels' remaining distance to
-        their solutions (one more nested Newton step, carried through the best-response
-        Jacobians of Lemmas 3.1-3.2) plus round-off. With ``curvature=False`` the estimate is
-        against the exact hypergradient: |value - exact| + the exact value's estimate.
+        bound on $\lvert \text{value} - \text{exact} \rvert$ per component, from the lower
+        levels' remaining distance to their solutions (one more nested Newton step, carried
+        through the best-response Jacobians of Lemmas 3.1-3.2) plus round-off. With
+        ``curvature=False`` the estimate is against the exact hypergradient:
+        $\lvert \text{value} - \text{exact} \rvert$ plus the exact value's estimate.
         """
         exact = self.numeric()
         solution = exact.solve_lower(x1_value, tol=tol, init=init, starts=starts, seed=seed)
@@ -277,15 +288,15 @@ class MultilevelProblem:
         return value, error
 
     def lower(self, **options):
-        """This problem as a :class:`mlverify.numeric.NumericProblem` on the JAX core."""
+        """This problem as a `mlverify.numeric.NumericProblem` on the JAX core."""
         from .lower import lower_problem
 
         return lower_problem(self, **options)
 
     # ------------------------------------------------------------------ display
     def latex_jacobian(self, k: int, j: int, abstract: bool = True) -> str:
-        """LaTeX of D_j y_k, in the lemmas' notation when ``abstract``
-        (see :mod:`mlverify.latex`)."""
+        """LaTeX of $D_j y_k$, in the lemmas' notation when ``abstract``
+        (see `mlverify.latex`)."""
         from .latex import latex_best_response_jacobian
 
         return latex_best_response_jacobian(self, k, j, abstract=abstract)

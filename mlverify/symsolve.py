@@ -1,10 +1,10 @@
-"""Numbers from a declared problem: nested lower solves and the hypergradient, in float64.
+r"""Numbers from a declared problem: nested lower solves and the hypergradient, in float64.
 
-The derivation graph (:mod:`mlverify.derive`) is printed once as straight-line NumPy code
-per quantity: f_k, and (g_k, H_k) = (D_k F_k, D_kk F_k) for each lower level. Levels
-n..2 are then solved by nested damped Newton on the reduced objectives F_k: every trial
-point of level k re-solves the levels below it, so each level's iterate is a true best
-response of the levels above (the reduced objectives F_k, bottom-up), never a simultaneous root.
+The derivation graph (`mlverify.derive`) is printed once as straight-line NumPy code
+per quantity: $f_k$, and $(g_k, H_k) = (D_k F_k, D_{kk} F_k)$ for each lower level. Levels
+$n, \dots, 2$ are then solved by nested damped Newton on the reduced objectives $F_k$: every trial
+point of level $k$ re-solves the levels below it, so each level's iterate is a true best
+response of the levels above (the reduced objectives $F_k$, bottom-up), never a simultaneous root.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from .errors import (
 
 @dataclass(frozen=True)
 class LowerSolution:
-    """x_2*..x_n* for one x_1, with, per level, the gradient norm ``||D_k F_k||`` reached
-    (``residuals``; ``residual`` is their max) and Newton's estimate of the distance to the
-    solution ``||H_k^{-1} D_k F_k||`` (``distances``; ``distance`` is their max), which the
-    stopping test bounds by ``tol * (1 + ||x_k||)``."""
+    r"""$x_2^*, \dots, x_n^*$ for one $x_1$, with, per level, the gradient norm
+    $\lVert D_k F_k \rVert$ reached (``residuals``; ``residual`` is their max) and Newton's
+    estimate of the distance to the solution $\lVert H_k^{-1} D_k F_k \rVert$
+    (``distances``), which the stopping test bounds by $\mathrm{tol}\,(1 + \lVert x_k
+    \rVert)$."""
 
     x1: np.ndarray
     xs: tuple[np.ndarray, ...]
@@ -39,6 +40,7 @@ class LowerSolution:
 
     @property
     def distance(self) -> float:
+        """The largest of ``distances``: Newton's distance estimate at the worst level."""
         return max(self.distances) if self.distances else 0.0
 
     def __iter__(self):
@@ -98,12 +100,12 @@ class SymbolicEvaluator:
         return np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1) for b in blocks])
 
     def objective(self, k: int, blocks) -> float:
-        """f_k at the given blocks (0-based k)."""
+        """$f_k$ at the given blocks (0-based $k$)."""
         with np.errstate(all="ignore"):
             return float(self._objective[k](*self._flat(blocks))[0])
 
     def gradient_hessian(self, k: int, blocks) -> tuple[np.ndarray, np.ndarray]:
-        """(D_k F_k, D_kk F_k) for 0-based k >= 1, valid where levels > k are solved."""
+        r"""$(D_k F_k, D_{kk} F_k)$ for 0-based $k \ge 1$, valid where levels $> k$ are solved."""
         d = self.sizes[k]
         with np.errstate(all="ignore"):
             values = np.asarray(self._gradient_hessian[k](*self._flat(blocks)), dtype=np.float64)
@@ -115,13 +117,13 @@ class SymbolicEvaluator:
             return np.asarray(self._hypergradient(*self._flat(blocks)), dtype=np.float64)
 
     def jacobian_frozen(self, k: int, j: int, blocks) -> np.ndarray:
-        """D_j y_k (1-based levels) at the given blocks, without any solve."""
+        """$D_j y_k$ (1-based levels) at the given blocks, without any solve."""
         with np.errstate(all="ignore"):
             values = self._jacobians[(k - 1, j - 1)](*self._flat(blocks))
         return np.asarray(values, dtype=np.float64).reshape(self.sizes[k - 1], self.sizes[j - 1])
 
     def top_gradient(self, blocks) -> np.ndarray:
-        """All partial derivatives of f_1 (a scale for the hypergradient's round-off)."""
+        """All partial derivatives of $f_1$ (a scale for the hypergradient's round-off)."""
         if self._top_partials is None:
             graph = self.derivation.graph
             outputs = [graph.partial(0, (i,)) for i in range(sum(self.sizes))]
@@ -131,8 +133,9 @@ class SymbolicEvaluator:
 
     # ------------------------------------------------------------------ checks
     def curvature_probes(self, k: int, blocks) -> list[float]:
-        """The curvature u^T H_k u and the secant slope ||D_k F_k(x + r u) - D_k F_k(x)|| / r
-        on either side of x_k (levels below frozen), r = ``checks.probe_radius(x_k)``."""
+        r"""The curvature $u^\top H_k u$ and the secant slope
+        $\lVert D_k F_k(x + r u) - D_k F_k(x) \rVert / r$ on either side of $x_k$ (levels below
+        frozen), $r$ = ``checks.probe_radius`` of $x_k$."""
         x = np.asarray(blocks[k], dtype=np.float64)
         u, r = checks.probe_direction(x.size), checks.probe_radius(x)
         g0, _ = self.gradient_hessian(k, blocks)
@@ -145,7 +148,7 @@ class SymbolicEvaluator:
         return probes
 
     def check_level(self, k: int, blocks) -> None:
-        """HessianError (naming level k + 1) unless H_k is positive definite and not
+        """HessianError (naming level $k + 1$) unless $H_k$ is positive definite and not
         degenerate against the level's own curvature scale (``mlverify.checks``)."""
         _, h = self.gradient_hessian(k, blocks)
         scale = None
@@ -163,7 +166,7 @@ class SymbolicEvaluator:
     # ------------------------------------------------------------------ solving
     def solve_lower(self, x1_value, *, tol=DEFAULT_TOL, init=None, max_iter=100, starts=None,
                     seed=0, radius=None) -> LowerSolution:
-        """Levels 2..n solved nested for x_1; see ``MultilevelProblem.solve_lower``."""
+        r"""Levels $2, \dots, n$ solved nested for $x_1$; see ``MultilevelProblem.solve_lower``."""
         x1 = as_block_value(x1_value, self.sizes[0], level=1)
         blocks = [x1] + [np.zeros(d) for d in self.sizes[1:]]
         if init is not None:
@@ -287,12 +290,13 @@ class SymbolicEvaluator:
 
     # ------------------------------------------------------------------ uniqueness
     def multistart(self, blocks, distances, tol, max_iter, starts, seed=0, radius=None) -> None:
-        """Seeded multistart, bottom-up: for each level k = n..2, with the levels above held
-        at the solution ``blocks``, re-solve level k (and those below it) from ``starts``
-        points uniform in x_k* +- radius (default ``checks.start_radius``); raise
-        NonUniqueMinimiserError when one reaches a distinct minimiser whose F_k is not above
-        the solution's. Starts that fail (no convergence, NaN, a degenerate point) are
-        skipped. Multistart can find a second minimiser; it cannot prove there is none."""
+        r"""Seeded multistart, bottom-up: for each level $k = n, \dots, 2$, with the levels
+        above held at the solution ``blocks``, re-solve level $k$ (and those below it) from
+        ``starts`` points uniform in $x_k^* \pm r$ ($r$ = ``radius``, default
+        ``checks.start_radius``); raise NonUniqueMinimiserError when one reaches a distinct
+        minimiser whose $F_k$ is not above the solution's. Starts that fail (no convergence,
+        NaN, a degenerate point) are skipped. Multistart can find a second minimiser; it
+        cannot prove there is none."""
         for k in range(self.n - 1, 0, -1):
             reference = np.asarray(blocks[k])
             value = self.objective(k, blocks)
@@ -322,7 +326,7 @@ class SymbolicEvaluator:
         ``blocks``: twice the change of the hypergradient under one more nested Newton step
         at every level (which removes the lower levels' remaining distance to their
         solutions to first order, carried through the best-response Jacobians), plus the
-        round-off term 64 eps (1 + max_k cond H_k) max(|dF_1/dx_1|, |grad f_1|)."""
+        round-off term of ``checks.roundoff_floor``."""
         blocks = [np.array(b, dtype=np.float64) for b in blocks]
         value = self.hypergradient_frozen(blocks)
         refined = [b.copy() for b in blocks]
@@ -348,16 +352,21 @@ class SymbolicBackend:
         self.init = tuple(np.zeros(d) for d in self.sizes)
 
     def flatten(self, k, value):
+        """Level ``k``'s value (0-based) as a flat float64 array, checked against its size."""
         return as_block_value(value, self.sizes[k], level=k + 1)
 
     def unflatten(self, k, flat):
+        """The inverse of `flatten` (blocks are flat arrays here)."""
         return np.asarray(flat, dtype=np.float64)
 
     def solve_lower(self, x1, *, tol=DEFAULT_TOL, init=None, max_iter=100):
+        """The lower solutions at ``x1`` (``MultilevelProblem.solve_lower``), with residuals."""
         solution = self.problem.numeric().solve_lower(x1, tol=tol, init=init, max_iter=max_iter)
         return _Solved(solution.xs, solution.residuals)
 
     def hypergradient_frozen(self, xs, method="exact", **options):
+        """The hypergradient formula at the blocks ``xs``, no solve (``exact``: with the
+        curvature terms of Lemma 3.2; ``no-curvature``: without them)."""
         if method not in self.METHODS or options:
             raise ValueError(f"the symbolic backend serves {self.METHODS} without options")
         curvature = method == "exact"
@@ -365,20 +374,25 @@ class SymbolicBackend:
         return self.problem.numeric(curvature).hypergradient_frozen(blocks)
 
     def solve_and_hypergradient(self, x1, method="exact", *, solve_options=None, **options):
+        """``(hypergradient, lower solutions)`` at ``x1``, the lower levels solved first."""
         lower = self.solve_lower(x1, **(solve_options or {}))
         return self.hypergradient_frozen((x1, *lower), method, **options), lower
 
     def reduced_gradient_frozen(self, k, flat_blocks):
+        r"""The reduced gradient $D_k F_k$ (0-based $k \ge 1$) at the blocks, no solve."""
         return self.problem.numeric().gradient_hessian(k, flat_blocks)[0]
 
     def lower_hessians(self, xs):
+        r"""The reduced Hessians $H_k = D_{kk} F_k$ of levels $2, \dots, n$ at the blocks."""
         evaluator = self.problem.numeric()
         return [evaluator.gradient_hessian(k, xs)[1] for k in range(1, self.n)]
 
     def lower_lipschitz(self, xs):
+        r"""$\lambda_{\max}(H_k)$ for levels $2, \dots, n$ at the blocks (inner steps' $L$)."""
         return [float(np.linalg.eigvalsh(0.5 * (h + h.T))[-1]) for h in self.lower_hessians(xs)]
 
     def objective_value(self, k, flat_blocks):
+        """The objective $f_k$ (0-based ``k``) at the blocks."""
         return self.problem.numeric().objective(k, flat_blocks)
 
 

@@ -1,37 +1,39 @@
-"""Implicit differentiation on the JAX core: best responses whose derivatives are the lemmas'.
+r"""Implicit differentiation on the JAX core: best responses whose derivatives are the lemmas'.
 
 Blocks are flat float64 vectors here (``NumericProblem`` flattens pytrees). ``anchors`` is
-the tuple of all blocks (x_1, ..., x_n): the point where the formulas are evaluated. With
+the tuple of all blocks $(x_1, \dots, x_n)$: the point where the formulas are evaluated. With
 the lower levels solved it is the solution; "frozen" it is any iterate.
 
 The best response of level m (implicit function theorem; Lemmas 2.1, 3.1, 3.2)
 -------------------------------------------
-y_m(x_{<m}) is a ``jax.custom_jvp`` function whose value is the anchor x_m and whose
+$y_m(x_{<m})$ is a ``jax.custom_jvp`` function whose value is the anchor $x_m$ and whose
 tangent is the implicit-function rule
 
-    H_m(x, y) ydot = - D_x g_m(x, y) xdot,        g_m = D_m F_m,  H_m = D_mm F_m,
+$$
+H_m(x, y)\, \dot y = -D_x g_m(x, y)\, \dot x, \qquad g_m = D_m F_m, \quad H_m = D_{mm} F_m,
+$$
 
-with F_m the reduced objective (the levels below by their own best responses). The rule
-calls y_m itself for its primal, so differentiating it again differentiates H_m and D_x g_m
-along the best response: every order is exact (Lemma 3.2 and its induction), at the anchors
-with the lower levels solved, and as the formulas evaluated at the iterates when frozen.
+with $F_m$ the reduced objective (the levels below by their own best responses). The rule
+calls $y_m$ itself for its primal, so differentiating it again differentiates $H_m$ and
+$D_x g_m$ along the best response: every order is exact (Lemma 3.2 and its induction), at the
+anchors with the lower levels solved, and as the formulas evaluated at the iterates when frozen.
 
 The linear system is a ``lax.custom_linear_solve`` whose matvec is the Hessian-vector
-product v -> D_v g_m . v: higher orders differentiate Hessian-vector products, never a
+product $v \mapsto (D_v g_m)\, v$: higher orders differentiate Hessian-vector products, never a
 dense Hessian. Its ``solve`` needs only to be right where the system is posed, which is
 always the anchor point (every derivative is taken there), so it is a Cholesky solve with
-H_m at the anchors computed once per level ("dense", small blocks), conjugate gradients on
-the matvec (large blocks: no d x d matrix is formed), or, for the approximate methods, CG or
-a Neumann series truncated at K terms; JAX differentiates every one of them as a solve.
+$H_m$ at the anchors computed once per level ("dense", small blocks), conjugate gradients on
+the matvec (large blocks: no $d \times d$ matrix is formed), or, for the approximate methods,
+CG or a Neumann series truncated at $K$ terms; JAX differentiates every one of them as a solve.
 
 ``curvature=False`` replaces each lower best response by its tangent map at the anchors,
-y(w) ~ a + L (w - w_0), with L from the same curvature-free formula: first derivatives are
-right, second and higher derivatives of lower best responses are zero, which drops the terms
-sum_i (f_z)_i D^2 g_i of Lemma 3.2.
+$y(w) \approx a + L (w - w_0)$, with $L$ from the same curvature-free formula: first
+derivatives are right, second and higher derivatives of lower best responses are zero, which
+drops the terms $\sum_i (f_z)_i\, D^2 g_i$ of Lemma 3.2.
 
-Cost: the derivative order needed grows with n (f_k to order k), and each order
+Cost: the derivative order needed grows with $n$ ($f_k$ to order $k$), and each order
 differentiates the rule of every level below once more, so trace and compile time grow
-steeply with n (measured in ``benchmarks/results/numeric.md``).
+steeply with $n$ (measured in ``benchmarks/results/numeric.md``).
 """
 
 from __future__ import annotations
@@ -53,9 +55,9 @@ DENSE_LIMIT = 200
 
 @dataclass(frozen=True)
 class LinearSolve:
-    """How to solve H_m u = r: ``"dense"`` (Cholesky at the anchors), ``"cg"`` (to ``tol``;
+    r"""How to solve $H_m u = r$: ``"dense"`` (Cholesky at the anchors), ``"cg"`` (to ``tol``;
     or exactly ``iterations`` steps if given), or ``"neumann"`` (``iterations`` terms of
-    eta sum_i (I - eta H)^i, eta = ``step`` or 1/lambda_max by Lanczos).
+    $\eta \sum_i (I - \eta H)^i$, $\eta$ = ``step`` or $1/\lambda_{\max}$ by Lanczos).
     ``"auto"``: dense up to blocks of 200, else CG."""
 
     kind: str = "auto"
@@ -63,6 +65,7 @@ class LinearSolve:
     tol: float = 1e-12
     step: float | None = None
 
+    #: The valid ``kind`` names.
     KINDS = ("auto", "dense", "cg", "neumann")
 
     def __post_init__(self):
@@ -72,6 +75,8 @@ class LinearSolve:
             )
 
     def resolve(self, size: int) -> LinearSolve:
+        """The solve for a block of ``size``: ``auto`` becomes ``dense`` (Cholesky) up to
+        `DENSE_LIMIT` and ``cg`` above; any other kind is kept."""
         if self.kind != "auto":
             return self
         return LinearSolve("dense" if size <= DENSE_LIMIT else "cg", self.iterations, self.tol)
@@ -81,8 +86,8 @@ class ImplicitCore:
     """The n-level reduced objectives and best responses of one problem, as JAX functions.
 
     ``jit_levels``: compile each level's reduced gradient as its own cached function.
-    ``consts`` (from :meth:`level_constants`) is a tuple with one dict of arrays per level:
-    ``chol`` (the Cholesky factor of H_m at the anchors, dense solves) and ``step`` (the
+    ``consts`` (from `level_constants`) is a tuple with one dict of arrays per level:
+    ``chol`` (the Cholesky factor of $H_m$ at the anchors, dense solves) and ``step`` (the
     Neumann step); it is a pytree, so it passes through jit and custom_jvp.
     """
 
@@ -101,14 +106,14 @@ class ImplicitCore:
 
     # --------------------------------------------------------------- the recursion
     def reduced(self, k, blocks, anchors, consts, solve, curvature=True):
-        """F_k at ``blocks`` = (x_1..x_k), lower levels by their best responses."""
+        r"""$F_k$ at ``blocks`` $= (x_1, \dots, x_k)$, lower levels by their best responses."""
         blocks = tuple(blocks)
         for m in range(k + 1, self.n):
             blocks = blocks + (self.best_response(m, blocks, anchors, consts, solve, curvature),)
         return self.fs[k](blocks)
 
     def reduced_gradient(self, m, upper, v, anchors, consts, solve, curvature=True):
-        """g_m = D_m F_m at (upper, v)."""
+        """$g_m = D_m F_m$ at ``(upper, v)``."""
         return self._gradient(m, tuple(upper), v, tuple(anchors), consts, solve, curvature)
 
     def _reduced_gradient(self, m, upper, v, anchors, consts, solve, curvature):
@@ -117,7 +122,7 @@ class ImplicitCore:
         )(v)
 
     def best_response(self, m, upper, anchors, consts, solve, curvature=True):
-        """y_m(upper): value the anchor, derivatives by the implicit-function rule."""
+        """$y_m$ at ``upper``: value the anchor, derivatives by the implicit-function rule."""
         spec = solve.resolve(self.sizes[m])
         if not curvature:
             return self._tangent_response(m, tuple(upper), anchors, consts, spec)
@@ -201,7 +206,7 @@ class ImplicitCore:
 
     # --------------------------------------------------------------- constants
     def level_constants(self, anchors, solve: LinearSolve, curvature=True, below=0):
-        """Per-level solve data at the anchors (bottom-up; levels <= ``below`` left empty)."""
+        r"""Per-level solve data at the anchors (bottom-up; levels $\le$ ``below`` left empty)."""
         anchors = tuple(sg(a) for a in anchors)
         consts = [{"chol": jnp.zeros((0, 0)), "step": jnp.zeros(())} for _ in range(self.n)]
         for m in range(self.n - 1, below, -1):
@@ -236,14 +241,14 @@ class ImplicitCore:
         )(anchors[0])
 
     def reduced_gradient_at(self, k, anchors, solve: LinearSolve = LinearSolve()):
-        """D_k F_k at the anchors, levels below by the lemmas (what a single-loop step uses)."""
+        """$D_k F_k$ at the anchors, levels below by the lemmas (what a single-loop step uses)."""
         anchors = tuple(anchors)
         consts = self.level_constants(anchors, solve, below=k)
         return self.reduced_gradient(k, anchors[:k], anchors[k], anchors, consts, solve)
 
     def reduced_gradient_hessian(self, k, anchors, solve: LinearSolve, dense: bool):
-        """(D_k F_k, D_kk F_k) at the anchors when ``dense``; else (D_k F_k, hvp) with
-        ``hvp(v) = D_kk F_k v`` for matrix-free Newton."""
+        """$(D_k F_k, D_{kk} F_k)$ at the anchors when ``dense``; else $D_k F_k$ and ``hvp``,
+        with ``hvp(v)`` $= D_{kk} F_k v$, for matrix-free Newton."""
         anchors = tuple(anchors)
         consts = self.level_constants(anchors, solve, below=k)
 
@@ -256,13 +261,13 @@ class ImplicitCore:
         return g, lambda t: jax.jvp(grad_k, (anchors[k],), (t,))[1]
 
     def reduced_hessian_lambda_max(self, k, anchors, lanczos_steps: int | None = None):
-        """lambda_max(D_kk F_k) at the anchors: exact (``eigvalsh``) for blocks up to
-        ``DENSE_LIMIT``, else Lanczos on Hessian-vector products, scaled by 1.02 because it
-        approaches lambda_max from below. Sets gradient-step sizes 1/L_k.
+        r"""$\lambda_{\max}(D_{kk} F_k)$ at the anchors: exact (``eigvalsh``) for blocks up
+        to ``DENSE_LIMIT``, else Lanczos on Hessian-vector products, scaled by 1.02 because it
+        approaches $\lambda_{\max}$ from below. Sets gradient-step sizes $1/L_k$.
 
-        ``lanczos_steps=K`` forces K Lanczos steps whatever the block size (K Hessian-vector
-        products instead of a dense Hessian: ITD's default steps, where a slightly low
-        estimate is caught by its divergence check)."""
+        ``lanczos_steps=K`` forces $K$ Lanczos steps whatever the block size ($K$
+        Hessian-vector products instead of a dense Hessian: ITD's default steps, where a
+        slightly low estimate is caught by its divergence check)."""
         anchors = tuple(sg(a) for a in anchors)
         dense = self.sizes[k] <= DENSE_LIMIT and lanczos_steps is None
         _, second = self.reduced_gradient_hessian(k, anchors, LinearSolve(), dense)

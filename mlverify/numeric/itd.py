@@ -1,12 +1,12 @@
 """Iterative differentiation (ITD; Sato et al. 2021), the paper's baseline.
 
-Each argmin is replaced by K gradient steps from the given start, nested: one gradient
-step of level k differentiates through level k+1's unrolled solver, which itself unrolls
-level k+2's, ... The hypergradient is the derivative of the whole unrolled program; its cost
-grows like K^(n-1).
+Each argmin is replaced by $K$ gradient steps from the given start, nested: one gradient
+step of level $k$ differentiates through level $k+1$'s unrolled solver, which itself unrolls
+level $k+2$'s, ... The hypergradient is the derivative of the whole unrolled program; its cost
+grows like $K^{n-1}$.
 
-Divergence is detected, not guessed at: gradient descent with a step below 2/L never raises
-the objective it descends, so a rise of f_k between two of level k's unrolled steps means
+Divergence is detected, not guessed at: gradient descent with a step below $2/L$ never raises
+the objective it descends, so a rise of $f_k$ between two of level $k$'s unrolled steps means
 the step was too large for the curvature met there. Each level's flag is returned beside the
 hypergradient (``NumericProblem`` halves the default step and retries, or raises
 ``DivergenceError`` naming the level).
@@ -17,11 +17,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-#: A rise of f_k by more than this (relative to 1 + |f_k|) between unrolled steps counts as
-#: divergence; float64 round-off in f_k is ~1e-16 relative.
+#: A rise of $f_k$ by more than this (relative to $1 + |f_k|$) between unrolled steps counts
+#: as divergence; float64 round-off in $f_k$ is about $10^{-16}$ relative.
 RISE_TOLERANCE = 1e-10
-#: Lanczos steps (Hessian-vector products) for L_k in ITD's default steps 1/(1.2 L_k): a
-#: dense reduced Hessian of a block of 100 cost 10x ITD itself; a Lanczos estimate that is
+#: Lanczos steps (Hessian-vector products) for $L_k$ in ITD's default steps $1/(1.2 L_k)$:
+#: a dense reduced Hessian of a block of 100 cost 10x ITD itself; a Lanczos estimate that is
 #: a little low is caught by the divergence check, which halves the step.
 DEFAULT_LANCZOS_STEPS = 10
 
@@ -56,8 +56,9 @@ def _unrolled_tail(core, k, upper, starts, steps, lrs):
 
 
 def itd_hypergradient_and_flags(core, anchors, steps: int, inner_lr=None, lr_scale=1.0):
-    """(dF_1/dx_1 through K unrolled steps per lower level started from ``anchors[1:]``,
-    rise flags: ``flags[k]`` is True where level k+1's unrolled steps raised f_{k+1})."""
+    r"""($\mathrm{d}F_1/\mathrm{d}x_1$ through $K$ unrolled steps per lower level started from
+    ``anchors[1:]``, rise flags: ``flags[k]`` is True where level $k+1$'s unrolled steps
+    raised $f_{k+1}$)."""
     if steps < 1:
         raise ValueError("ITD needs steps >= 1")
     lrs = tuple(None if lr is None else lr * lr_scale

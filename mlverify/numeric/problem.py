@@ -23,10 +23,11 @@ from ..errors import (
 from .implicit import DENSE_LIMIT, ImplicitCore, LinearSolve
 from .itd import itd_hypergradient_and_flags
 
+#: The hypergradient methods of `NumericProblem.hypergradient` and `hypergradient_frozen`.
 METHODS = ("exact", "no-curvature", "cg", "neumann", "itd", "fd")
 
 #: XLA options for the core's compiled functions. The exact hypergradient's graph grows
-#: steeply with n and XLA's LLVM optimisation dominates its compile time; at n = 5, blocks
+#: steeply with $n$ and XLA's LLVM optimisation dominates its compile time; at $n = 5$, blocks
 #: of 4, level 0 cut compile from ~29 s to ~11 s with run time unchanged (0.5 ms), since
 #: the work is many small ops rather than tight loops (benchmarks/results/numeric.md).
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -36,10 +37,11 @@ ITD_HALVINGS = 10
 
 
 class LowerSolution(tuple):
-    """The lower-level solutions x_2*..x_n* (a tuple of blocks, shaped as declared), with
-    ``residuals`` (the gradient norm ||D_k F_k|| reached per level; ``residual`` their max)
-    and ``distances`` (Newton's estimate ||H_k^{-1} D_k F_k|| of the distance to the solution,
-    which the stopping test bounds by ``tol * (1 + ||x_k||)``; ``distance`` their max)."""
+    r"""The lower-level solutions $x_2^*, \dots, x_n^*$ (a tuple of blocks, shaped as
+    declared), with ``residuals`` (the gradient norm $\lVert D_k F_k \rVert$ reached per
+    level; ``residual`` their max) and ``distances`` (Newton's estimate
+    $\lVert H_k^{-1} D_k F_k \rVert$ of the distance to the solution, which the stopping test
+    bounds by $\mathrm{tol}\,(1 + \lVert x_k \rVert)$; ``distance`` their max)."""
 
     residuals: tuple[float, ...]
     residual: float
@@ -174,10 +176,10 @@ class NumericProblem:
 
         Methods: ``exact`` (all curvature terms), ``no-curvature``, ``cg`` and ``neumann``
         (``iterations=K`` truncated solves), ``itd`` (``steps=K`` unrolled inner steps per
-        level from these iterates, ``inner_lr``; without it the steps are 1/(1.2 L_k) at the
+        level from these iterates, ``inner_lr``; without it the steps are $1/(1.2 L_k)$ at the
         start, halved while any level's unrolled steps raise its objective, up to
         ``ITD_HALVINGS`` times; a given ``inner_lr`` that diverges raises DivergenceError).
-        Returns an array shaped like x_1.
+        Returns an array shaped like $x_1$.
         """
         _check_method(method)
         flat = self._flat_all(xs)
@@ -206,11 +208,11 @@ class NumericProblem:
 
         ``flat_blocks`` is the tuple of all n blocks as flat float64 vectors (``flatten``).
         ``status`` holds JAX booleans: ``finite`` (the value has no NaN or inf); for dense
-        lower blocks, ``cholesky_ok[k]`` (H_k was positive definite at the iterates); for
-        ``itd``, ``inner_rise`` (n flags: level k's unrolled steps raised f_k, so its step is
-        too large; :meth:`hypergradient_frozen` halves the default step and retries, this
+        lower blocks, ``cholesky_ok[k]`` ($H_k$ was positive definite at the iterates); for
+        ``itd``, ``inner_rise`` ($n$ flags: level $k$'s unrolled steps raised $f_k$, so its step is
+        too large; `hypergradient_frozen` halves the default step and retries, this
         pure function does not). Under your own jit or vmap, check them, or pass them to
-        :meth:`check_status` outside.
+        `check_status` outside.
         """
         _check_method(method, exclude=("fd",))
         return self._frozen_builder(method, dict(options))
@@ -223,18 +225,19 @@ class NumericProblem:
 
     def hypergradient(self, x1, method: str = "exact", *, solve_options=None,
                       with_error: bool = False, **options):
-        """The hypergradient at x_1 with the lower levels solved (``solve_options`` go to
+        r"""The hypergradient at $x_1$ with the lower levels solved (``solve_options`` go to
         ``solve_lower``), by ``method`` (see ``hypergradient_frozen``; ``fd`` is central
-        finite differences of F_1 with tightly solved lower levels, ``step=h``).
+        finite differences of $F_1$ with tightly solved lower levels, ``step=h``). An unknown
+        ``method`` raises ValueError naming the valid ones.
 
         ``with_error=True`` returns ``(value, error_estimate)`` as NumPy arrays of shape
-        (d_1,). For ``exact``: a first-order a-posteriori bound on |value - dF_1/dx_1| per
+        ``(d_1,)``. For ``exact``: a first-order a-posteriori bound on the error per
         component from the lower levels' remaining distance to their solutions (twice the
         change of the hypergradient under one more nested Newton step at every level, which
-        carries each level's Newton distance through the best-response Jacobians) plus a
-        round-off term 64 eps (1 + max_k cond H_k) max(|value|, |grad f_1|). For every other
-        method it is against the exact hypergradient: |value - exact| + the exact value's
-        estimate (the approximation's bias is the error).
+        carries each level's Newton distance through the best-response Jacobians) plus the
+        round-off term of ``checks.roundoff_floor``. For every other method it is against the
+        exact hypergradient: $\lvert \text{value} - \text{exact} \rvert$ plus the exact
+        value's estimate (the approximation's bias is the error).
         """
         _check_method(method)
         solve_options = dict(solve_options or {})
@@ -251,8 +254,8 @@ class NumericProblem:
 
     def solve_and_hypergradient(self, x1, method: str = "exact", *, solve_options=None,
                                 **options):
-        """``(hypergradient, LowerSolution)`` at x_1: levels 2..n solved by ``solve_lower``
-        with ``solve_options`` (``tol``, ``max_iter``, ``init``, ``method``) and the
+        r"""``(hypergradient, LowerSolution)`` at $x_1$: levels $2, \dots, n$ solved by
+        ``solve_lower`` with ``solve_options`` (``tol``, ``max_iter``, ``init``, ``method``) and the
         hypergradient by ``method`` and ``options`` (as ``hypergradient_frozen``) there.
 
         With the default ``newton`` solver both run in one compiled call (what an outer
@@ -375,11 +378,11 @@ class NumericProblem:
             )
 
     def objective_value(self, k: int, flat_blocks) -> float:
-        """f_k (0-based) at the given flat blocks."""
+        """$f_k$ (0-based $k$) at the given flat blocks."""
         return float(self._jit(("value", k), lambda: self.core.fs[k])(tuple(flat_blocks)))
 
     def reduced_gradient_frozen(self, k: int, flat_blocks) -> jax.Array:
-        """D_k F_k (0-based k >= 1) at the given flat iterates, levels below by the lemmas'
+        r"""$D_k F_k$ (0-based $k \ge 1$) at the given flat iterates, levels below by the lemmas'
         formulas at those iterates (what the single-loop algorithm steps along)."""
         return self._jit(
             ("reduced_gradient", k), lambda: lambda flat: self.core.reduced_gradient_at(k, flat)
@@ -397,14 +400,14 @@ class NumericProblem:
 
     # ------------------------------------------------------------------ diagnostics
     def lower_hessians(self, xs):
-        """D_kk F_k (dense, levels 2..n) at the given iterates, lower levels by IFT. For a
-        block of d this forms d x d; for step sizes use :meth:`lower_lipschitz`."""
+        r"""$D_{kk} F_k$ (dense, levels $2, \dots, n$) at the given iterates, lower levels by IFT.
+        For a block of $d$ this forms $d \times d$; for step sizes use `lower_lipschitz`."""
         flat = self._flat_all(xs)
         return [np.asarray(self._grad_hess(k)(flat)[1]) for k in range(1, self.n)]
 
     def lower_lipschitz(self, xs) -> list[float]:
-        """lambda_max(D_kk F_k), levels 2..n, at the given iterates (matrix-free for blocks
-        over 200: Lanczos on Hessian-vector products, no d x d matrix)."""
+        r"""$\lambda_{\max}(D_{kk} F_k)$, levels $2, \dots, n$, at the given iterates (matrix-free
+        for blocks over 200: Lanczos on Hessian-vector products, no $d \times d$ matrix)."""
         flat = self._flat_all(xs)
         build = lambda: lambda flat: jnp.stack(  # noqa: E731
             [self.core.reduced_hessian_lambda_max(k, flat) for k in range(1, self.n)]
@@ -429,9 +432,10 @@ class NumericProblem:
         )
 
     def check_level(self, k: int, blocks) -> None:
-        """HessianError (or NonFiniteError), naming level k + 1 (0-based k), unless H_k at
-        the flat ``blocks`` is positive definite and not degenerate against the level's own
-        curvature scale (``mlverify.checks``). Blocks over ``DENSE_LIMIT`` are not checked."""
+        """HessianError (or NonFiniteError), naming level $k + 1$ (0-based $k$), unless $H_k$
+        at the flat ``blocks`` is positive definite and not degenerate against the level's
+        own curvature scale (`mlverify.checks`). Blocks over ``DENSE_LIMIT`` are not
+        checked."""
         if self.sizes[k] > DENSE_LIMIT:
             return
         from .solvers import curvature_probe_scale
@@ -449,9 +453,9 @@ class NumericProblem:
         check_lower_hessian(h, k + 1, scale)
 
     def diagnose_below(self, k: int, blocks) -> None:
-        """Raise for the deepest level below level k + 1 (0-based k) whose Hessian is not
+        """Raise for the deepest level below level $k + 1$ (0-based $k$) whose Hessian is not
         finite, indefinite or degenerate at ``blocks``: its failure spoils every level above
-        it, so a failure of level k + 1 is blamed on it first."""
+        it, so a failure of level $k + 1$ is blamed on it first."""
         for m in range(self.n - 1, k, -1):
             self.check_level(m, blocks)
 
@@ -461,14 +465,15 @@ class NumericProblem:
         method: str = "newton", starts: int | None = None, seed: int = 0,
         radius: float | None = None,
     ):
-        """Solve levels 2..n for x_1, warm-started from ``init`` (default: the declared
-        initial points). Returns a ``LowerSolution``.
+        r"""Solve levels $2, \dots, n$ for $x_1$, warm-started from ``init`` (default: the
+        declared initial points). Returns a ``LowerSolution``.
 
-        Level k stops when Newton's step, the estimated distance to its solution
-        ``||H_k^{-1} D_k F_k||``, is at most ``tol * (1 + ||x_k||)``: invariant under scaling
-        f_k, unlike a gradient-norm test. Every H_k (blocks up to ``DENSE_LIMIT``) is then
-        checked: positive definite and not degenerate against the level's own curvature
-        scale (:mod:`mlverify.checks`); a failure names the deepest failing level.
+        Level $k$ stops when Newton's step, the estimated distance to its solution
+        $\lVert H_k^{-1} D_k F_k \rVert$, is at most $\mathrm{tol}\,(1 + \lVert x_k \rVert)$:
+        invariant under scaling $f_k$, unlike a gradient-norm test. Every $H_k$ (blocks up to
+        ``DENSE_LIMIT``) is then checked: positive definite and not degenerate against the
+        level's own curvature scale (`mlverify.checks`); a failure names the deepest failing
+        level.
 
         ``newton``: nested damped Newton in one compiled call (``solvers.nested_newton``;
         dense Cholesky steps, or CG on Hessian-vector products for blocks over 200). If it
@@ -477,9 +482,10 @@ class NumericProblem:
         ``newton-eager`` / ``gd``: that Python-driven nested Newton / Armijo gradient descent.
 
         ``starts=K``: seeded multistart, bottom-up, as ``MultilevelProblem.solve_lower``
-        (K points uniform in x_k* +- ``radius`` per level, default 2 (1 + ||x_k*||_inf));
-        raises NonUniqueMinimiserError naming the level, x_1, both minimisers and their
-        values. Multistart finds second minimisers; it cannot prove there is none.
+        ($K$ points uniform in $x_k^* \pm r$ per level, $r$ = ``radius``, by default
+        $2\,(1 + \lVert x_k^* \rVert_\infty)$); raises NonUniqueMinimiserError naming the
+        level, $x_1$, both minimisers and their values. Multistart finds second minimisers;
+        it cannot prove there is none.
         """
         if method not in ("newton", "newton-eager", "gd"):
             raise ValueError(
@@ -560,7 +566,7 @@ class NumericProblem:
 
     def exact_error(self, flat, value) -> np.ndarray:
         """The a-posteriori error estimate of the exact hypergradient ``value`` at the solved
-        flat blocks (see :meth:`hypergradient`): one more nested Newton step at every level
+        flat blocks (see `hypergradient`): one more nested Newton step at every level
         (compiled, ``tol = 0``, one step), the change it makes to the hypergradient, times 2,
         plus the round-off term."""
         from .solvers import nested_newton
@@ -601,7 +607,7 @@ class NumericProblem:
         return start
 
     def reduced_objective(self, x1, **solve_options) -> float:
-        """F_1(x_1) = f_1(x_1, x_2*, ..., x_n*)."""
+        r"""$F_1(x_1) = f_1(x_1, x_2^*, \dots, x_n^*)$, the lower levels solved."""
         lower = self.solve_lower(x1, **solve_options)
         flat = self._flat_all((x1, *lower))
         return float(self.core.fs[0](flat))

@@ -1,6 +1,6 @@
-"""Inner solvers: levels n..2 solved nested, for the blocks above held fixed.
+r"""Inner solvers: levels $n, \dots, 2$ solved nested, for the blocks above held fixed.
 
-Each level k runs damped Newton (or gradient descent) on its reduced objective F_k, whose
+Each level $k$ runs damped Newton (or gradient descent) on its reduced objective $F_k$, whose
 gradient and Hessian come from the implicit core at the current lower solutions; every
 trial point re-solves the levels below it (warm-started from their last solution), so the
 iterates are true best responses of the levels above. Newton's system is solved densely
@@ -8,9 +8,9 @@ for small blocks and by conjugate gradients on Hessian-vector products for large
 
 Two drivers run this one algorithm:
 
-- :func:`nested_newton` is pure JAX (nested ``lax.while_loop``s): one compiled call solves
+- `nested_newton` is pure JAX (nested ``lax.while_loop``s): one compiled call solves
   every level, with no Python between iterations. ``NumericProblem.solve_lower`` uses it.
-- :func:`nested_solve` drives the same steps from Python, one jitted step per iteration. It
+- `nested_solve` drives the same steps from Python, one jitted step per iteration. It
   serves ``method="gd"``, and it re-runs a failed compiled solve eagerly so that the error
   names the level and the quantity at fault.
 """
@@ -32,26 +32,28 @@ _HALVINGS = 40
 
 
 def nested_newton(core, first: int = 1):
-    """A pure function ``(blocks, tol, max_iter) -> (blocks, status)`` that solves levels
-    ``first + 1``..n (1-based; all lower levels by default) by nested damped Newton for the
-    blocks above held fixed, warm-started from ``blocks``.
+    r"""A pure function ``(blocks, tol, max_iter) -> (blocks, status)`` that solves the
+    levels below level ``first`` (1-based; all lower levels by default) by nested damped
+    Newton for the blocks above held fixed, warm-started from ``blocks``.
 
-    Per level k (bottom-up inside): until Newton's step, the estimated distance to the
-    solution ||H_k^{-1} D_k F_k||, is at most ``tol * (1 + ||x_k||)`` (``mlverify.checks``)
-    or ``max_iter`` steps, the Newton direction d = -H_k^{-1} D_k F_k (Cholesky for blocks up
-    to ``DENSE_LIMIT``, else CG on Hessian-vector products; steepest descent scaled by
-    1/||H_k||_F where H_k is not positive definite), then backtracking from the full step: a
-    trial x_k + a d re-solves levels k+1..n and is accepted on Armijo's test
-    F_k(trial) <= F_k + 1e-4 a D_k F_k . d, or, for the full step, when ||D_k F_k|| drops
-    (near the solution F_k carries the lower solves' error and stops resolving the
-    decrease). Lower levels are solved to the same ``tol`` at every trial.
+    Per level $k$ (bottom-up inside): until Newton's step, the estimated distance to the
+    solution $\lVert H_k^{-1} D_k F_k \rVert$, is at most $\mathrm{tol}\,(1 + \lVert x_k
+    \rVert)$ (`mlverify.checks`; that last step is still taken) or ``max_iter`` steps, the
+    Newton direction $d = -H_k^{-1} D_k F_k$ (Cholesky for blocks up to ``DENSE_LIMIT``, else
+    CG on Hessian-vector products; steepest descent scaled by $1/\lVert H_k \rVert_F$ where
+    $H_k$ is not positive definite), then backtracking from the full step: a trial
+    $x_k + a d$ re-solves the levels below and is accepted on Armijo's test
+    $F_k(\text{trial}) \le F_k + 10^{-4} a\, D_k F_k \cdot d$, or, for the full step, when
+    $\lVert D_k F_k \rVert$ drops (near the solution $F_k$ carries the lower solves' error
+    and stops resolving the decrease). Lower levels are solved to the same ``tol`` at every
+    trial.
 
-    ``status`` per level solved: ``residual`` (||D_k F_k|| at the end), ``distance``
-    (Newton's step there), ``converged`` (the stopping test holds; NaN fails it),
-    ``hessian_ok`` (H_k surely positive definite and not degenerate against the level's
-    curvature scale; False leaves the verdict to the exact check) and ``iterations`` (Newton
-    steps over all levels and all nested solves). ``tol`` and ``max_iter`` are traced: one
-    compile per problem serves them all.
+    ``status`` per level solved: ``residual`` ($\lVert D_k F_k \rVert$ at the end),
+    ``distance`` (Newton's step there), ``converged`` (the stopping test holds; NaN fails
+    it), ``hessian_ok`` ($H_k$ surely positive definite and not degenerate against the
+    level's curvature scale; False leaves the verdict to the exact check) and ``iterations``
+    (Newton steps over all levels and all nested solves). ``tol`` and ``max_iter`` are
+    traced: one compile per problem serves them all.
     """
     n = core.n
     solve = LinearSolve("auto")
@@ -71,7 +73,7 @@ def nested_newton(core, first: int = 1):
                         "hessian_ok": jnp.stack(hessian_ok), "iterations": count}
 
     def solve_from(k, blocks, tol, max_iter):
-        """(blocks with levels k..n solved for blocks[:k], Newton steps taken)."""
+        r"""(blocks with levels $k, \dots, n$ solved for ``blocks[:k]``, Newton steps taken)."""
         if k >= n:
             return blocks, jnp.zeros((), jnp.int32)
 
@@ -155,8 +157,9 @@ def _final_check(core, k, blocks, solve):
 
 
 def curvature_probe_scale(core, k, blocks, g0, solve):
-    """The largest finite probe of ``mlverify.checks``' curvature scale: u^T H_k u and the
-    secant slope ||D_k F_k(x + r u) - D_k F_k(x)|| / r at x_k +- r u (levels below frozen)."""
+    r"""The largest finite probe of the curvature scale of `mlverify.checks`:
+    $u^\top H_k u$ and the secant slope $\lVert D_k F_k(x + r u) - D_k F_k(x) \rVert / r$ at
+    $x_k \pm r u$ (levels below frozen)."""
     x = blocks[k]
     u = jnp.asarray(checks.probe_direction(x.shape[0]))
     r = checks.PROBE_RADIUS * (1.0 + jnp.linalg.norm(x))
@@ -219,11 +222,11 @@ def _direction(g, second, dense, method):
 
 
 def nested_solve(problem, start, tol, max_iter, method, first=1):
-    """The Python-driven nested solve (``method`` ``"newton"`` or ``"gd"``) of levels
-    ``first + 1``..n; raises ConvergenceError / NonFiniteError / HessianError /
-    UnboundedLevelError naming the level where it fails (for a failure of level k, the
+    """The Python-driven nested solve (``method`` ``"newton"`` or ``"gd"``) of the levels
+    below level ``first``; raises ConvergenceError, NonFiniteError, HessianError or
+    UnboundedLevelError naming the level where it fails (for a failure of level $k$, the
     levels below it are checked first: a degenerate lower level spoils every level above).
-    Returns (blocks, residuals, distances, iterations)."""
+    Returns ``(blocks, residuals, distances, iterations)``."""
     n = problem.n
     blocks = [jnp.asarray(b) for b in start]
     residuals, distances = [0.0] * (n - 1), [0.0] * (n - 1)

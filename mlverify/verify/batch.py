@@ -1,12 +1,12 @@
-"""Theorem 4.1 over a batch of instances in one compiled, vmapped call.
+r"""Theorem 4.1 over a batch of instances in one compiled, vmapped call.
 
 A family is ``objectives_of(params) -> [f_1, ..., f_n]`` (JAX callables of the tuple of
 blocks) and a pytree ``params`` whose leaves carry a leading batch axis. Per instance, all
 in JAX: the lower levels are solved by nested Newton (``newton_steps`` per level, residual
-reported), the hypergradient is the exact one of the implicit core, L is the largest
-eigenvalue of the Hessian of F_1 (central differences of the exact hypergradient) over a
-grid of the box times ``1.01``, F_1* is the best value seen on a run 4x longer, and the bound
-is checked at every T. With several devices the batch is sharded over them.
+reported), the hypergradient is the exact one of the implicit core, $L$ is the largest
+eigenvalue of the Hessian of $F_1$ (central differences of the exact hypergradient) over a
+grid of the box times ``1.01``, $F_1^*$ is the best value seen on a run 4x longer, and the
+bound is checked at every $T$. With several devices the batch is sharded over them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from ..numeric.implicit import ImplicitCore, LinearSolve
 
-#: Relative slack on "left <= right" for float64 sums of up to T terms.
+#: Relative slack on "left $\le$ right" for float64 sums of up to $T$ terms.
 ROUND_OFF = 1e-9
 #: Lower solves whose gradient norm ends above this make the instance not-applicable.
 SOLVE_TOL = 1e-9
@@ -38,10 +38,13 @@ class BatchReport:
     residual: np.ndarray
 
     def counts(self) -> dict:
+        """How many instances got each verdict: ``{"pass": ..., "fail": ..., ...}``."""
         values, counts = np.unique(self.verdicts, return_counts=True)
         return dict(zip(values.tolist(), counts.tolist(), strict=True))
 
     def summary(self) -> str:
+        """The verdict counts and the quantiles (0, 0.5, 0.9, 1) of the worst ratio
+        left/right over the applicable instances."""
         ok = self.verdicts != "not-applicable"
         ratios = self.worst_ratio[ok]
         quantiles = np.quantile(ratios, [0.0, 0.5, 0.9, 1.0]) if ratios.size else [np.nan] * 4
@@ -143,7 +146,7 @@ def theorem_4_1_batch(objectives_of, params, sizes, box, *, T: int = 100, grid_p
     """Check Theorem 4.1 on every instance of a batched family (see the module docstring).
 
     ``vectorize=False`` runs the same compiled single-instance check in a Python loop (the
-    baseline of the throughput benchmark). Returns a :class:`BatchReport`.
+    baseline of the throughput benchmark). Returns a `BatchReport`.
     """
     check = instance_check(objectives_of, sizes, box, T=T, grid_points=grid_points,
                            newton_steps=newton_steps, fd_step=fd_step)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+#: The verdicts a check can give; "not-applicable" when an assumption of the theorem fails.
 VERDICTS = ("pass", "fail", "not-applicable")
 
 
@@ -34,6 +35,8 @@ class Report:
 
     # ------------------------------------------------------------------ output
     def summary(self) -> str:
+        """A few lines: the verdict, the reason, the constants with their provenance, the
+        worst ratio left/right and the fitted log-log slope."""
         lines = [f"Theorem {self.theorem}: {self.verdict.upper()}"]
         if self.reason:
             lines.append(f"  {self.reason}")
@@ -47,6 +50,7 @@ class Report:
         return "\n".join(lines)
 
     def format_table(self, rows: int = 8) -> str:
+        """The per-$T$ table as text, about ``rows`` rows spaced geometrically in $T$."""
         if not self.table:
             return ""
         keys = list(self.table)
@@ -68,6 +72,7 @@ class Report:
         return self.summary() + "\n" + self.format_table()
 
     def to_dict(self) -> dict:
+        """The report as plain values for JSON (arrays as lists, NumPy scalars as numbers)."""
         def clean(value):
             if isinstance(value, np.ndarray):
                 return value.tolist()
@@ -82,6 +87,7 @@ class Report:
         return clean(asdict(self))
 
     def save(self, path: str) -> None:
+        """Write `to_dict` as JSON to ``path``."""
         with open(path, "w") as fh:
             json.dump(self.to_dict(), fh, indent=1)
 

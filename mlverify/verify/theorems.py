@@ -12,12 +12,12 @@ from ..optimize import as_numeric, hessian_F1, optimize, project
 from ..optimize import exact_value_and_gradient as _exact
 from .report import Report
 
-#: Relative slack for "left <= right": the two sides are float64 sums of up to T terms.
+#: Relative slack for "left $\le$ right": the two sides are float64 sums of up to $T$ terms.
 ROUND_OFF = 1e-9
 #: A lower Hessian whose smallest eigenvalue is below this (relative to max(1, largest)) at
 #: a sampled point makes the level "not strongly convex": the bounds do not apply.
 STRONG_CONVEXITY_FLOOR = 1e-6
-#: Safety factor on the sampled lambda_max: sampling can only under-estimate a maximum.
+#: Safety factor on the sampled $\lambda_{\max}$: sampling can only under-estimate a maximum.
 L_MARGIN = 1.01
 
 
@@ -41,12 +41,12 @@ def _samples(lo, hi, count, seed):
 
 
 def constants_4_1(problem, box, *, samples: int = 25, seed: int = 0):
-    """Check the assumptions on X and estimate L = max lambda_max(Hessian of F_1) over X.
+    r"""Check the assumptions on $X$ and estimate $L = \max_X \lambda_{\max}(\nabla^2 F_1)$.
 
     Returns ``(constants, violation)``: constants as name -> (value, how obtained), and a
     violation message (None when every assumption held at every sampled point). Method:
     a grid (or seeded random points in high dimension) plus L-BFGS-B maximisation of
-    lambda_max from the best sample; the lower solves check every lower Hessian there.
+    $\lambda_{\max}$ from the best sample; the lower solves check every lower Hessian there.
     """
     num = as_numeric(problem, "implicit-exact")
     lo, hi = _box(box, num.sizes[0])
@@ -139,11 +139,16 @@ def theorem_4_1(
     seed: int = 0,
     progress: bool = False,
 ) -> Report:
-    """Check min_t ||G||^2 <= (1/T) sum_t ||G(x^t)||^2 <= 2 L (F_1(x^0) - F_1*) / T for every T.
+    r"""Check Theorem 4.1's bound for every $T$:
 
-    Projected gradient descent with the exact hypergradient and step 1/L on the box X;
-    G(x) = L (x - Pi_X(x - grad F_1(x) / L)) is the gradient mapping. ``L`` and ``F_star``
-    are estimated honestly unless given (a given value is reported as "given").
+    $$
+    \min_{t<T} \lVert G(x^t) \rVert^2 \le \frac1T \sum_{t<T} \lVert G(x^t) \rVert^2
+    \le \frac{2L\,(F_1(x^0) - F_1^*)}{T} .
+    $$
+
+    Projected gradient descent with the exact hypergradient and step $1/L$ on the box $X$;
+    $G(x) = L\bigl(x - \Pi_X(x - \nabla F_1(x)/L)\bigr)$ is the gradient mapping.
+    ``L`` and ``F_star`` are estimated honestly unless given (a given value is reported as "given").
     """
     num = as_numeric(problem, "implicit-exact")
     lo, hi = _box(box, num.sizes[0])
@@ -221,10 +226,16 @@ def theorem_4_2(
     samples: int = 9,
     progress: bool = False,
 ) -> Report:
-    """Check (1/T) sum ||grad F_1(x^t)||^2 <= 2 (F_1(x^0) - F_1*)/(alpha T) + (1/T) sum ||e_t||^2
-    along each method's run (X = R^d), with e_t measured against the exact hypergradient.
+    r"""Check Theorem 4.2's bound along each method's run ($X = \mathbb{R}^d$),
 
-    ``alpha`` defaults to 1/L with L sampled on ``box`` (default: x0 +- 2), the region the
+    $$
+    \frac1T \sum_{t<T} \lVert \nabla F_1(x^t) \rVert^2 \le
+    \frac{2\,(F_1(x^0) - F_1^*)}{\alpha T} + \frac1T \sum_{t<T} \lVert e_t \rVert^2,
+    $$
+
+    with $e_t$ measured against the exact hypergradient.
+
+    ``alpha`` defaults to $1/L$ with $L$ sampled on ``box`` (default: $x_0 \pm 2$), the region the
     run is expected to stay in; leaving it is reported.
     """
     num = as_numeric(problem, "implicit-exact")
@@ -309,11 +320,12 @@ def rounds_to_epsilon(
     inner_steps: int = 1,
     x0=None,
 ) -> dict:
-    """T_eps(n): rounds until ||grad F_1(x^t)||^2 <= epsilon, and the mean ||e_t||, for each n.
+    r"""$T_\varepsilon(n)$: rounds until $\lVert \nabla F_1(x^t) \rVert^2 \le \varepsilon$, and the
+    mean $\lVert e_t \rVert$, for each $n$ (Theorem 4.2 and the paper's remark after it).
 
-    ``family(n)`` returns a problem; the step is 1/L_n with L_n sampled near x_0 (the step as
-    a function of n, as in the paper's remark). The fitted growth is the slope of log T_eps
-    against n (a geometric growth rate per level).
+    ``family(n)`` returns a problem; the step is $1/L_n$ with $L_n$ sampled near $x_0$ (the
+    step as a function of $n$, as in the paper's remark). The fitted growth is the slope of
+    $\log T_\varepsilon$ against $n$ (a geometric growth rate per level).
     """
     rows = {"n": [], "T_eps": [], "mean_error": [], "first_error": [], "L": []}
     for n in ns:

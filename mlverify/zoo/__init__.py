@@ -1,12 +1,12 @@
 """Reference problems, each with what is known about its answer.
 
-- :func:`quadratic` - the quadratic n-level family: affine best responses, closed-form
+- `quadratic` - the quadratic n-level family: affine best responses, closed-form
   hypergradient and optimum (all third derivatives vanish, so it cannot test curvature terms).
-- :func:`nonquadratic` - tanh couplings plus quartic own terms: non-zero curvature terms.
-- :func:`ridge_bilevel` - bilevel ridge-regression hyperparameter tuning, closed form (teaching).
-- :func:`data_poisoning` - Sato et al.'s trilevel: a regulariser against validation loss, an
+- `nonquadratic` - tanh couplings plus quartic own terms: non-zero curvature terms.
+- `ridge_bilevel` - bilevel ridge-regression hyperparameter tuning, closed form (teaching).
+- `data_poisoning` - Sato et al.'s trilevel: a regulariser against validation loss, an
   attacker perturbing training inputs, ridge weights.
-- :func:`default_problem` - the trilevel non-quadratic problem ``mlverify verify`` runs.
+- `default_problem` - the trilevel non-quadratic problem ``mlverify verify`` runs.
 """
 
 from .families import (

@@ -25,11 +25,14 @@ def _symbols(n, sizes):
 
 @dataclass(frozen=True)
 class QuadraticFamily:
-    """f_k(z) = 1/2 z^T Q_k z + c_k^T z, z = (x_1..x_n), each Q_k symmetric positive definite.
+    r"""$f_k(z) = \tfrac12 z^\top Q_k z + c_k^\top z$, $z = (x_1, \dots, x_n)$, each $Q_k$
+    symmetric positive definite.
 
-    Q_k positive definite makes every reduced Hessian [I; J]^T Q_k [I; J] positive definite,
-    so each lower level has a unique minimiser and F_1 is a strongly convex quadratic. The
-    entries are rationals (``Q_num / denominator``), so the symbolic form is exact.
+    $Q_k$ positive definite makes every reduced Hessian
+    $\begin{bmatrix} I \\ J \end{bmatrix}^\top Q_k \begin{bmatrix} I \\ J \end{bmatrix}$
+    positive definite, so each lower level has a unique minimiser and $F_1$ is a strongly
+    convex quadratic. The entries are rationals (``Q_num / denominator``), so the symbolic
+    form is exact.
     """
 
     sizes: tuple[int, ...]
@@ -39,12 +42,14 @@ class QuadraticFamily:
 
     @property
     def n(self) -> int:
+        """The number of levels $n$."""
         return len(self.sizes)
 
     def _float(self):
         return [q / self.denominator for q in self.Q], [c / self.denominator for c in self.c]
 
     def symbolic(self) -> MultilevelProblem:
+        """The family as a declared `MultilevelProblem` (exact rational coefficients)."""
         blocks = _symbols(self.n, self.sizes)
         z = sp.Matrix.vstack(*blocks)
         levels = []
@@ -56,6 +61,7 @@ class QuadraticFamily:
         return MultilevelProblem(levels)
 
     def numeric(self) -> NumericProblem:
+        """The family as a JAX `NumericProblem` (float64 coefficients, zero start)."""
         qs, cs = self._float()
         qs = [jnp.asarray(q) for q in qs]
         cs = [jnp.asarray(c) for c in cs]
@@ -72,7 +78,8 @@ class QuadraticFamily:
 
     # -------------------------------------------------------------- closed forms
     def reduced_map(self) -> tuple[np.ndarray, np.ndarray]:
-        """(P, p) with z = P x_1 + p on the solution manifold (nested argmins solved exactly)."""
+        """$(P, p)$ with $z = P x_1 + p$ on the solution manifold (nested argmins solved
+        exactly)."""
         qs, cs = self._float()
         ends = np.cumsum(self.sizes)
         total = int(ends[-1])
@@ -87,27 +94,34 @@ class QuadraticFamily:
         return P, p
 
     def hypergradient(self, x1) -> np.ndarray:
+        r"""The exact hypergradient $\nabla F_1(x_1) = P^\top (Q_1 z + c_1)$, $z = P x_1 + p$
+        (closed form, see `reduced_map`)."""
         P, p = self.reduced_map()
         q1, c1 = self._float()[0][0], self._float()[1][0]
         return P.T @ (q1 @ (P @ np.asarray(x1, float) + p) + c1)
 
     def F1(self, x1) -> float:
+        r"""The upper objective $F_1(x_1) = \tfrac12 z^\top Q_1 z + c_1^\top z$ at
+        $z = P x_1 + p$, the lower levels solved exactly."""
         P, p = self.reduced_map()
         q1, c1 = self._float()[0][0], self._float()[1][0]
         z = P @ np.asarray(x1, float) + p
         return float(0.5 * z @ q1 @ z + c1 @ z)
 
     def hessian_F1(self) -> np.ndarray:
+        r"""The (constant) Hessian of $F_1$, $P^\top Q_1 P$: its largest eigenvalue is the
+        exact $L$ of Theorem 4.1."""
         P, _ = self.reduced_map()
         return P.T @ self._float()[0][0] @ P
 
     def lower_solution(self, x1) -> list[np.ndarray]:
+        r"""The exact lower solutions $x_2^*, \dots, x_n^*$ at ``x1``, one array per level."""
         P, p = self.reduced_map()
         z = P @ np.asarray(x1, float) + p
         return np.split(z, np.cumsum(self.sizes)[:-1])[1:]
 
     def optimum(self) -> np.ndarray:
-        """argmin F_1 over R^{d_1}."""
+        r"""$\operatorname*{arg\,min} F_1$ over $\mathbb{R}^{d_1}$."""
         P, p = self.reduced_map()
         q1, c1 = self._float()[0][0], self._float()[1][0]
         return np.linalg.solve(P.T @ q1 @ P, -P.T @ (q1 @ p + c1))
@@ -132,13 +146,17 @@ def quadratic(n: int, sizes=None, seed: int = 0, coupling: int = 1) -> Quadratic
 def nonquadratic(
     n: int, size: int = 1, seed: int = 0, strength=None
 ) -> MultilevelProblem:
-    """tanh couplings plus quartic own terms, seeded; lower best responses are non-affine.
+    r"""tanh couplings plus quartic own terms, seeded; lower best responses are non-affine.
 
-    f_k = 1/2 |x_k - a_k|^2 + 1/8 sum_i (x_k)_i^4 + s sum_{m != k} tanh(x_m)^T W_km x_k
-          + s/2 sum_{m > k} (sum_i sin((x_m)_i)) (sum_i (x_k)_i) / d
+    $$
+    f_k = \tfrac12 \lVert x_k - a_k \rVert^2 + \tfrac18 \sum_i (x_k)_i^4
+      + s \sum_{m \ne k} \tanh(x_m)^\top W_{km} x_k
+      + \frac{s}{2d} \sum_{m > k} \Bigl(\sum_i \sin\bigl((x_m)_i\bigr)\Bigr)
+        \Bigl(\sum_i (x_k)_i\Bigr)
+    $$
 
     The coefficients are small rationals so that every lower level is strongly convex near
-    its solution and F_1 is strongly convex near the origin.
+    its solution and $F_1$ is strongly convex near the origin.
     """
     strength = sp.Rational(3, 10) if strength is None else sp.nsimplify(strength)
     rng = np.random.default_rng(seed)
@@ -166,13 +184,20 @@ def nonquadratic(
 
 
 def ridge_bilevel(n_train: int = 6, n_val: int = 6, features: int = 2, seed: int = 0):
-    """Bilevel ridge tuning: theta = log(lambda) against validation loss; w the ridge weights.
+    r"""Bilevel ridge tuning: $\theta = \log\lambda$ against validation loss; $w$ the ridge
+    weights (Lemma 2.1's example).
 
-        min_theta 1/2 |X_v w* - y_v|^2,  w* = argmin_w 1/2 |X_t w - y_t|^2 + e^theta/2 |w|^2.
+    $$
+    \min_\theta \tfrac12 \lVert X_v w^* - y_v \rVert^2, \qquad
+    w^* = \operatorname*{arg\,min}_w \tfrac12 \lVert X_t w - y_t \rVert^2
+      + \tfrac{e^\theta}{2} \lVert w \rVert^2 .
+    $$
 
-    Returns ``(problem, closed_form)`` where ``closed_form(theta)`` gives (w*, dF_1/dtheta)
-    from w* = (X^T X + lambda I)^{-1} X^T y and dw*/dtheta = -lambda (X^T X + lambda I)^{-1} w*.
-    Data: small integers from the seed, so the symbolic problem is exact.
+    Returns ``(problem, closed_form)`` where ``closed_form(theta)`` gives
+    $(w^*, \mathrm{d}F_1/\mathrm{d}\theta)$ from $w^* = (X^\top X + \lambda I)^{-1} X^\top y$
+    and $\mathrm{d}w^*/\mathrm{d}\theta = -\lambda (X^\top X + \lambda I)^{-1} w^*$
+    ($X$, $y$ the training data). Data: small integers from the seed, so the symbolic
+    problem is exact.
     """
     rng = np.random.default_rng(seed)
     xt = rng.integers(-3, 4, size=(n_train, features))
@@ -238,15 +263,19 @@ def data_poisoning(
 
 
 def default_problem() -> MultilevelProblem:
-    """The trilevel non-quadratic problem ``mlverify verify`` checks by default.
+    r"""The trilevel non-quadratic problem ``mlverify verify`` checks by default.
 
-        f_1 = 1/2 (x1 - 1)^2 + 1/2 x2^2 + 1/2 x3^2 + 1/4 x1 x3
-        f_2 = 1/2 (x2 - tanh(x1))^2 + 1/8 x2^4 + 1/4 x2 sin(x3)
-        f_3 = 1/2 (x3 - x1 x2)^2 + 1/8 x3^4 + 1/4 tanh(x2) x3
+    $$
+    \begin{aligned}
+    f_1 &= \tfrac12 (x_1 - 1)^2 + \tfrac12 x_2^2 + \tfrac12 x_3^2 + \tfrac14 x_1 x_3, \\
+    f_2 &= \tfrac12 \bigl(x_2 - \tanh x_1\bigr)^2 + \tfrac18 x_2^4 + \tfrac14 x_2 \sin x_3, \\
+    f_3 &= \tfrac12 (x_3 - x_1 x_2)^2 + \tfrac18 x_3^4 + \tfrac14 x_3 \tanh x_2 .
+    \end{aligned}
+    $$
 
     Each lower level is strongly convex in its own variable, the best responses are not
-    affine (so Lemma 3.2's curvature terms are non-zero), and F_1 is strongly convex on the
-    default box [-2, 2].
+    affine (so Lemma 3.2's curvature terms are non-zero), and $F_1$ is strongly convex on the
+    default box $[-2, 2]$.
     """
     x1, x2, x3 = sp.symbols("x1 x2 x3")
     half, quarter = sp.Rational(1, 2), sp.Rational(1, 4)
@@ -257,13 +286,17 @@ def default_problem() -> MultilevelProblem:
 
 
 def indefinite_problem() -> MultilevelProblem:
-    """A bilevel problem whose lower level fails the assumptions for x1 <= 0.
+    r"""A bilevel problem whose lower level fails the assumptions for $x_1 \le 0$.
 
-        f_1 = 1/2 (x1 - 1/2)^2 + 1/2 x2^2,    f_2 = 1/2 x1 (x2 - 1)^2 + 1/4 (x2 - 1)^4
+    $$
+    f_1 = \tfrac12 \bigl(x_1 - \tfrac12\bigr)^2 + \tfrac12 x_2^2, \qquad
+    f_2 = \tfrac12 x_1 (x_2 - 1)^2 + \tfrac14 (x_2 - 1)^4
+    $$
 
-    The lower Hessian x1 + 3 (x2 - 1)^2 vanishes at the solution x2 = 1 when x1 = 0, and for
-    x1 < 0 the lower level has two minimisers (x2 = 1 +- sqrt(-x1)): on a box containing
-    x1 <= 0 no bound that assumes a unique, strongly convex lower level applies.
+    The lower Hessian $x_1 + 3 (x_2 - 1)^2$ vanishes at the solution $x_2 = 1$ when
+    $x_1 = 0$, and for $x_1 < 0$ the lower level has two minimisers
+    ($x_2 = 1 \pm \sqrt{-x_1}$): on a box containing $x_1 \le 0$ no bound that assumes a
+    unique, strongly convex lower level applies (Theorems 4.1 and 4.2).
     """
     x1, x2 = sp.symbols("x1 x2")
     f1 = (x1 - sp.Rational(1, 2)) ** 2 / 2 + x2**2 / 2

@@ -1,0 +1,77 @@
+"""mkdocs hooks: the executed notebooks of ``notebooks/`` become pages of the site.
+
+The notebooks stay where they are (``notebooks/*.ipynb`` at the repository root, run by
+``tests/test_notebooks.py``); this hook adds every one of them to the site's files as
+``notebooks/<name>.ipynb`` and to the nav's "Notebooks" section, after its first entry (the
+overview page), in file-name order. A new notebook therefore appears without editing
+``mkdocs.yml``. mkdocs-jupyter renders them with their stored outputs (``execute: false``).
+
+The site must read offline, so the hook also takes out of each notebook page the two
+loaders that nbconvert's template puts there: MathJax (an empty ``<script src="">`` here;
+``docs/javascripts/katex-init.js`` renders the notebooks' ``$...$`` with the KaTeX served
+from the site) and mermaid.js, imported from a CDN when a notebook has a mermaid diagram
+(ours have none).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+from mkdocs.plugins import event_priority
+from mkdocs.structure.files import File
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+#: The nav section the notebooks are appended to.
+SECTION = "Notebooks"
+#: nbconvert's MathJax loader and configuration, between the comments its template writes.
+MATHJAX = re.compile(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.S)
+#: nbconvert's module script that imports mermaid.js from a CDN.
+MERMAID = re.compile(r'<script type="module">(?:(?!</script>).)*?mermaid.*?</script>', re.S)
+
+
+def notebook_paths() -> list[pathlib.Path]:
+    """The notebooks the site shows: ``notebooks/*.ipynb``, by file name."""
+    return sorted(NOTEBOOKS.glob("*.ipynb"))
+
+
+def site_path(notebook: pathlib.Path) -> str:
+    """The notebook's path inside the site's files (and in the nav): ``notebooks/NAME``."""
+    return f"notebooks/{notebook.name}"
+
+
+def on_config(config):
+    for entry in config.nav or []:
+        if isinstance(entry, dict) and SECTION in entry:
+            section = entry[SECTION]
+            if not isinstance(section, list):
+                section = [section]
+            listed = {next(iter(e.values())) if isinstance(e, dict) else e for e in section}
+            section += [site_path(p) for p in notebook_paths() if site_path(p) not in listed]
+            entry[SECTION] = section
+            break
+    else:
+        raise ValueError(f"mkdocs.yml: the nav has no '{SECTION}' section for the notebooks")
+    return config
+
+
+# Before mkdocs-jupyter's own on_files (priority 0), which turns .ipynb files into pages.
+@event_priority(50)
+def on_files(files, config):
+    for notebook in notebook_paths():
+        path = site_path(notebook)
+        if files.get_file_from_path(path) is None:
+            files.append(File(path, str(ROOT), config.site_dir, config.use_directory_urls))
+    return files
+
+
+def on_page_content(html, page, config, files):
+    if not page.file.src_uri.endswith(".ipynb"):
+        return html
+    return MERMAID.sub("", MATHJAX.sub("", html))
+
+
+def on_serve(server, config, builder):
+    server.watch(str(NOTEBOOKS))
+    return server
