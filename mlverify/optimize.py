@@ -173,6 +173,8 @@ def optimize(
     solve_options = dict(solve_options or {})
     x1 = np.asarray(num.flatten(0, num.init[0] if x0 is None else x0), dtype=np.float64)
     x1 = project(x1, box)
+    if isinstance(step_size, str) and step_size != "1/L":
+        raise ValueError(f"unknown step_size {step_size!r}; give a float, None or '1/L'")
     if step_size is None or step_size == "1/L":
         L = L if L is not None else estimate_lipschitz(num, num.unflatten(0, jnp.asarray(x1)))
         alpha = 1.0 / L
