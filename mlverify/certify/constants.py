@@ -236,7 +236,8 @@ def certify_constants(problem, box, *, max_boxes: int = 4000, time_limit: float 
             mid = 0.5 * (b_lo + b_hi)
             where = f" on x1 in [{b_lo.tolist()}, {b_hi.tolist()}]"
             try:
-                solution = problem.solve_lower(mid, init=init)
+                with np.errstate(all="ignore"):  # non-finite: NonFiniteError instead
+                    solution = problem.solve_lower(mid, init=init)
                 center = np.concatenate([np.reshape(x, -1) for x in solution.xs])
             except MlverifyError as err:
                 center = None

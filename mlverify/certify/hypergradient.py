@@ -82,7 +82,8 @@ def point_enclosure(problem, x1, *, init=None, bits: int = POINT_PRECISION):
 
     system = certified_system(problem)
     x1 = as_block_value(x1, system.d1, level=1)
-    solution = problem.solve_lower(x1, init=init)
+    with np.errstate(all="ignore"):  # non-finite values raise NonFiniteError instead
+        solution = problem.solve_lower(x1, init=init)
     center = np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1) for b in solution.xs])
     with precision(bits):
         balls = [arb(float(v)) for v in x1]
@@ -101,7 +102,8 @@ def point_enclosure(problem, x1, *, init=None, bits: int = POINT_PRECISION):
         enclosure = _krawczyk_at(system, balls, center_balls)
     if not enclosure.ok:
         raise CertificationError(
-            f"the lower solutions at x1 = {x1.tolist()} could not be enclosed: {enclosure.reason}",
+            f"the lower solutions at x1 = {x1.tolist()} could not be enclosed: "
+            f"{enclosure.reason.split(': ', 1)[-1]}",
             level=enclosure.level,
             quantity="lower solution enclosure",
         )
