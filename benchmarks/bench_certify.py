@@ -94,7 +94,8 @@ def arithmetic_comparison(repeat: int) -> list[str]:
         with precision(bits):
             lo, hi = 0.5, 0.5 + 1 / 64
             x1 = [arb(lo).union(arb(hi))]
-            center = np.concatenate([np.reshape(x, -1) for x in problem.solve_lower([0.5 + 1 / 128]).xs])
+            solved = problem.solve_lower([0.5 + 1 / 128]).xs
+            center = np.concatenate([np.reshape(x, -1) for x in solved])
             enclosure = krawczyk(system, x1, center)
             assert enclosure.ok, enclosure.reason
             z_lo = [float_down(v) for v in enclosure.z]

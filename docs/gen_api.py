@@ -31,6 +31,7 @@ MODULES = (
     "mlverify.numeric.itd",
     "mlverify.optimize",
     "mlverify.verify",
+    "mlverify.certify",
     "mlverify.zoo",
     "mlverify.cli",
 )

@@ -85,9 +85,11 @@ class CertifiedSystem:
 
     # ------------------------------------------------------------------ float helpers
     def residual_float(self, x1, z) -> np.ndarray:
+        """G(x1, z) in float64 (for the untrusted searches only)."""
         return np.asarray(self._residual_float(*x1, *z), dtype=np.float64)
 
     def jacobian_float(self, x1, z) -> np.ndarray:
+        """D_z G(x1, z) in float64, (dim, dim) (for the untrusted searches only)."""
         values = np.asarray(self._jacobian_float(*x1, *z), dtype=np.float64)
         return values.reshape(self.dim, self.dim)
 
