@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import MlverifyError
 from .bounds import float_down, float_up, symmetric_eigen_bounds
-from .hypergradient import certified_system, precision
+from .hypergradient import CENTRE_TOL, certified_system, precision
 from .system import krawczyk
 
 #: Working precision (bits) over boxes: the widths come from the boxes, not the rounding.
@@ -237,7 +237,7 @@ def certify_constants(problem, box, *, max_boxes: int = 4000, time_limit: float 
             where = f" on x1 in [{b_lo.tolist()}, {b_hi.tolist()}]"
             try:
                 with np.errstate(all="ignore"):  # non-finite: NonFiniteError instead
-                    solution = problem.solve_lower(mid, init=init)
+                    solution = problem.solve_lower(mid, init=init, tol=CENTRE_TOL)
                 center = np.concatenate([np.reshape(x, -1) for x in solution.xs])
             except MlverifyError as err:
                 center = None

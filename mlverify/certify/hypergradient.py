@@ -15,6 +15,9 @@ from .system import CertifiedSystem, Enclosure, _inside, _operator, krawczyk
 
 #: Working precision (bits) of the ball arithmetic at a single point.
 POINT_PRECISION = 128
+#: Tolerance of the float64 lower solve that gives the centre: the proof needs only an
+#: approximate centre (Newton steps in ball arithmetic sharpen it), so a loose one is kept.
+CENTRE_TOL = 1e-9
 #: Default relative padding of the returned float64 interval (see HypergradientEnclosure).
 DEFAULT_PAD = 1e-12
 
@@ -53,8 +56,9 @@ class HypergradientEnclosure:
     the stationarity system inside ``lower_solutions`` (a list of (lower, upper) float64
     pairs, levels 2..n in order), at which every H_k is proven positive definite.
     ``lower``/``upper`` widen the proven interval to a half-width of at least ``pad`` times
-    the scale of the gradient, so that float64 evaluations (rounding errors far below it)
-    lie inside; both intervals are proven enclosures.
+    the scale of the gradient (the largest of |dF_1/dx_1| and the partials of f_1, the
+    chain rule's terms), so that float64 evaluations, whose lower solves and rounding errors
+    are far below it, lie inside; both intervals are proven enclosures.
     """
 
     x1: np.ndarray
@@ -83,7 +87,7 @@ def point_enclosure(problem, x1, *, init=None, bits: int = POINT_PRECISION):
     system = certified_system(problem)
     x1 = as_block_value(x1, system.d1, level=1)
     with np.errstate(all="ignore"):  # non-finite values raise NonFiniteError instead
-        solution = problem.solve_lower(x1, init=init)
+        solution = problem.solve_lower(x1, init=init, tol=CENTRE_TOL)
     center = np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1) for b in solution.xs])
     with precision(bits):
         balls = [arb(float(v)) for v in x1]
@@ -160,12 +164,16 @@ def hypergradient_enclosure(problem, x1, *, init=None, pad: float = DEFAULT_PAD,
                     level=k, quantity="Hessian D_kk F_k")
             mins.append(bounds.min_lower)
         values = [_as_arb(v) for v in system.hypergradient([*balls, *z])]
+        terms = [_as_arb(v) for v in system.upper_gradient([*balls, *z])]
     lower = np.array([float_down(v) for v in values])
     upper = np.array([float_up(v) for v in values])
     if not (np.all(np.isfinite(lower)) and np.all(np.isfinite(upper))):
         raise CertificationError("the hypergradient enclosure is not finite", level=1,
                                  quantity="hypergradient")
-    scale = max(float(np.max(np.abs(0.5 * (lower + upper)))), np.finfo(float).tiny)
+    # The scale of the chain rule's terms, so that a hypergradient near 0 (at a stationary
+    # point of F_1) is padded relative to what it is computed from.
+    scale = max(float(np.max(np.abs(0.5 * (lower + upper)))),
+                max(abs(float(v.mid())) for v in terms), np.finfo(float).tiny)
     half = pad * scale
     padded_lower = np.minimum(lower, np.nextafter(0.5 * (lower + upper) - half, -np.inf))
     padded_upper = np.maximum(upper, np.nextafter(0.5 * (lower + upper) + half, np.inf))

@@ -80,6 +80,8 @@ class CertifiedSystem:
         self.hessians = Program(graph, hessian_entries, arithmetic)
         self.hypergradient = Program(graph, list(derivation.gradients[0]), arithmetic)
         self.objective = Program(graph, [graph.partial(0, ())], arithmetic)
+        self.upper_gradient = Program(
+            graph, [graph.partial(0, (i,)) for i in range(len(graph.variables))], arithmetic)
         self._residual_float = compile_graph(graph, list(residual))
         self._jacobian_float = compile_graph(graph, list(jacobian))
 
