@@ -288,3 +288,29 @@ def test_F_star_bounds_contain_the_exact_minimum():
     low, high = F_star_bounds(prob, (np.array([-1.0]), np.array([1.0])), np.array([0.0]),
                               cert.lambda_min[0])
     assert sp.Rational(low) <= best <= sp.Rational(high)
+
+
+def test_a_certified_fail_is_flagged_only_when_the_proven_bounds_confirm_it():
+    """The flagging logic of theorem_4_1(certify=True) on a fail (the theorem holds, so a
+    genuine fail cannot be produced; the left side is set by hand)."""
+    from mlverify.certify import theorem as cert
+
+    prob = zoo.quadratic(2, seed=0).symbolic()
+    box = (np.array([-1.0]), np.array([1.0]))
+    certificate = certify_constants(prob, box)
+    t = np.arange(1, 6)
+    f_lo, _ = cert.F_star_bounds(prob, box, np.array([0.0]), certificate.lambda_min[0])
+    f0 = float(cert.F1_enclosure(prob, box[0])[0].upper())
+    right = 2 * certificate.L * (f0 - f_lo) / t
+    common = dict(box=box, verdict="fail", L_value=certificate.L, L_given=None,
+                  x_hat=np.array([0.0]), x_start=box[0], t=t)
+    certified, record = cert.finish(prob, certificate, left_mean=2 * right, **common)
+    assert certified and record["label"] == cert.COUNTEREXAMPLE
+    certified, record = cert.finish(prob, certificate, left_mean=0.999 * right, **common)
+    assert certified and record["label"] == "fail (certified)"
+    assert "not a counterexample" in record["notes"][-1]
+
+
+def test_certification_needs_a_declared_problem():
+    with pytest.raises(mv.ProblemDefinitionError, match="declared"):
+        certify_constants(zoo.quadratic(2, seed=0).numeric(), (-1.0, 1.0))

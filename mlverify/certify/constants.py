@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import MlverifyError
+from ..errors import MlverifyError, ProblemDefinitionError
 from .bounds import float_down, float_up, symmetric_eigen_bounds
 from .hypergradient import CENTRE_TOL, certified_system, precision
 from .system import krawczyk
@@ -192,6 +192,12 @@ def certify_constants(problem, box, *, max_boxes: int = 4000, time_limit: float 
     or ``time_limit`` seconds are spent (then status "failed" with the reason, unless every
     remaining box already had valid, merely loose, bounds).
     """
+    from ..problem import MultilevelProblem
+
+    if not isinstance(problem, MultilevelProblem):
+        raise ProblemDefinitionError(
+            f"certification needs a declared (sympy) MultilevelProblem, whose lemmas are "
+            f"straight-line programs; got {type(problem).__name__}", quantity="problem")
     start_time = time.perf_counter()
     system = certified_system(problem)
     lo = np.broadcast_to(np.asarray(box[0], dtype=np.float64), (system.d1,)).copy()

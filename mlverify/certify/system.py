@@ -182,7 +182,9 @@ def krawczyk(system: CertifiedSystem, x1, center, *, tighten: int = 2,
             z = [kv.intersection(zv) for kv, zv in zip(k, z, strict=True)]
             return Enclosure(True, z)
         if k is None:
-            break
+            return Enclosure(False, None, f"level {system.level_of[0]}: the Jacobian of the "
+                                          f"stationarity system is not finite over the "
+                                          f"box{where}", system.level_of[0])
         last_bad = next(i for i in range(dim) if not _inside(k[i], z[i]))
         radius = [max(2.0 * r, 1.5 * float(abs(kv - cv).upper()) + s)
                   for r, kv, cv, s in zip(radius, k, c, scale, strict=True)]
