@@ -107,6 +107,31 @@ def _describe(z, names):
                      for name, v in zip(names, z, strict=True))
 
 
+def _centre(problem, system, x1, parent):
+    """A float64 zero of G(x1, .) on the parent box's branch, or a message saying why not.
+
+    Newton from the parent's centre is accepted when it stays in the parent's enclosure
+    (there the zero is unique for every x_1 of the parent box, so it is the same branch);
+    otherwise the nested float lower solve runs, warm-started from the parent's centre.
+    """
+    if parent is not None:
+        start, hull = parent
+        if hull is not None:
+            z = system.newton(x1, start)
+            if z is not None and np.all(z >= hull[0]) and np.all(z <= hull[1]):
+                return z
+    init = None
+    if parent is not None:
+        splits = np.cumsum(system.sizes[1:])[:-1]
+        init = np.split(np.asarray(parent[0]), splits)
+    try:
+        with np.errstate(all="ignore"):  # non-finite values raise NonFiniteError instead
+            solution = problem.solve_lower(x1, init=init, tol=CENTRE_TOL)
+    except MlverifyError as err:
+        return f"the float lower solve failed at x1 = {x1.tolist()}: {err}"
+    return np.concatenate([np.reshape(x, -1) for x in solution.xs])
+
+
 def _point(system, x1, center):
     """Enclosure at a thin x_1 and the eigenvalue bounds of every Hessian there, or None."""
     enclosure = krawczyk(system, _thin(x1), center)
@@ -205,7 +230,8 @@ def certify_constants(problem, box, *, max_boxes: int = 4000, time_limit: float 
     if np.any(lo >= hi):
         raise ValueError(f"the box needs lo < hi, got {lo} and {hi}")
     n = system.n
-    queue = deque([(lo, hi, None, None)])  # (lo, hi, init, bounds valid on a parent box)
+    # (lo, hi, (parent centre, parent enclosure hull) or None, bounds valid on the parent)
+    queue = deque([(lo, hi, None, None)])
     leaves: list = []
     attained = {"max": -np.inf, "min": np.inf}
     processed = 0
@@ -237,35 +263,20 @@ def certify_constants(problem, box, *, max_boxes: int = 4000, time_limit: float 
                     f"budget spent ({spent}); {len(queue)} sub-boxes not certified, e.g. "
                     f"x1 in [{pending[0].tolist()}, {pending[1].tolist()}]"
                     + (f"; last failure: {last_failure}" if last_failure else "")))
-            b_lo, b_hi, init, parent_bounds = queue.popleft()
+            b_lo, b_hi, parent, _ = queue.popleft()
             processed += 1
             mid = 0.5 * (b_lo + b_hi)
             where = f" on x1 in [{b_lo.tolist()}, {b_hi.tolist()}]"
-            try:
-                with np.errstate(all="ignore"):  # non-finite: NonFiniteError instead
-                    solution = problem.solve_lower(mid, init=init, tol=CENTRE_TOL)
-                center = np.concatenate([np.reshape(x, -1) for x in solution.xs])
-            except MlverifyError as err:
-                center = None
-                last_failure = f"the float lower solve failed at x1 = {mid.tolist()}: {err}"
-            point = None if center is None else _point(system, mid, center)
-            if point is not None:
-                z_point, point_bounds = point
-                violation = _violation_at(system, mid, z_point, point_bounds)
-                if violation is not None:
-                    return result("violated", violation["message"], violation)
-                if all(b is not None for b in point_bounds):
-                    attained["max_lower"] = max(attained["max_lower"], point_bounds[-1].max_lower)
-                    attained["min_upper"] = min(attained["min_upper"], point_bounds[-1].min_upper)
-                    for k in range(2, n + 1):
-                        attained[f"mu_{k}"] = min(attained[f"mu_{k}"],
-                                                  point_bounds[k - 2].min_upper)
-            bounds, proven = None, False
+            center = _centre(problem, system, mid, parent)
+            if isinstance(center, str):
+                center, last_failure = None, center
+            bounds, proven, point = None, False, None
             if center is not None:
-                enclosure = krawczyk(system, _x1_balls(b_lo, b_hi), center, where=where)
+                x1_box = _x1_balls(b_lo, b_hi)
+                enclosure = krawczyk(system, x1_box, center, where=where)
                 if enclosure.ok:
                     bounds = [symmetric_eigen_bounds(h) for h in
-                              system.hessian_blocks(_x1_balls(b_lo, b_hi), enclosure.z)]
+                              system.hessian_blocks(x1_box, enclosure.z)]
                     if any(b is None for b in bounds):
                         bounds, last_failure = None, f"a Hessian enclosure is not finite{where}"
                     else:
@@ -280,6 +291,19 @@ def certify_constants(problem, box, *, max_boxes: int = 4000, time_limit: float 
                             proven = True
                 else:
                     last_failure = enclosure.reason
+                # values proven at the centre: what the bounds' tightness is measured against
+                point = _point(system, mid, center)
+            if point is not None:
+                z_point, point_bounds = point
+                violation = _violation_at(system, mid, z_point, point_bounds)
+                if violation is not None:
+                    return result("violated", violation["message"], violation)
+                if all(b is not None for b in point_bounds):
+                    attained["max_lower"] = max(attained["max_lower"], point_bounds[-1].max_lower)
+                    attained["min_upper"] = min(attained["min_upper"], point_bounds[-1].min_upper)
+                    for k in range(2, n + 1):
+                        attained[f"mu_{k}"] = min(attained[f"mu_{k}"],
+                                                  point_bounds[k - 2].min_upper)
             if not proven:
                 violation = search_violation(system, mid, center)
                 if violation is not None:
@@ -301,10 +325,16 @@ def certify_constants(problem, box, *, max_boxes: int = 4000, time_limit: float 
             axis = int(np.argmax(width))
             left_hi, right_lo = b_hi.copy(), b_lo.copy()
             left_hi[axis] = right_lo[axis] = mid[axis]
-            init = None if center is None else solution.xs
+            hint = None
+            if center is not None:
+                hull = None
+                if bounds is not None or proven:
+                    hull = ([float_down(v) for v in enclosure.z],
+                            [float_up(v) for v in enclosure.z])
+                hint = (center, hull)
             carried = bounds if proven else None
-            queue.append((b_lo, left_hi, init, carried))
-            queue.append((right_lo, b_hi, init, carried))
+            queue.append((b_lo, left_hi, hint, carried))
+            queue.append((right_lo, b_hi, hint, carried))
     if not np.isfinite(attained["max_lower"]):
         return result("failed", "no box centre could be certified")
     return result("certified", "")
