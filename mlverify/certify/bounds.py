@@ -108,7 +108,11 @@ def symmetric_eigen_bounds(matrix) -> EigenBounds | None:
         return None
     center = [[float(v.mid()) for v in row] for row in sym]
     radius = [[abs(sym[i][j] - arb(center[i][j])).upper() for j in range(d)] for i in range(d)]
-    spread = max(sum(row, arb(0)) for row in radius).upper()  # >= ||R||_2, exact
+    spread = arb(0)  # >= ||R||_2: the largest row sum, compared on exact upper ends
+    for row in radius:
+        total = sum(row, arb(0)).upper()
+        if total > spread:
+            spread = total
     a = np.array(center)
     values, vectors = np.linalg.eigh(a)
     scale = max(1.0, float(np.max(np.abs(values))))
