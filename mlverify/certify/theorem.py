@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .bounds import float_down, float_up
-from .constants import certify_constants  # noqa: F401  (theorem_4_1 calls it from here)
+from .constants import L_MARGIN, certify_constants  # noqa: F401  (theorem_4_1 calls it)
 from .hypergradient import CertificationError, point_enclosure, precision
 
 COUNTEREXAMPLE = "fail (certified constants): counterexample to the stated theorem"
@@ -30,7 +30,7 @@ def merge_constants(sampled: dict, certificate) -> dict:
     if "L" in sampled:
         constants["L_sampled"] = sampled["L"]
     lam_lo, lam_hi = certificate.lambda_max
-    how = (f"certified: {1.01} x proven lambda_max <= {lam_hi:.10g} (lambda_max in "
+    how = (f"certified: {L_MARGIN} x proven lambda_max <= {lam_hi:.10g} (lambda_max in "
            f"[{lam_lo:.10g}, {lam_hi:.10g}] over the box, {certificate.boxes} boxes, "
            f"{certificate.seconds:.2f} s)")
     value = certificate.L
