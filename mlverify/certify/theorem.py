@@ -132,6 +132,7 @@ def finish(problem, certificate, *, box, verdict: str, L_value: float, L_given, 
             extra["F_star"] = {"interval": [f_lo, f_hi],
                                "method": "strong convexity with the certified lambda_min, "
                                          "from a proven enclosure of F_1 and its gradient"}
+            notes.append(f"proven: F_1* in [{f_lo:.10g}, {f_hi:.10g}]")
         except CertificationError as err:
             f_lo = None
             notes.append(f"F_1* could not be bounded: {err}")
