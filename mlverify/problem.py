@@ -305,6 +305,18 @@ class MultilevelProblem:
         sizes = ", ".join(str(s) for s in self.sizes)
         return f"MultilevelProblem(n={self.n}, block sizes=({sizes}))"
 
+    def hypergradient_enclosure(self, x1, **options):
+        """An interval proven to contain dF_1/dx_1 at ``x1`` (Lemmas 2.1, 3.1, 3.2), in ball
+        arithmetic: ``enc.lower <= dF_1/dx_1 <= enc.upper`` (float64, rounded outward).
+
+        See :func:`mlverify.certify.hypergradient_enclosure` for what is proven and the
+        options; raises :class:`mlverify.certify.CertificationError` naming the level when
+        the proof cannot be completed.
+        """
+        from .certify import hypergradient_enclosure
+
+        return hypergradient_enclosure(self, x1, **options)
+
 
 def _check_variables(blocks, objectives) -> None:
     owner: dict[sp.Symbol, int] = {}

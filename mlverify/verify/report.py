@@ -18,6 +18,10 @@ class Report:
     ``constants``: name -> (value, how it was obtained). ``table``: columns of equal length
     (``T``, the left side(s), ``right``, ``ok``). ``reason`` explains a fail or a
     not-applicable verdict ("assumption violated: bound not applicable" and where).
+    ``certified``: True when every assumption and L are proven on the box (ball arithmetic,
+    ``theorem_4_1(..., certify=True)``); ``certificate``: the certified constants as
+    intervals with method, number of boxes and time, the label and the reason when
+    certification did not succeed (empty when certification was not asked for).
     """
 
     theorem: str
@@ -28,16 +32,27 @@ class Report:
     fitted_slope: float | None = None
     reason: str = ""
     extra: dict = field(default_factory=dict)
+    certified: bool = False
+    certificate: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
 
+    @property
+    def label(self) -> str:
+        """The verdict and what it rests on: "pass (certified)", "pass (sampled)", "not
+        applicable (certified)", a flagged counterexample; the bare verdict when
+        certification was not asked for."""
+        return self.certificate.get("label", self.verdict)
+
     # ------------------------------------------------------------------ output
     def summary(self) -> str:
         """A few lines: the verdict, the reason, the constants with their provenance, the
         worst ratio left/right and the fitted log-log slope."""
-        lines = [f"Theorem {self.theorem}: {self.verdict.upper()}"]
+        lines = [f"Theorem {self.theorem}: {self.label.upper()}"]
+        for note in self.certificate.get("notes", ()):
+            lines.append(f"  {note}")
         if self.reason:
             lines.append(f"  {self.reason}")
         for name, (value, how) in self.constants.items():

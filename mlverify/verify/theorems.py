@@ -138,6 +138,8 @@ def theorem_4_1(
     samples: int = 25,
     seed: int = 0,
     progress: bool = False,
+    certify: bool = False,
+    certify_options: dict | None = None,
 ) -> Report:
     r"""Check Theorem 4.1's bound for every $T$:
 
@@ -149,10 +151,29 @@ def theorem_4_1(
     Projected gradient descent with the exact hypergradient and step $1/L$ on the box $X$;
     $G(x) = L\bigl(x - \Pi_X(x - \nabla F_1(x)/L)\bigr)$ is the gradient mapping.
     ``L`` and ``F_star`` are estimated honestly unless given (a given value is reported as "given").
+
+    ``certify=True`` (declared problems) first proves the assumptions and bounds $L$ on $X$ in
+    ball arithmetic (`mlverify.certify.certify_constants`, options such as ``max_boxes`` and
+    ``time_limit`` in ``certify_options``): then ``constants["L"]`` is $L_{\text{cert}}$,
+    ``report.certified`` says whether everything was proven, and ``report.label`` reads
+    "pass (certified)", "pass (sampled)" or "not applicable (certified)".
     """
     num = as_numeric(problem, "implicit-exact")
     lo, hi = _box(box, num.sizes[0])
+    certificate = None
+    if certify:
+        from ..certify import theorem as cert
+
+        certificate = cert.certify_constants(problem, (lo, hi), **(certify_options or {}))
+        if certificate.status == "violated":
+            return Report("4.1", "not-applicable", {}, {},
+                          reason=f"assumption violated: bound not applicable "
+                                 f"({certificate.reason})", certified=True,
+                          certificate=cert.record(certificate, certified=True,
+                                                  label="not applicable (certified)"))
     constants, violation = constants_4_1(problem, (lo, hi), samples=samples, seed=seed)
+    if certificate is not None and certificate.certified:
+        constants, violation = cert.merge_constants(constants, certificate), None
     if violation is not None:
         return Report(
             "4.1",
@@ -160,11 +181,15 @@ def theorem_4_1(
             constants,
             {},
             reason=f"assumption violated: bound not applicable ({violation})",
+            certificate={} if certificate is None else cert.record(
+                certificate, certified=False, label="not applicable (sampled)",
+                notes=[f"certification did not succeed: {certificate.reason}"]),
         )
     if L is not None:
         constants["L"] = (float(L), "given")
     L_value = constants["L"][0]
     x_start = lo.copy() if x0 is None else project(np.asarray(x0, dtype=np.float64), (lo, hi))
+    F_star_given = F_star is not None
     if F_star is None:
         F_star, x_star = _minimum(num, lo, hi, (lo + hi) / 2)
         constants["F_star"] = (F_star, "L-BFGS-B on F_1 with the exact hypergradient, in the box")
@@ -201,6 +226,12 @@ def theorem_4_1(
             f"(first at T = {int(t[~ok][0])})"
         )
     )
+    certified, certificate_dict = False, {}
+    if certificate is not None:
+        certified, certificate_dict = cert.finish(
+            problem, certificate, box=(lo, hi), verdict=verdict, L_value=L_value, L_given=L,
+            x_hat=trace.x1[-1] if F_star_given else x_star, x_start=x_start,
+            left_mean=left_mean, t=t)
     return Report(
         "4.1",
         verdict,
@@ -210,6 +241,8 @@ def theorem_4_1(
         fitted_slope=_fit_slope(t, left_mean),
         reason=reason,
         extra={"x_final": trace.x1[-1], "F1_x0": float(trace.F1[0])},
+        certified=certified,
+        certificate=certificate_dict,
     )
 
 

@@ -1,0 +1,167 @@
+"""The derivation graph's straight-line programs, evaluated in rigorous arithmetic.
+
+Each program is printed once as Python source (one assignment per intermediate, in the
+order of :func:`mlverify.codegen.straight_line`) and run on the numbers of an *arithmetic*:
+ball arithmetic from python-flint (``arb``, the default) or mpmath's interval context
+(``iv``, kept for comparison). Every operation of either library returns a set that
+contains the exact result, so the value of the program on boxes of inputs encloses the
+exact value of the quantity at every point of the boxes.
+
+Constants enter exactly: sympy Integers stay Python integers, Rationals become
+``flint.fmpq`` (or an ``iv`` enclosure of p/q), Floats their exact binary value. Nothing
+passes through a rounded float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+from ..codegen import straight_line
+from ..errors import ProblemDefinitionError
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """How one library's numbers are made: constants, functions, the name of the set type."""
+
+    name: str
+    functions: dict
+    rational: object  # (p, q) -> exact number or enclosure of p/q
+    binary: object  # (mantissa, exponent) -> exact number or enclosure of m * 2^e
+    constants: dict  # "pi", "E" -> enclosure
+
+
+def _flint_arithmetic() -> Arithmetic:
+    from flint import arb, fmpq
+
+    unary = ("tanh", "sinh", "cosh", "sin", "cos", "tan", "exp", "log", "sqrt", "atan",
+             "asin", "acos", "asinh", "acosh", "atanh", "erf", "sec", "csc", "cot")
+    functions = {name: (lambda attr: lambda a: getattr(_as_arb(a), attr)())(name)
+                 for name in unary}
+    functions["Abs"] = lambda a: abs(_as_arb(a))
+    return Arithmetic(
+        "arb (python-flint)",
+        functions,
+        rational=lambda p, q: fmpq(p, q),
+        binary=lambda m, e: arb(m) * arb(2) ** e if e < 0 else arb(m * 2**e),
+        constants={"pi": lambda: arb.pi(), "E": lambda: arb(1).exp()},
+    )
+
+
+def _as_arb(value):
+    from flint import arb
+
+    return value if isinstance(value, arb) else arb(value)
+
+
+def _mpmath_arithmetic() -> Arithmetic:
+    from mpmath import iv
+
+    names = ("sin", "cos", "tan", "exp", "log", "sqrt")
+    functions = {name: getattr(iv, name) for name in names}
+    # iv has no hyperbolic functions: forms in which the argument occurs once (no
+    # dependency widening); tanh is increasing, so 1 - 2 / (e^{2a} + 1) encloses it.
+    functions["tanh"] = lambda a: 1 - 2 / (iv.exp(2 * a) + 1)
+    functions["sinh"] = lambda a: (iv.exp(a) - iv.exp(-a)) / 2
+    functions["cosh"] = lambda a: (iv.exp(a) + iv.exp(-a)) / 2
+    functions["Abs"] = abs
+    return Arithmetic(
+        "mpmath iv",
+        functions,
+        rational=lambda p, q: iv.mpf(p) / q,
+        binary=lambda m, e: iv.ldexp(iv.mpf(m), e),
+        constants={"pi": lambda: iv.pi, "E": lambda: iv.e},
+    )
+
+
+ARITHMETICS = {"flint": _flint_arithmetic, "mpmath": _mpmath_arithmetic}
+
+
+class _Printer:
+    """Python source for a sympy expression; constants collected into a table."""
+
+    def __init__(self, names: dict, arithmetic: Arithmetic):
+        self.names = names
+        self.arithmetic = arithmetic
+        self.constants: list = []
+        self._constant_index: dict = {}
+
+    def constant(self, key, make) -> str:
+        if key not in self._constant_index:
+            self._constant_index[key] = len(self.constants)
+            self.constants.append(make())
+        return f"_c[{self._constant_index[key]}]"
+
+    def __call__(self, expr) -> str:
+        if expr in self.names:
+            return self.names[expr]
+        if expr.is_Integer:
+            return f"({int(expr)})"
+        if expr.is_Rational:
+            p, q = int(expr.p), int(expr.q)
+            return self.constant(("q", p, q), lambda: self.arithmetic.rational(p, q))
+        if expr.is_Float:
+            sign, man, exp, _ = expr._mpf_
+            man = -man if sign else man
+            return self.constant(("f", man, exp), lambda: self.arithmetic.binary(man, exp))
+        if expr is sp.pi or expr is sp.E:
+            key = str(expr)
+            return self.constant(key, self.arithmetic.constants["pi" if expr is sp.pi else "E"])
+        if expr.is_Add:
+            return "(" + " + ".join(self(a) for a in expr.args) + ")"
+        if expr.is_Mul:
+            return "(" + " * ".join(self(a) for a in expr.args) + ")"
+        if expr.is_Pow:
+            base, exponent = expr.args
+            if exponent.is_Integer:
+                e = int(exponent)
+                if e >= 0:
+                    return f"({self(base)} ** {e})"
+                return f"(1 / ({self(base)} ** {-e}))"
+            if exponent == sp.Rational(1, 2):
+                return f"_f['sqrt']({self(base)})"
+            if exponent == -sp.Rational(1, 2):
+                return f"(1 / _f['sqrt']({self(base)}))"
+            return f"_f['exp']({self(exponent)} * _f['log']({self(base)}))"
+        if isinstance(expr, sp.Function):
+            name = type(expr).__name__
+            if name not in self.arithmetic.functions or len(expr.args) != 1:
+                raise ProblemDefinitionError(
+                    f"the function {name} has no rigorous enclosure in {self.arithmetic.name}",
+                    quantity="objective",
+                )
+            return f"_f[{name!r}]({self(expr.args[0])})"
+        raise ProblemDefinitionError(
+            f"cannot evaluate {expr!r} ({type(expr).__name__}) in interval arithmetic",
+            quantity="objective",
+        )
+
+
+class Program:
+    """A straight-line program of the derivation graph, run on enclosures.
+
+    ``program(values)`` takes one enclosure (or exact number) per variable of the problem,
+    in the order of ``problem.variables``, and returns the list of the outputs' enclosures.
+    """
+
+    def __init__(self, graph, outputs, arithmetic: str = "flint"):
+        self.arithmetic = ARITHMETICS[arithmetic]()
+        assignments, exprs = straight_line(graph, list(outputs))
+        names = {v: f"_x{i}" for i, v in enumerate(graph.variables)}
+        for i, (sym, _) in enumerate(assignments):
+            names[sym] = f"_t{i}"
+        printer = _Printer(names, self.arithmetic)
+        lines = [f"def _program({', '.join(f'_x{i}' for i in range(len(graph.variables)))}):"]
+        for sym, expr in assignments:
+            lines.append(f"    {names[sym]} = {printer(sp.sympify(expr))}")
+        lines.append("    return [" + ", ".join(printer(sp.sympify(e)) for e in exprs) + "]")
+        self.source = "\n".join(lines)
+        self.size = len(assignments)
+        namespace = {"_c": printer.constants, "_f": self.arithmetic.functions}
+        exec(compile(self.source, "<mlverify.certify program>", "exec"), namespace)  # noqa: S102
+        self._function = namespace["_program"]
+
+    def __call__(self, values):
+        return self._function(*values)

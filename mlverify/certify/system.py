@@ -1,0 +1,229 @@
+"""The stacked stationarity system of the lower levels, and the Krawczyk test on it.
+
+For x_1 fixed, the lower solutions z = (x_2, ..., x_n) are a zero of
+
+    G(x_1, z) = (D_2 F_2, D_3 F_3, ..., D_n F_n)        (each level's reduced gradient)
+
+with the reduced gradients of the lemmas (Lemmas 2.1, 3.1, 3.2). The Krawczyk operator
+over a box B of x_1 and a box Z of z, centred at c in Z with a float preconditioner Y,
+
+    K(B, Z) = c - Y G(B, c) + (I - Y D_z G(B, Z)) (Z - c),
+
+when it lies in the interior of Z, proves that for every x_1 in B, G(x_1, .) has exactly
+one zero in Z, and that the zero lies in K(B, Z) (Krawczyk 1969; Rump 1983). Every
+enclosure is computed in ball arithmetic (:mod:`mlverify.certify.programs`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import sympy as sp
+
+from ..codegen import compile_graph
+from .programs import Program, _as_arb
+
+#: Attempts of epsilon-inflation before the Krawczyk test gives up on a box.
+INFLATIONS = 6
+
+
+def total_hessian_F1(graph, derivation) -> sp.Matrix:
+    """The Hessian of F_1 as graph atoms: T^1_0 applied to the hypergradient (see derive)."""
+    blocks = derivation.blocks
+    n = len(blocks)
+    z_cache: dict = {}
+
+    def z(m: int) -> sp.Matrix:  # Z^1_{m,0}: total derivative of x_m in x_1 along M_1
+        if m not in z_cache:
+            total = derivation.jacobians[(m, 0)]
+            for l in range(1, m):
+                total = graph.add(total, graph.matmul(derivation.jacobians[(m, l)], z(l)))
+            z_cache[m] = total
+        return z_cache[m]
+
+    g = derivation.gradients[0]
+    result = graph.jacobian(g, blocks[0])
+    for m in range(1, n):
+        result = graph.add(result, graph.matmul(graph.jacobian(g, blocks[m]), z(m)))
+    return result
+
+
+class CertifiedSystem:
+    """Every program certification needs, for one problem, compiled once.
+
+    ``residual``: G; ``jacobian``: D_z G; ``hessians``: each H_k (k = 2..n) and the Hessian
+    of F_1, flattened; ``hypergradient``: dF_1/dx_1; ``objective``: f_1. Float64 copies of
+    G and D_z G serve the (untrusted) searches for centres.
+    """
+
+    def __init__(self, problem, arithmetic: str = "flint"):
+        derivation = problem.derivation(True)
+        graph = derivation.graph
+        self.problem = problem
+        self.sizes = problem.sizes
+        self.n = problem.n
+        self.d1 = self.sizes[0]
+        self.lower_indices = [i for block in derivation.blocks[1:] for i in block]
+        self.dim = len(self.lower_indices)
+        #: the level (1-based) of each component of z
+        self.level_of = [k + 1 for k in range(1, self.n) for _ in derivation.blocks[k]]
+        self.names = [str(graph.variables[i]) for i in self.lower_indices]
+        residual = sp.Matrix([e for k in range(1, self.n) for e in derivation.gradients[k]])
+        jacobian = graph.jacobian(residual, self.lower_indices)
+        hess_f1 = total_hessian_F1(graph, derivation)
+        self.hessian_shapes = [self.sizes[k] for k in range(1, self.n)] + [self.d1]
+        hessian_entries = [e for k in range(1, self.n) for e in derivation.hessians[k]]
+        hessian_entries += list(hess_f1)
+        self.residual = Program(graph, list(residual), arithmetic)
+        self.jacobian = Program(graph, list(jacobian), arithmetic)
+        self.hessians = Program(graph, hessian_entries, arithmetic)
+        self.hypergradient = Program(graph, list(derivation.gradients[0]), arithmetic)
+        self.objective = Program(graph, [graph.partial(0, ())], arithmetic)
+        self.upper_gradient = Program(
+            graph, [graph.partial(0, (i,)) for i in range(len(graph.variables))], arithmetic)
+        self._residual_float = compile_graph(graph, list(residual))
+        self._jacobian_float = compile_graph(graph, list(jacobian))
+
+    # ------------------------------------------------------------------ float helpers
+    def residual_float(self, x1, z) -> np.ndarray:
+        """G(x1, z) in float64 (for the untrusted searches only)."""
+        return np.asarray(self._residual_float(*x1, *z), dtype=np.float64)
+
+    def jacobian_float(self, x1, z) -> np.ndarray:
+        """D_z G(x1, z) in float64, (dim, dim) (for the untrusted searches only)."""
+        values = np.asarray(self._jacobian_float(*x1, *z), dtype=np.float64)
+        return values.reshape(self.dim, self.dim)
+
+    def newton(self, x1, z0, iterations: int = 60) -> np.ndarray | None:
+        """A zero of G(x1, .) by plain Newton from z0 (any stationary point), or None."""
+        z = np.asarray(z0, dtype=np.float64).copy()
+        for _ in range(iterations):
+            with np.errstate(all="ignore"):
+                g = self.residual_float(x1, z)
+                j = self.jacobian_float(x1, z)
+            if not (np.all(np.isfinite(g)) and np.all(np.isfinite(j))):
+                return None
+            try:
+                step = np.linalg.solve(j, g)
+            except np.linalg.LinAlgError:
+                return None
+            z = z - step
+            if np.linalg.norm(step) <= 1e-15 * (1 + np.linalg.norm(z)):
+                return z
+        with np.errstate(all="ignore"):
+            g = self.residual_float(x1, z)
+        return z if np.all(np.isfinite(g)) and np.linalg.norm(g) < 1e-9 else None
+
+    # ------------------------------------------------------------------ enclosures
+    def hessian_blocks(self, x1, z):
+        """[H_2, ..., H_n, Hessian of F_1] as lists of lists of balls, over the given balls."""
+        values = self.hessians([*x1, *z])
+        out, start = [], 0
+        for d in self.hessian_shapes:
+            flat = [_as_arb(v) for v in values[start:start + d * d]]
+            out.append([flat[r * d:(r + 1) * d] for r in range(d)])
+            start += d * d
+        return out
+
+
+@dataclass(frozen=True)
+class Enclosure:
+    """The outcome of a Krawczyk test: ``ok``, the enclosure ``z`` (balls), or a ``reason``."""
+
+    ok: bool
+    z: list | None
+    reason: str = ""
+    level: int | None = None
+
+
+def _inside(inner, outer) -> bool:
+    return inner.is_finite() and inner.lower() > outer.lower() and inner.upper() < outer.upper()
+
+
+def krawczyk(system: CertifiedSystem, x1, center, *, tighten: int = 2,
+             where: str = "") -> Enclosure:
+    """Prove a unique zero of G(x_1, .) near ``center`` for every x_1 in the balls ``x1``.
+
+    ``center`` is a float64 approximation of the zero at the midpoint of ``x1``. The box Z
+    is grown by epsilon-inflation from the first Newton correction; on success Z is
+    replaced by K(B, Z) intersected with Z ``tighten`` times (each is again an enclosure).
+    """
+    from flint import arb
+
+    dim = system.dim
+    c = [arb(float(v)) for v in center]
+    x1_mid = [arb(v.mid()) for v in x1]
+    jac_mid = np.array([float(_as_arb(v).mid()) for v in system.jacobian([*x1_mid, *c])])
+    jac_mid = jac_mid.reshape(dim, dim)
+    if not np.all(np.isfinite(jac_mid)) or np.linalg.cond(jac_mid) > 1e14:
+        level = _worst_level(system, jac_mid)
+        return Enclosure(False, None, f"level {level}: the Jacobian of the stationarity system "
+                                      f"is singular at the centre{where}", level)
+    y = np.linalg.inv(jac_mid)
+    y_arb = [[arb(float(y[r, s])) for s in range(dim)] for r in range(dim)]
+    g_c = [_as_arb(v) for v in system.residual([*x1, *c])]
+    yg = [sum((y_arb[r][s] * g_c[s] for s in range(dim)), arb(0)) for r in range(dim)]
+    if not all(v.is_finite() for v in yg):
+        return Enclosure(False, None, f"the stationarity residual is not finite{where}")
+    scale = [1e-14 * (1.0 + abs(float(v))) for v in center]
+    radius = [2.0 * float(abs(v).upper()) + s for v, s in zip(yg, scale, strict=True)]
+    last_bad, contraction = None, None
+    for _ in range(INFLATIONS):
+        z = [arb(cv, r) for cv, r in zip(c, radius, strict=True)]
+        k, contraction = _operator(system, x1, c, z, y_arb, yg)
+        if k is not None and all(_inside(kv, zv) for kv, zv in zip(k, z, strict=True)):
+            for _ in range(tighten):
+                z = [kv.intersection(zv) for kv, zv in zip(k, z, strict=True)]
+                k_new, _ = _operator(system, x1, c, z, y_arb, yg)
+                if k_new is None:
+                    break
+                k = k_new
+            z = [kv.intersection(zv) for kv, zv in zip(k, z, strict=True)]
+            return Enclosure(True, z)
+        if k is None:
+            return Enclosure(False, None, f"level {system.level_of[0]}: the Jacobian of the "
+                                          f"stationarity system is not finite over the "
+                                          f"box{where}", system.level_of[0])
+        last_bad = next(i for i in range(dim) if not _inside(k[i], z[i]))
+        radius = [max(2.0 * r, 1.5 * float(abs(kv - cv).upper()) + s)
+                  for r, kv, cv, s in zip(radius, k, c, scale, strict=True)]
+    i = last_bad if last_bad is not None else 0
+    level = system.level_of[i]
+    if contraction is not None and contraction >= 1:
+        cause = (f"not contracting: ||I - Y D_z G|| >= {contraction:.3g} over the box (the "
+                 f"Jacobian enclosure is too wide or contains a singular matrix)")
+    else:
+        cause = f"the Krawczyk image of {system.names[i]} does not fit inside its box"
+    return Enclosure(False, None, f"level {level}: {cause}{where}", level)
+
+
+def _operator(system, x1, c, z, y_arb, yg):
+    from flint import arb
+
+    dim = system.dim
+    values = system.jacobian([*x1, *z])
+    jac = [[_as_arb(values[r * dim + s]) for s in range(dim)] for r in range(dim)]
+    if not all(v.is_finite() for row in jac for v in row):
+        return None, None
+    m = [[(arb(1) if r == s else arb(0))
+          - sum((y_arb[r][t] * jac[t][s] for t in range(dim)), arb(0))
+          for s in range(dim)] for r in range(dim)]
+    contraction = max(sum(float(abs(v).upper()) for v in row) for row in m)
+    dz = [zv - cv for zv, cv in zip(z, c, strict=True)]
+    k = [c[r] - yg[r] + sum((m[r][s] * dz[s] for s in range(dim)), arb(0)) for r in range(dim)]
+    return k, contraction
+
+
+def _worst_level(system, jac) -> int:
+    """The level whose diagonal block of D_z G is closest to singular."""
+    worst, level, start = -1.0, system.level_of[0], 0
+    for k in range(1, system.n):
+        d = system.sizes[k]
+        block = jac[start:start + d, start:start + d]
+        with np.errstate(all="ignore"):
+            cond = np.linalg.cond(block) if np.all(np.isfinite(block)) else np.inf
+        if cond > worst:
+            worst, level = cond, k + 1
+        start += d
+    return level
