@@ -76,15 +76,26 @@ def newton_step(g: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, float]:
     return np.full_like(g, np.nan), lo
 
 
-def descent_direction(g: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, float]:
+def descent_direction(g: np.ndarray, h: np.ndarray, x=None) -> tuple[np.ndarray, float]:
     r"""Newton's direction where $H$ is positive definite, else steepest descent scaled by
     $1/\lVert H \rVert_2$ (scale-invariant: multiplying $f_k$ by $c$ changes neither); and
-    $\lambda_{\min}(H)$."""
+    $\lambda_{\min}(H)$.
+
+    Where $H$ has a negative eigenvalue and that step is short (a stationary maximum or
+    saddle, where the gradient vanishes), the eigenvector of the most negative eigenvalue
+    is added, of length $(1 + \lVert x \rVert)/2$ and pointing downhill, so the solve
+    leaves the stationary point instead of stalling on it."""
     step, lo = newton_step(g, h)
     if np.all(np.isfinite(step)):
         return step, lo
-    scale = float(np.max(np.abs(np.linalg.eigvalsh(0.5 * (h + h.T)))))
-    return -g / max(scale, np.finfo(np.float64).tiny), lo
+    eigenvalues, vectors = np.linalg.eigh(0.5 * (h + h.T))
+    scale = float(np.max(np.abs(eigenvalues)))
+    step = -g / max(scale, np.finfo(np.float64).tiny)
+    size = 1.0 + (0.0 if x is None else float(np.linalg.norm(x)))
+    if eigenvalues[0] < -DEGENERATE_RATIO * scale and np.linalg.norm(step) < 0.1 * size:
+        down = vectors[:, 0] if g @ vectors[:, 0] <= 0 else -vectors[:, 0]
+        step = step + 0.5 * size * down
+    return step, lo
 
 
 def distance_estimate(g: np.ndarray, h: np.ndarray) -> float:
@@ -162,6 +173,19 @@ def start_radius(x: np.ndarray) -> float:
     r"""The default multistart half-width around a level's solution:
     $2\,(1 + \lVert x_k \rVert_\infty)$."""
     return 2.0 * (1.0 + float(np.max(np.abs(x))))
+
+
+def raise_domain_edge(level: int, x, value: float, start_value: float) -> None:
+    """UnboundedLevelError for a level whose reduced objective fell all the way to where it
+    stops being finite (NaN or inf just beyond the iterate): its infimum lies on the edge of
+    the domain, not at an interior minimiser."""
+    raise UnboundedLevelError(
+        f"the reduced objective F_k has no interior minimiser: it fell from {start_value:.6g} "
+        f"to {value:.6g} towards x_{level} = {np.array2string(np.asarray(x), precision=6)}, "
+        "beyond which it is NaN or infinite (its infimum is on the edge of its domain)",
+        level=level,
+        value=value,
+    )
 
 
 def check_bounded(level: int, x, start, value: float, start_value: float, final: bool) -> None:

@@ -208,6 +208,11 @@ class SymbolicEvaluator:
         ``max_iter`` steps and raises nothing for stopping short (a refinement sweep)."""
         if k >= self.n:
             return
+        with np.errstate(all="ignore"):  # overflow in a trial is judged, not warned about
+            self._solve_level(k, blocks, tol, max_iter, record, strict)
+
+    def _solve_level(self, k, blocks, tol, max_iter, record, strict) -> None:
+        """The body of `_solve_from` for level ``k``."""
         level = k + 1
         start = blocks[k].copy()
         if strict:
@@ -228,7 +233,7 @@ class SymbolicEvaluator:
                     level=level,
                     quantity="lower solve iterate",
                 )
-            step, lowest = descent_direction(g, h)
+            step, lowest = descent_direction(g, h, blocks[k])
             distance = float(np.linalg.norm(step)) if lowest > 0 else float("inf")
             # The last Newton step is still taken (it costs one trial and leaves the point
             # quadratically closer); the test is judged again at the final point below.
@@ -236,6 +241,7 @@ class SymbolicEvaluator:
             slope = float(g @ step)
             base = blocks[k].copy()
             accepted, alpha, residual = False, 1.0, float(np.linalg.norm(g))
+            off_domain = False
             for _ in range(60):
                 blocks[k] = base + alpha * step
                 if strict:
@@ -243,6 +249,7 @@ class SymbolicEvaluator:
                 else:
                     self._solve_from(k + 1, blocks, tol, max_iter, None, strict)
                     trial = self.objective(k, blocks)
+                off_domain |= not np.isfinite(trial)
                 # Near the solution F_k stops resolving the decrease (round-off), so the full
                 # Newton step is also taken when the gradient shrinks.
                 if np.isfinite(trial) and (
@@ -259,6 +266,9 @@ class SymbolicEvaluator:
             if not accepted:
                 blocks[k] = base
                 self._solve_from(k + 1, blocks, tol, max_iter, None, strict)
+                if strict and off_domain and value < start_value and lowest <= 0:
+                    self._diagnose_below(k, blocks)
+                    checks.raise_domain_edge(level, blocks[k], value, start_value)
                 break
             if strict:
                 checks.check_bounded(level, blocks[k], start, value, start_value, False)

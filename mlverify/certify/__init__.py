@@ -1,19 +1,21 @@
-"""Certified verification: rigorous enclosures for declared (sympy) problems.
+r"""Certified verification: rigorous enclosures for declared (sympy) problems.
 
-Ball arithmetic (python-flint's ``arb``) runs the derivation graph's straight-line
+Ball arithmetic (python-flint's `arb`) runs the derivation graph's straight-line
 programs on boxes, so every value it returns is an interval proven to contain the exact
 one. On top of it:
 
-- :func:`hypergradient_enclosure`: dF_1/dx_1 at a point (Lemmas 2.1, 3.1, 3.2), with the
-  lower solutions enclosed by a Krawczyk test on the stacked stationarity system;
-- :func:`certify_constants`: the assumptions and constants of Theorem 4.1 on a box of x_1
-  (lower solutions enclosed, every H_k proven positive definite, bounds on the extreme
-  eigenvalues of the Hessian of F_1), by bisection within a stated budget, or a proven
-  violation of an assumption;
-- :func:`certified_theorem_part`: what ``theorem_4_1(..., certify=True)`` adds to a report.
+- [`hypergradient_enclosure`][mlverify.certify.hypergradient.hypergradient_enclosure]:
+  $\mathrm{d}F_1/\mathrm{d}x_1$ at a point (Lemmas 2.1, 3.1, 3.2), with the lower solutions
+  enclosed by a Krawczyk test on the stacked stationarity system;
+- [`certify_constants`][mlverify.certify.constants.certify_constants]: the assumptions and
+  constants of Theorem 4.1 on a box of $x_1$ (lower solutions enclosed, every $H_k$ proven
+  positive definite, bounds on the extreme eigenvalues of the Hessian of $F_1$), by
+  bisection within a stated budget, or a proven violation of an assumption;
+- [`mlverify.certify.theorem`][mlverify.certify.theorem]: what
+  `theorem_4_1(..., certify=True)` adds to a report.
 
-What is proven: for every x_1 in the box, exactly one zero of the stationarity system in
-the enclosure, with every H_k positive definite there (a strict local nested solution),
+What is proven: for every $x_1$ in the box, exactly one zero of the stationarity system in
+the enclosure, with every $H_k$ positive definite there (a strict local nested solution),
 and the stated bounds along it. What is not: that each lower argmin is unique *globally*
 (outside the enclosure). See docs/certified.md.
 """

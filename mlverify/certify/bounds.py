@@ -1,14 +1,17 @@
-"""Rigorous bounds on the eigenvalues of symmetric interval matrices, and outward rounding.
+r"""Rigorous bounds on the eigenvalues of symmetric interval matrices, and outward rounding.
 
-For a symmetric matrix A known only to lie in an interval matrix [A_c - R, A_c + R]
-(A_c a float64 midpoint, R >= 0 the radii), Weyl's inequality gives
+For a symmetric matrix $A$ known only to lie in an interval matrix $[A_c - R, A_c + R]$
+($A_c$ a float64 midpoint, $R \ge 0$ the radii), Weyl's inequality gives
 
-    lambda_min(A_c) - ||R||  <=  lambda_i(A)  <=  lambda_max(A_c) + ||R||,
+$$
+\lambda_{\min}(A_c) - \lVert R \rVert \;\le\; \lambda_i(A) \;\le\;
+\lambda_{\max}(A_c) + \lVert R \rVert,
+$$
 
-with ||R||_2 <= max_i sum_j R_ij (R symmetric). The eigenvalues of A_c are bounded from
-outside by a Cholesky factorisation in ball arithmetic (s I - A_c, resp. A_c - s I, is
-positive definite when the factorisation succeeds) and from inside by Rayleigh quotients
-v^T A_c v / v^T v, also in ball arithmetic.
+with $\lVert R \rVert_2 \le \max_i \sum_j R_{ij}$ ($R$ symmetric). The eigenvalues of $A_c$
+are bounded from outside by a Cholesky factorisation in ball arithmetic ($s I - A_c$, resp.
+$A_c - s I$, is positive definite when the factorisation succeeds) and from inside by
+Rayleigh quotients $v^\top A_c v / v^\top v$, also in ball arithmetic.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from .programs import _as_arb
 
 @dataclass(frozen=True)
 class EigenBounds:
-    """Proven: lambda_min in [min_lower, min_upper], lambda_max in [max_lower, max_upper]."""
+    r"""Proven: $\lambda_{\min} \in$ [`min_lower`, `min_upper`], $\lambda_{\max} \in$
+    [`max_lower`, `max_upper`]."""
 
     min_lower: float
     min_upper: float
@@ -31,7 +35,7 @@ class EigenBounds:
 
 
 def float_down(value) -> float:
-    """The largest float64 <= the ball's lower end (exact comparison, then one step down)."""
+    r"""The largest float64 $\le$ the ball's lower end (exact comparison, then one step down)."""
     from flint import arb
 
     low = _as_arb(value).lower()
@@ -44,7 +48,7 @@ def float_down(value) -> float:
 
 
 def float_up(value) -> float:
-    """The smallest float64 >= the ball's upper end."""
+    r"""The smallest float64 $\ge$ the ball's upper end."""
     from flint import arb
 
     high = _as_arb(value).upper()
@@ -74,7 +78,7 @@ def _cholesky_ok(matrix) -> bool:
 
 
 def _shifted(center, s, sign):
-    """sign * (A_c - s I) as balls."""
+    r"""$\mathrm{sign} \cdot (A_c - s I)$ as balls."""
     from flint import arb
 
     d = len(center)

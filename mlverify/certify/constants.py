@@ -1,18 +1,19 @@
-"""Certified constants of Theorem 4.1 on a box of x_1, by bisection.
+r"""Certified constants of Theorem 4.1 on a box of $x_1$, by bisection.
 
-Over each sub-box B of X the lower solutions are enclosed (Krawczyk test on the stacked
-stationarity system, :mod:`mlverify.certify.system`), then every lower Hessian H_k and
-the Hessian of F_1 is enclosed over B x (the enclosure) and bounded by
-:func:`mlverify.certify.bounds.symmetric_eigen_bounds`. Proven on success, for every x_1
-in X: each lower level's stationarity system has exactly one zero in the enclosure, each
-H_k is positive definite there with lambda_min(H_k) >= mu_k, and the Hessian of F_1
-satisfies m <= lambda_min, lambda_max <= lambda_max_upper. Boxes are bisected while an
-assumption is not yet proven or a bound is looser than ``rtol``, until the budget
-(``max_boxes``, ``time_limit``) is spent.
+Over each sub-box $B$ of $X$ the lower solutions are enclosed (Krawczyk test on the stacked
+stationarity system, [`mlverify.certify.system`][mlverify.certify.system]), then every lower
+Hessian $H_k$ and the Hessian of $F_1$ is enclosed over $B \times$ (the enclosure) and
+bounded by [`symmetric_eigen_bounds`][mlverify.certify.bounds.symmetric_eigen_bounds].
+Proven on success, for every $x_1 \in X$: each lower level's stationarity system has exactly
+one zero in the enclosure, each $H_k$ is positive definite there with
+$\lambda_{\min}(H_k) \ge \mu_k$, and the Hessian of $F_1$ satisfies $m \le \lambda_{\min}$,
+$\lambda_{\max} \le \lambda_{\max}^{\mathrm{upper}}$. Boxes are bisected while an
+assumption is not yet proven or a bound is looser than `rtol`, until the budget
+(`max_boxes`, `time_limit`) is spent.
 
-An assumption can also be proven to *fail*: at some x_1 in X, a zero of the stationarity
-system where a lower H_k or the Hessian of F_1 has a proven negative eigenvalue, or two
-disjoint enclosures of zeros with every H_k positive definite (two strict local solutions:
+An assumption can also be proven to *fail*: at some $x_1 \in X$, a zero of the stationarity
+system where a lower $H_k$ or the Hessian of $F_1$ has a proven negative eigenvalue, or two
+disjoint enclosures of zeros with every $H_k$ positive definite (two strict local solutions:
 a lower level is not strongly convex). Such a point makes Theorem 4.1 not applicable.
 """
 
@@ -31,7 +32,7 @@ from .system import krawczyk
 
 #: Working precision (bits) over boxes: the widths come from the boxes, not the rounding.
 BOX_PRECISION = 64
-#: Same safety factor as the sampled L (theorems.L_MARGIN), so the two are comparable.
+#: Same safety factor as the sampled $L$ (`theorems.L_MARGIN`), so the two are comparable.
 L_MARGIN = 1.01
 
 
@@ -62,7 +63,8 @@ class BoxCertificate:
 
     @property
     def L(self) -> float | None:
-        """L_cert = L_MARGIN x the proven upper bound of lambda_max (None unless certified)."""
+        r"""$L_{\mathrm{cert}}$ = `L_MARGIN` $\times$ the proven upper bound of $\lambda_{\max}$
+    (None unless certified)."""
         if self.lambda_max is None:
             return None
         return float(np.nextafter(L_MARGIN * self.lambda_max[1], np.inf))
@@ -108,10 +110,11 @@ def _describe(z, names):
 
 
 def _centre(problem, system, x1, parent):
-    """A float64 zero of G(x1, .) on the parent box's branch, or a message saying why not.
+    r"""A float64 zero of $G(x_1, \cdot)$ on the parent box's branch, or a message saying
+    why not.
 
     Newton from the parent's centre is accepted when it stays in the parent's enclosure
-    (there the zero is unique for every x_1 of the parent box, so it is the same branch);
+    (there the zero is unique for every $x_1$ of the parent box, so it is the same branch);
     otherwise the nested float lower solve runs, warm-started from the parent's centre.
     """
     if parent is not None:
@@ -133,7 +136,7 @@ def _centre(problem, system, x1, parent):
 
 
 def _point(system, x1, center):
-    """Enclosure at a thin x_1 and the eigenvalue bounds of every Hessian there, or None."""
+    """Enclosure at a thin $x_1$ and the eigenvalue bounds of every Hessian there, or None."""
     enclosure = krawczyk(system, _thin(x1), center)
     if not enclosure.ok:
         return None
@@ -208,14 +211,15 @@ def search_violation(system, x1, hint=None, *, seed: int = 0) -> dict | None:
 def certify_constants(problem, box, *, max_boxes: int = 4000, time_limit: float = 120.0,
                       rtol: float = 0.02, min_width: float = 1e-9,
                       bits: int = BOX_PRECISION) -> BoxCertificate:
-    """Certify the assumptions and constants of Theorem 4.1 on the box X = [lo, hi].
+    r"""Certify the assumptions and constants of Theorem 4.1 on the box
+    $X = [\mathrm{lo}, \mathrm{hi}]$.
 
-    Bisects X (widest side first) until, on every sub-box, the lower solutions are
-    enclosed, every H_k and the Hessian of F_1 are proven positive definite, and the bounds
-    on lambda_max / lambda_min of the Hessian of F_1 are within ``rtol`` of values attained
-    at box centres; or until an assumption is proven to fail; or until ``max_boxes`` boxes
-    or ``time_limit`` seconds are spent (then status "failed" with the reason, unless every
-    remaining box already had valid, merely loose, bounds).
+    Bisects $X$ (widest side first) until, on every sub-box, the lower solutions are
+    enclosed, every $H_k$ and the Hessian of $F_1$ are proven positive definite, and the
+    bounds on $\lambda_{\max}$ / $\lambda_{\min}$ of the Hessian of $F_1$ are within `rtol` of
+    values attained at box centres; or until an assumption is proven to fail; or until
+    `max_boxes` boxes or `time_limit` seconds are spent (then status "failed" with the
+    reason, unless every remaining box already had valid, merely loose, bounds).
     """
     from ..problem import MultilevelProblem
 

@@ -1,4 +1,5 @@
-"""A certified hypergradient at a point: an interval proven to contain dF_1/dx_1."""
+r"""A certified hypergradient at a point: an interval proven to contain
+$\mathrm{d}F_1/\mathrm{d}x_1$."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ POINT_PRECISION = 128
 #: Tolerance of the float64 lower solve that gives the centre: the proof needs only an
 #: approximate centre (Newton steps in ball arithmetic sharpen it), so a loose one is kept.
 CENTRE_TOL = 1e-9
-#: Default relative padding of the returned float64 interval (see HypergradientEnclosure).
+#: Default relative padding of the returned float64 interval (see `HypergradientEnclosure`).
 DEFAULT_PAD = 1e-12
 
 
@@ -40,7 +41,8 @@ def precision(bits: int):
 
 
 def certified_system(problem) -> CertifiedSystem:
-    """The problem's :class:`CertifiedSystem`, compiled once and kept with the problem."""
+    """The problem's [`CertifiedSystem`][mlverify.certify.system.CertifiedSystem], compiled
+    once and kept with the problem."""
     cache = problem._cache
     if "certified_system" not in cache:
         cache["certified_system"] = CertifiedSystem(problem)
@@ -49,16 +51,18 @@ def certified_system(problem) -> CertifiedSystem:
 
 @dataclass(frozen=True)
 class HypergradientEnclosure:
-    """dF_1/dx_1 at one x_1, enclosed (the exact hypergradient of Lemmas 2.1, 3.1 and 3.2).
+    r"""$\mathrm{d}F_1/\mathrm{d}x_1$ at one $x_1$, enclosed (the exact hypergradient of
+    Lemmas 2.1, 3.1 and 3.2).
 
-    Proven: ``proven_lower <= dF_1/dx_1 <= proven_upper`` componentwise (ball arithmetic,
-    endpoints rounded outward to float64), where the lower solutions are the unique zero of
-    the stationarity system inside ``lower_solutions`` (a list of (lower, upper) float64
-    pairs, levels 2..n in order), at which every H_k is proven positive definite.
-    ``lower``/``upper`` widen the proven interval to a half-width of at least ``pad`` times
-    the scale of the gradient (the largest of |dF_1/dx_1| and the partials of f_1, the
-    chain rule's terms), so that float64 evaluations, whose lower solves and rounding errors
-    are far below it, lie inside; both intervals are proven enclosures.
+    Proven: `proven_lower` $\le \mathrm{d}F_1/\mathrm{d}x_1 \le$ `proven_upper` componentwise
+    (ball arithmetic, endpoints rounded outward to float64), where the lower solutions are
+    the unique zero of the stationarity system inside `lower_solutions` (a list of (lower,
+    upper) float64 pairs, levels $k = 2, \dots, n$ in order), at which every $H_k$ is proven
+    positive definite. `lower`/`upper` widen the proven interval to a half-width of at least
+    `pad` times the scale of the gradient (the largest of
+    $\lvert \mathrm{d}F_1/\mathrm{d}x_1 \rvert$ and the partials of $f_1$, the chain rule's
+    terms), so that float64 evaluations, whose lower solves and rounding errors are far below
+    it, lie inside; both intervals are proven enclosures.
     """
 
     x1: np.ndarray
@@ -81,7 +85,7 @@ class HypergradientEnclosure:
 
 
 def point_enclosure(problem, x1, *, init=None, bits: int = POINT_PRECISION):
-    """(system, x1 balls, enclosure of z) at one point, or raise CertificationError."""
+    """(system, `x1` balls, enclosure of $z$) at one point, or raise `CertificationError`."""
     from flint import arb
 
     system = certified_system(problem)
@@ -152,12 +156,12 @@ def _krawczyk_at(system, x1_balls, center_balls):
 
 def hypergradient_enclosure(problem, x1, *, init=None, pad: float = DEFAULT_PAD,
                             bits: int = POINT_PRECISION) -> HypergradientEnclosure:
-    """Enclose dF_1/dx_1 at ``x1`` (Lemmas 2.1, 3.1, 3.2), with a proof.
+    r"""Enclose $\mathrm{d}F_1/\mathrm{d}x_1$ at `x1` (Lemmas 2.1, 3.1, 3.2), with a proof.
 
     The lower solutions are enclosed by the Krawczyk test on the stacked stationarity
-    system (unique zero in the enclosure), every H_k is proven positive definite there (so
+    system (unique zero in the enclosure), every $H_k$ is proven positive definite there (so
     the zero is the local nested solution the lemmas differentiate), and the hypergradient
-    formula is evaluated in ball arithmetic over the enclosure. Raises CertificationError
+    formula is evaluated in ball arithmetic over the enclosure. Raises `CertificationError`
     (naming the level) when a step cannot be proven.
     """
     x1 = as_block_value(x1, problem.sizes[0], level=1)

@@ -1,14 +1,14 @@
 """The derivation graph's straight-line programs, evaluated in rigorous arithmetic.
 
 Each program is printed once as Python source (one assignment per intermediate, in the
-order of :func:`mlverify.codegen.straight_line`) and run on the numbers of an *arithmetic*:
-ball arithmetic from python-flint (``arb``, the default) or mpmath's interval context
-(``iv``, kept for comparison). Every operation of either library returns a set that
+order of [`straight_line`][mlverify.codegen.straight_line]) and run on the numbers of an
+*arithmetic*: ball arithmetic from python-flint (`arb`, the default) or mpmath's interval
+context (`iv`, kept for comparison). Every operation of either library returns a set that
 contains the exact result, so the value of the program on boxes of inputs encloses the
 exact value of the quantity at every point of the boxes.
 
 Constants enter exactly: sympy Integers stay Python integers, Rationals become
-``flint.fmpq`` (or an ``iv`` enclosure of p/q), Floats their exact binary value. Nothing
+`flint.fmpq` (or an `iv` enclosure of $p/q$), Floats their exact binary value. Nothing
 passes through a rounded float.
 """
 

@@ -1,17 +1,24 @@
-"""The stacked stationarity system of the lower levels, and the Krawczyk test on it.
+r"""The stacked stationarity system of the lower levels, and the Krawczyk test on it.
 
-For x_1 fixed, the lower solutions z = (x_2, ..., x_n) are a zero of
+For $x_1$ fixed, the lower solutions $z = (x_2, \dots, x_n)$ are a zero of
 
-    G(x_1, z) = (D_2 F_2, D_3 F_3, ..., D_n F_n)        (each level's reduced gradient)
+$$
+G(x_1, z) = (D_2 F_2, D_3 F_3, \dots, D_n F_n)
+\qquad \text{(each level's reduced gradient)}
+$$
 
 with the reduced gradients of the lemmas (Lemmas 2.1, 3.1, 3.2). The Krawczyk operator
-over a box B of x_1 and a box Z of z, centred at c in Z with a float preconditioner Y,
+over a box $B$ of $x_1$ and a box $Z$ of $z$, centred at $c \in Z$ with a float
+preconditioner $Y$,
 
-    K(B, Z) = c - Y G(B, c) + (I - Y D_z G(B, Z)) (Z - c),
+$$
+K(B, Z) = c - Y\, G(B, c) + \bigl(I - Y\, D_z G(B, Z)\bigr)(Z - c),
+$$
 
-when it lies in the interior of Z, proves that for every x_1 in B, G(x_1, .) has exactly
-one zero in Z, and that the zero lies in K(B, Z) (Krawczyk 1969; Rump 1983). Every
-enclosure is computed in ball arithmetic (:mod:`mlverify.certify.programs`).
+when it lies in the interior of $Z$, proves that for every $x_1 \in B$, $G(x_1, \cdot)$ has
+exactly one zero in $Z$, and that the zero lies in $K(B, Z)$ (Krawczyk 1969; Rump 1983).
+Every enclosure is computed in ball arithmetic
+([`mlverify.certify.programs`][mlverify.certify.programs]).
 """
 
 from __future__ import annotations
@@ -24,12 +31,13 @@ import sympy as sp
 from ..codegen import compile_graph
 from .programs import Program, _as_arb
 
-#: Attempts of epsilon-inflation before the Krawczyk test gives up on a box.
+#: Attempts of $\varepsilon$-inflation before the Krawczyk test gives up on a box.
 INFLATIONS = 6
 
 
 def total_hessian_F1(graph, derivation) -> sp.Matrix:
-    """The Hessian of F_1 as graph atoms: T^1_0 applied to the hypergradient (see derive)."""
+    """The Hessian of $F_1$ as graph atoms: $T^1_0$ applied to the hypergradient (see
+    [`mlverify.derive`][mlverify.derive])."""
     blocks = derivation.blocks
     n = len(blocks)
     z_cache: dict = {}
@@ -50,11 +58,11 @@ def total_hessian_F1(graph, derivation) -> sp.Matrix:
 
 
 class CertifiedSystem:
-    """Every program certification needs, for one problem, compiled once.
+    r"""Every program certification needs, for one problem, compiled once.
 
-    ``residual``: G; ``jacobian``: D_z G; ``hessians``: each H_k (k = 2..n) and the Hessian
-    of F_1, flattened; ``hypergradient``: dF_1/dx_1; ``objective``: f_1. Float64 copies of
-    G and D_z G serve the (untrusted) searches for centres.
+    `residual`: $G$; `jacobian`: $D_z G$; `hessians`: each $H_k$ ($k = 2, \dots, n$) and the
+    Hessian of $F_1$, flattened; `hypergradient`: $\mathrm{d}F_1/\mathrm{d}x_1$; `objective`:
+    $f_1$. Float64 copies of $G$ and $D_z G$ serve the (untrusted) searches for centres.
     """
 
     def __init__(self, problem, arithmetic: str = "flint"):
@@ -66,7 +74,7 @@ class CertifiedSystem:
         self.d1 = self.sizes[0]
         self.lower_indices = [i for block in derivation.blocks[1:] for i in block]
         self.dim = len(self.lower_indices)
-        #: the level (1-based) of each component of z
+        #: the level (1-based) of each component of $z$
         self.level_of = [k + 1 for k in range(1, self.n) for _ in derivation.blocks[k]]
         self.names = [str(graph.variables[i]) for i in self.lower_indices]
         residual = sp.Matrix([e for k in range(1, self.n) for e in derivation.gradients[k]])
@@ -87,16 +95,17 @@ class CertifiedSystem:
 
     # ------------------------------------------------------------------ float helpers
     def residual_float(self, x1, z) -> np.ndarray:
-        """G(x1, z) in float64 (for the untrusted searches only)."""
+        """$G(x_1, z)$ in float64 (for the untrusted searches only)."""
         return np.asarray(self._residual_float(*x1, *z), dtype=np.float64)
 
     def jacobian_float(self, x1, z) -> np.ndarray:
-        """D_z G(x1, z) in float64, (dim, dim) (for the untrusted searches only)."""
+        """$D_z G(x_1, z)$ in float64, (dim, dim) (for the untrusted searches only)."""
         values = np.asarray(self._jacobian_float(*x1, *z), dtype=np.float64)
         return values.reshape(self.dim, self.dim)
 
     def newton(self, x1, z0, iterations: int = 60) -> np.ndarray | None:
-        """A zero of G(x1, .) by plain Newton from z0 (any stationary point), or None."""
+        r"""A zero of $G(x_1, \cdot)$ by plain Newton from `z0` (any stationary point), or
+        None."""
         z = np.asarray(z0, dtype=np.float64).copy()
         for _ in range(iterations):
             with np.errstate(all="ignore"):
@@ -117,7 +126,8 @@ class CertifiedSystem:
 
     # ------------------------------------------------------------------ enclosures
     def hessian_blocks(self, x1, z):
-        """[H_2, ..., H_n, Hessian of F_1] as lists of lists of balls, over the given balls."""
+        r"""$[H_2, \dots, H_n, \text{Hessian of } F_1]$ as lists of lists of balls, over the
+        given balls."""
         values = self.hessians([*x1, *z])
         out, start = [], 0
         for d in self.hessian_shapes:
@@ -143,11 +153,12 @@ def _inside(inner, outer) -> bool:
 
 def krawczyk(system: CertifiedSystem, x1, center, *, tighten: int = 2,
              where: str = "") -> Enclosure:
-    """Prove a unique zero of G(x_1, .) near ``center`` for every x_1 in the balls ``x1``.
+    r"""Prove a unique zero of $G(x_1, \cdot)$ near `center` for every $x_1$ in the balls
+    `x1`.
 
-    ``center`` is a float64 approximation of the zero at the midpoint of ``x1``. The box Z
-    is grown by epsilon-inflation from the first Newton correction; on success Z is
-    replaced by K(B, Z) intersected with Z ``tighten`` times (each is again an enclosure).
+    `center` is a float64 approximation of the zero at the midpoint of `x1`. The box $Z$
+    is grown by $\varepsilon$-inflation from the first Newton correction; on success $Z$ is
+    replaced by $K(B, Z) \cap Z$ `tighten` times (each is again an enclosure).
     """
     from flint import arb
 
@@ -216,7 +227,7 @@ def _operator(system, x1, c, z, y_arb, yg):
 
 
 def _worst_level(system, jac) -> int:
-    """The level whose diagonal block of D_z G is closest to singular."""
+    """The level whose diagonal block of $D_z G$ is closest to singular."""
     worst, level, start = -1.0, system.level_of[0], 0
     for k in range(1, system.n):
         d = system.sizes[k]

@@ -1,12 +1,13 @@
-"""The certified part of a Theorem 4.1 check: constants, labels, and the JSON record.
+r"""The certified part of a Theorem 4.1 check: constants, labels, and the JSON record.
 
-``theorem_4_1(..., certify=True)`` calls :func:`certify_constants` first; this module turns
-its :class:`BoxCertificate` into the report's constants and fields. A verdict says what
-it rests on: "pass (certified)" when every assumption and L are proven on the box and the
-inequality holds with L_cert; "pass (sampled)" when certification did not succeed;
-"not applicable (certified)" when an assumption is proven to fail; a fail with certified
-constants (and with a proven lower bound on F_1*) is a counterexample to the stated
-theorem.
+`theorem_4_1(..., certify=True)` calls
+[`certify_constants`][mlverify.certify.constants.certify_constants] first; this module turns
+its [`BoxCertificate`][mlverify.certify.constants.BoxCertificate] into the report's
+constants and fields. A verdict says what it rests on: "pass (certified)" when every
+assumption and $L$ are proven on the box and the inequality holds with $L_{\mathrm{cert}}$;
+"pass (sampled)" when certification did not succeed; "not applicable (certified)" when an
+assumption is proven to fail; a fail with certified constants (and with a proven lower
+bound on $F_1^*$) is a counterexample to the stated theorem.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ COUNTEREXAMPLE = "fail (certified constants): counterexample to the stated theor
 
 
 def merge_constants(sampled: dict, certificate) -> dict:
-    """The report's constants with the certified ones in place of the sampled estimates.
+    r"""The report's constants with the certified ones in place of the sampled estimates.
 
-    ``L`` becomes L_cert, ``lambda_min`` and ``mu_k`` the proven lower bounds; the sampled
-    L is kept as ``L_sampled`` (when sampling produced one) for comparison.
+    `L` becomes $L_{\mathrm{cert}}$, `lambda_min` and `mu_k` the proven lower bounds; the
+    sampled $L$ is kept as `L_sampled` (when sampling produced one) for comparison.
     """
     constants = dict(sampled)
     if "L" in sampled:
@@ -50,7 +51,8 @@ def merge_constants(sampled: dict, certificate) -> dict:
 
 
 def F1_enclosure(problem, x1):
-    """(F_1(x_1), dF_1/dx_1) at a point as balls (lower solutions enclosed)."""
+    r"""$(F_1(x_1), \mathrm{d}F_1/\mathrm{d}x_1)$ at a point as balls (lower solutions
+    enclosed)."""
     from .programs import _as_arb
 
     system, balls, z = point_enclosure(problem, x1)
@@ -61,11 +63,17 @@ def F1_enclosure(problem, x1):
 
 
 def F_star_bounds(problem, box, x_hat, m: float) -> tuple[float, float]:
-    """Proven bounds on F_1* = min over the box of F_1, given lambda_min >= m > 0 there.
+    r"""Proven bounds on $F_1^*$, the minimum of $F_1$ over the box, given
+    $\lambda_{\min} \ge m > 0$ there.
 
-    Upper: F_1(x_hat). Lower: strong convexity on the (convex) box gives
-    F_1(y) >= F_1(x_hat) + g^T (y - x_hat) + m/2 |y - x_hat|^2, minimised coordinatewise over
-    the box in closed form (-g_i^2/(2m) where the minimiser is inside, else an end).
+    Upper: $F_1(\hat x)$, $\hat x$ = `x_hat`. Lower: strong convexity on the (convex) box gives
+
+    $$
+    F_1(y) \ge F_1(\hat x) + g^\top (y - \hat x) + \tfrac{m}{2} \lVert y - \hat x \rVert^2,
+    $$
+
+    minimised coordinatewise over the box in closed form ($-g_i^2/(2m)$ where the minimiser
+    is inside, else an end).
     """
     from flint import arb
 
@@ -94,7 +102,7 @@ def F_star_bounds(problem, box, x_hat, m: float) -> tuple[float, float]:
 
 
 def record(certificate, *, certified: bool, label: str, notes=(), **extra) -> dict:
-    """The ``Report.certificate`` dict: the certificate's intervals, label and notes."""
+    """The `Report.certificate` dict: the certificate's intervals, label and notes."""
     out = certificate.as_dict() if certificate is not None else {}
     out.update({"certified": bool(certified), "label": label, "notes": list(notes)})
     out.update(extra)
@@ -103,10 +111,11 @@ def record(certificate, *, certified: bool, label: str, notes=(), **extra) -> di
 
 def finish(problem, certificate, *, box, verdict: str, L_value: float, L_given, x_hat,
            x_start, left_mean, t):
-    """(certified, certificate dict) for a finished Theorem 4.1 run.
+    r"""(certified, certificate dict) for a finished Theorem 4.1 run.
 
     A fail with certified constants is re-checked against the largest right side the proof
-    allows, 2 L (F_1(x^0) upper - F_1* lower) / T; if it still fails, it is flagged as a
+    allows, $2L\,\bigl(\overline{F_1(x^0)} - \underline{F_1^*}\bigr)/T$ (the proven upper
+    bound of $F_1(x^0)$ and lower bound of $F_1^*$); if it still fails, it is flagged as a
     counterexample to the stated theorem (the run itself being float64).
     """
     notes = []

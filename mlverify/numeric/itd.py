@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 #: A rise of $f_k$ by more than this (relative to $1 + |f_k|$) between unrolled steps counts
 #: as divergence; float64 round-off in $f_k$ is about $10^{-16}$ relative.
@@ -86,7 +87,7 @@ def _learning_rates(core, anchors, inner_lr):
     diverges), so L_k is that of the reduced Hessian, by the lemmas at the start.
     """
     if inner_lr is not None:
-        if jnp.ndim(inner_lr) == 0:
+        if np.ndim(inner_lr) == 0:
             return (None,) + (inner_lr,) * (core.n - 1)
         rates = tuple(jnp.reshape(jnp.asarray(inner_lr, jnp.float64), (-1,)))
         if len(rates) != core.n - 1:

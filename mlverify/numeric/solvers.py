@@ -205,7 +205,7 @@ def _value_function(problem, k):
     return problem._jit(("value", k), lambda: problem.core.fs[k])
 
 
-def _direction(g, second, dense, method):
+def _direction(g, second, dense, method, x=None):
     """(direction, Newton's distance estimate or inf): Newton's direction where H is positive
     definite (``checks.descent_direction``), else steepest descent scaled by 1/||H||; for
     matrix-free blocks ``second`` is already the direction (CG, or -g for ``gd``)."""
@@ -214,7 +214,7 @@ def _direction(g, second, dense, method):
         newton = method != "gd" and np.all(np.isfinite(direction)) and g @ direction < 0
         return direction, float(np.linalg.norm(direction)) if newton else float("inf")
     h = np.asarray(second)
-    direction, lowest = checks.descent_direction(g, h)
+    direction, lowest = checks.descent_direction(g, h, x)
     if method == "gd":
         scale = float(np.max(np.abs(np.linalg.eigvalsh(0.5 * (h + h.T)))))
         return -g / max(scale, 1e-300), float("inf")
@@ -265,16 +265,17 @@ def nested_solve(problem, start, tol, max_iter, method, first=1):
                 fail(k, NonFiniteError(
                     "NaN or inf in the reduced objective F_k or its gradient D_k F_k during "
                     "the lower solve", level=k + 1, quantity="reduced gradient"))
-            direction, distance = _direction(g, second, dense, method)
+            direction, distance = _direction(g, second, dense, method, np.asarray(blocks[k]))
             # The last Newton step is still taken; the test is judged again after the loop.
             last = checks.solved(distance, np.asarray(blocks[k]), tol)
             residual = float(np.linalg.norm(g))
             slope = float(g @ direction)
             base = np.asarray(blocks[k])
-            alpha, accepted = 1.0, False
+            alpha, accepted, off_domain = 1.0, False, False
             for _ in range(60):
                 blocks[k] = jnp.asarray(base + alpha * direction)
                 trial = trial_value(k)
+                off_domain |= not np.isfinite(trial)
                 # Near the solution F_k carries the noise of the lower solves (solved to tol),
                 # larger than the decrease Armijo asks for: the full step is then also taken
                 # when the gradient norm drops.
@@ -288,6 +289,9 @@ def nested_solve(problem, start, tol, max_iter, method, first=1):
             if not accepted:
                 blocks[k] = jnp.asarray(base)
                 solve_from(k + 1, record=False)
+                if off_domain and current < start_value and not np.isfinite(distance):
+                    problem.diagnose_below(k, blocks)
+                    checks.raise_domain_edge(k + 1, blocks[k], current, start_value)
                 break
             checks.check_bounded(k + 1, blocks[k], first_point, current, start_value, False)
             if last:
@@ -316,5 +320,6 @@ def nested_solve(problem, start, tol, max_iter, method, first=1):
             residuals[k - 1], distances[k - 1] = residual, distance
             solve_from(k + 1, record=True)
 
-    solve_from(first, record=True)
+    with np.errstate(all="ignore"):  # overflow in a trial is judged, not warned about
+        solve_from(first, record=True)
     return blocks, residuals, distances, iterations[0]
