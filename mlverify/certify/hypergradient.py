@@ -41,8 +41,7 @@ def precision(bits: int):
 
 
 def certified_system(problem) -> CertifiedSystem:
-    """The problem's [`CertifiedSystem`][mlverify.certify.system.CertifiedSystem], compiled
-    once and kept with the problem."""
+    """The problem's `CertifiedSystem`, compiled once and kept with the problem."""
     cache = problem._cache
     if "certified_system" not in cache:
         cache["certified_system"] = CertifiedSystem(problem)

@@ -76,6 +76,9 @@ def _mpmath_arithmetic() -> Arithmetic:
     )
 
 
+#: The arithmetics a `Program` runs on, by name, each a function making its `Arithmetic`:
+#: `"flint"` (python-flint's ball arithmetic `arb`, the default) and `"mpmath"` (mpmath's
+#: interval context `iv`, kept for comparison).
 ARITHMETICS = {"flint": _flint_arithmetic, "mpmath": _mpmath_arithmetic}
 
 

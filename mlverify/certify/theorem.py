@@ -18,6 +18,8 @@ from .bounds import float_down, float_up
 from .constants import L_MARGIN, certify_constants  # noqa: F401  (theorem_4_1 calls it)
 from .hypergradient import CertificationError, point_enclosure, precision
 
+#: The label of a fail with certified constants that still fails with the proven bounds on
+#: $F_1(x^0)$ and $F_1^*$ (see `finish`): a counterexample to the stated theorem.
 COUNTEREXAMPLE = "fail (certified constants): counterexample to the stated theorem"
 
 

@@ -191,8 +191,6 @@ def _step_function(problem, k, method):
                 g, h = core.reduced_gradient_hessian(k, blocks, LinearSolve("dense"), True)
                 return g, h
             g, hvp = core.reduced_gradient_hessian(k, blocks, LinearSolve("cg"), False)
-            if method == "gd":
-                return g, -g
             direction, _ = jax.scipy.sparse.linalg.cg(hvp, -g, tol=1e-10, maxiter=10 * g.size)
             return g, direction
 
@@ -206,19 +204,23 @@ def _value_function(problem, k):
 
 
 def _direction(g, second, dense, method, x=None):
-    """(direction, Newton's distance estimate or inf): Newton's direction where H is positive
-    definite (``checks.descent_direction``), else steepest descent scaled by 1/||H||; for
-    matrix-free blocks ``second`` is already the direction (CG, or -g for ``gd``)."""
+    r"""(direction, Newton's distance estimate or inf). Newton's direction where $H$ is
+    positive definite (``checks.descent_direction``), else steepest descent scaled by
+    $1/\lVert H \rVert$; ``gd`` steps along the scaled (dense) or plain (matrix-free) negative
+    gradient but stops on the same Newton distance. For matrix-free blocks ``second`` is
+    already Newton's direction (CG)."""
     if not dense:
-        direction = np.asarray(second)
-        newton = method != "gd" and np.all(np.isfinite(direction)) and g @ direction < 0
-        return direction, float(np.linalg.norm(direction)) if newton else float("inf")
+        newton = np.asarray(second)
+        ok = np.all(np.isfinite(newton)) and g @ newton < 0
+        distance = float(np.linalg.norm(newton)) if ok else float("inf")
+        return (-g if method == "gd" else newton), distance
     h = np.asarray(second)
     direction, lowest = checks.descent_direction(g, h, x)
+    distance = float(np.linalg.norm(direction)) if lowest > 0 else float("inf")
     if method == "gd":
         scale = float(np.max(np.abs(np.linalg.eigvalsh(0.5 * (h + h.T)))))
-        return -g / max(scale, 1e-300), float("inf")
-    return direction, float(np.linalg.norm(direction)) if lowest > 0 else float("inf")
+        return -g / max(scale, 1e-300), checks.distance_estimate(g, h)
+    return direction, distance
 
 
 def nested_solve(problem, start, tol, max_iter, method, first=1):
@@ -299,8 +301,6 @@ def nested_solve(problem, start, tol, max_iter, method, first=1):
         g, second = step(tuple(blocks))
         g = np.asarray(g)
         direction, distance = _direction(g, second, dense, method)
-        if method == "gd" and dense:
-            distance = checks.distance_estimate(g, np.asarray(second))
         residual = float(np.linalg.norm(g))
         if not checks.solved(distance, np.asarray(blocks[k]), tol):
             problem.diagnose_below(k, blocks)
