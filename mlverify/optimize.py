@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 
 import jax.numpy as jnp
@@ -103,7 +104,22 @@ def as_numeric(problem, method: str = "itd"):
         from .symsolve import SymbolicBackend
 
         return SymbolicBackend(problem)
-    return problem.lower()
+    return _lowered(problem)
+
+
+#: One JAX lowering per declared problem, so each of its programs is compiled once per
+#: process however many runs use it (the NumericProblem keeps its compiled functions).
+_LOWERED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _lowered(problem):
+    try:
+        return _LOWERED[problem]
+    except KeyError:
+        _LOWERED[problem] = numeric = problem.lower()
+        return numeric
+    except TypeError:  # not weakly referenceable or unhashable: lower it each time
+        return problem.lower()
 
 
 def exact_value_and_gradient(num, x1, init=None):
@@ -163,15 +179,20 @@ def optimize(
     if method not in OUTER_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(OUTER_METHODS)}")
     num = as_numeric(problem, method)
+    # Values, L and the tracked exact hypergradient come from the exact backend: for a
+    # declared problem its compiled symbolic formulas, so ITD compiles only its own program.
+    reference = as_numeric(problem, "implicit-exact")
     solve_options = dict(solve_options or {})
     x1 = np.asarray(num.flatten(0, num.init[0] if x0 is None else x0), dtype=np.float64)
     x1 = project(x1, box)
     if step_size is None or step_size == "1/L":
-        L = L if L is not None else estimate_lipschitz(num, num.unflatten(0, jnp.asarray(x1)))
+        L = L if L is not None else estimate_lipschitz(
+            reference, reference.unflatten(0, jnp.asarray(x1))
+        )
         alpha = 1.0 / L
     else:
         alpha = float(step_size)
-    runner = _Runner(num, method, inner_steps, inner_lr, iterations, solve_options)
+    runner = _Runner(num, method, inner_steps, inner_lr, iterations, solve_options, reference)
     xs_hist, f_hist, g_hist, times, evals = [x1.copy()], [], [], [], []
     exact_norms, errors = [], []
     elapsed = 0.0
@@ -226,8 +247,10 @@ def optimize(
 class _Runner:
     """Per-method state between rounds (warm starts, single-loop iterates)."""
 
-    def __init__(self, num, method, inner_steps, inner_lr, iterations, solve_options):
+    def __init__(self, num, method, inner_steps, inner_lr, iterations, solve_options,
+                 reference=None):
         self.num, self.method = num, method
+        self.reference = num if reference is None else reference
         self.inner_steps, self.inner_lr, self.iterations = inner_steps, inner_lr, iterations
         self.solve_options = solve_options
         self.solves_lower = method in _HYPERGRADIENT_METHOD
@@ -293,10 +316,10 @@ class _Runner:
         if self.solves_lower:
             return self._f1(x1, self.lower)
         if self.method == "itd":
-            lower = self.num.solve_lower(
-                self.num.unflatten(0, jnp.asarray(x1)), **self.solve_options
-            )
-            return self._f1(x1, lower)
+            ref = self.reference
+            lower = ref.solve_lower(ref.unflatten(0, jnp.asarray(x1)), **self.solve_options)
+            flat = (jnp.asarray(x1),) + tuple(ref.flatten(k, x) for k, x in enumerate(lower, 1))
+            return float(ref.objective_value(0, flat))
         flat = (jnp.asarray(x1),) + tuple(self.iterates)
         return float(self.num.objective_value(0, flat))
 
@@ -316,8 +339,10 @@ class _Runner:
         return float(self.num.objective_value(0, flat))
 
     def exact_hypergradient(self, x1):
-        lower = self.num.solve_lower(self.num.unflatten(0, jnp.asarray(x1)), **self.solve_options)
-        return self._frozen(x1, lower, "exact")
+        ref = self.reference
+        lower = ref.solve_lower(ref.unflatten(0, jnp.asarray(x1)), **self.solve_options)
+        xs = (ref.unflatten(0, jnp.asarray(x1)), *lower)
+        return np.asarray(ref.flatten(0, ref.hypergradient_frozen(xs, "exact")))
 
     def final_value(self, x1):
         if self.solves_lower:

@@ -17,6 +17,7 @@ class Report:
     ``constants``: name -> (value, how it was obtained). ``table``: columns of equal length
     (``T``, the left side(s), ``right``, ``ok``). ``reason`` explains a fail or a
     not-applicable verdict ("assumption violated: bound not applicable" and where).
+    ``box`` is the region the check sampled its constants on and ran in.
     """
 
     theorem: str
@@ -27,6 +28,8 @@ class Report:
     fitted_slope: float | None = None
     reason: str = ""
     extra: dict = field(default_factory=dict)
+    #: The region X the check used, [[lo_1..lo_d], [hi_1..hi_d]] (None: not recorded).
+    box: list | None = None
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
