@@ -28,6 +28,9 @@ from .errors import NonFiniteError
 from .numeric import NumericProblem
 
 OUTER_METHODS = ("implicit-exact", "hierarchical", "itd", "aid-cg", "aid-neumann", "no-curvature")
+#: Lower-solve tolerance of the reference (exact) values and hypergradients that a run
+#: tracks, as the JAX core's solve_and_hypergradient default.
+REFERENCE_TOL = 1e-10
 _HYPERGRADIENT_METHOD = {
     "implicit-exact": "exact",
     "aid-cg": "cg",
@@ -175,6 +178,8 @@ def optimize(
 
     ``step_size``: a float alpha, or ``None`` / ``"1/L"`` for 1/L with ``L`` given or
     estimated at x_0 (lambda_max of the Hessian of F_1). ``box``: (lo, hi) for x_1.
+    ``progress``: True prints a line every tenth of the run on stderr; a callable is called
+    as ``progress(rounds_done, steps)`` after every round (e.g. to drive a progress bar).
     """
     if method not in OUTER_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(OUTER_METHODS)}")
@@ -217,7 +222,9 @@ def optimize(
             exact = runner.exact_hypergradient(xs_hist[-2])
             exact_norms.append(float(np.linalg.norm(exact)))
             errors.append(float(np.linalg.norm(g - exact)))
-        if progress and (t + 1) % max(1, steps // 10) == 0:
+        if callable(progress):
+            progress(t + 1, steps)
+        elif progress and (t + 1) % max(1, steps // 10) == 0:
             print(
                 f"  {method}: round {t + 1}/{steps}, |g| = {np.linalg.norm(g):.3e}",
                 file=sys.stderr,
@@ -317,7 +324,7 @@ class _Runner:
             return self._f1(x1, self.lower)
         if self.method == "itd":
             ref = self.reference
-            lower = ref.solve_lower(ref.unflatten(0, jnp.asarray(x1)), **self.solve_options)
+            lower = ref.solve_lower(ref.unflatten(0, jnp.asarray(x1)), **self._reference_options())
             flat = (jnp.asarray(x1),) + tuple(ref.flatten(k, x) for k, x in enumerate(lower, 1))
             return float(ref.objective_value(0, flat))
         flat = (jnp.asarray(x1),) + tuple(self.iterates)
@@ -338,9 +345,13 @@ class _Runner:
         flat = (jnp.asarray(x1),) + tuple(self.num.flatten(k, x) for k, x in enumerate(lower, 1))
         return float(self.num.objective_value(0, flat))
 
+    def _reference_options(self):
+        # the JAX core's default tolerance, also when the reference is the symbolic solver
+        return {"tol": REFERENCE_TOL, **self.solve_options}
+
     def exact_hypergradient(self, x1):
         ref = self.reference
-        lower = ref.solve_lower(ref.unflatten(0, jnp.asarray(x1)), **self.solve_options)
+        lower = ref.solve_lower(ref.unflatten(0, jnp.asarray(x1)), **self._reference_options())
         xs = (ref.unflatten(0, jnp.asarray(x1)), *lower)
         return np.asarray(ref.flatten(0, ref.hypergradient_frozen(xs, "exact")))
 

@@ -7,7 +7,13 @@ import itertools
 import numpy as np
 import scipy.optimize
 
-from ..errors import ConvergenceError, HessianError, MlverifyError
+from ..errors import (
+    ConvergenceError,
+    DivergenceError,
+    HessianError,
+    MlverifyError,
+    NonFiniteError,
+)
 from ..optimize import as_numeric, hessian_F1, optimize, project
 from ..optimize import exact_value_and_gradient as _exact
 from .report import Report
@@ -294,8 +300,9 @@ def theorem_4_2(
     stays in, alpha <= 1/L (no convexity). ``box`` is that region, (lo, hi) with scalars or
     sequences of length d_1 (default x_0 +- 2): L (the largest |eigenvalue| of the Hessian
     of F_1) is sampled there, F_1* is the minimum of F_1 there, and the runs start at
-    ``x0`` (default: the box's lower corner lo, as in :func:`theorem_4_1`). A run that
-    leaves the box makes the verdict "not-applicable": L and F_1* hold only on the box.
+    ``x0`` (default: the problem's initial x_1), projected into the box. A run that leaves
+    the box, or diverges, makes the verdict "not-applicable": L and F_1* hold only on the
+    box.
     """
     num = as_numeric(problem, "implicit-exact")
     d = num.sizes[0]
@@ -304,8 +311,8 @@ def theorem_4_2(
         region = _box((x_start - 2, x_start + 2), d)
     else:
         region = _box(box, d)
-        x_start = region[0].copy() if x0 is None else project(
-            np.asarray(num.flatten(0, x0), dtype=np.float64), region)
+        x_start = project(np.asarray(num.flatten(0, num.init[0] if x0 is None else x0),
+                                     dtype=np.float64), region)
     constants, violation = constants_4_2(problem, region, samples=samples, seed=seed)
 
     def not_applicable(why):
@@ -328,16 +335,19 @@ def theorem_4_2(
     F0 = _exact(num, x_start)[0]
     tables, verdict, reasons, traces = {}, "pass", [], {}
     for method in methods:
-        trace = optimize(
-            problem,
-            method,
-            steps=T,
-            step_size=alpha,
-            x0=x_start,
-            inner_steps=inner_steps,
-            track_exact=True,
-            progress=progress,
-        )
+        try:
+            trace = optimize(
+                problem,
+                method,
+                steps=T,
+                step_size=alpha,
+                x0=x_start,
+                inner_steps=inner_steps,
+                track_exact=True,
+                progress=progress,
+            )
+        except (NonFiniteError, DivergenceError) as err:
+            return not_applicable(f"the {method} run diverged: {err}")
         traces[method] = trace
         outside = np.nonzero(np.any((trace.x1 < region[0]) | (trace.x1 > region[1]), axis=1))[0]
         if outside.size:
