@@ -352,7 +352,9 @@ def _load_zoo(args) -> Target:
     else:
         target.box = _parse_box(*ZOO_BOXES[name], d, f"the box of --zoo {name}")
     if target.family is not None:
-        target.members = {n: build(n) for n in range(2, (args.max_levels or 4) + 1)}
+        # the problem itself is the member with its number of levels (derived once)
+        target.members = {n: problem if n == levels else build(n)
+                          for n in range(2, (args.max_levels or 4) + 1)}
     return target
 
 
@@ -481,6 +483,75 @@ def _unbounded_along_negative_curvature(problem, level: int, x1) -> str | None:
     return None
 
 
+def _bottom_level_unbounded(problem, x1) -> str | None:
+    """For the bottom level (its reduced objective is f_n itself): a description if f_n
+    falls without bound in x_n, decided exactly where f_n is quadratic in x_n with a
+    negative Hessian eigenvalue, else by f_n along the direction of most negative curvature
+    at x1 (the levels in between at 0); None otherwise."""
+    import sympy as sp
+
+    from .problem import MultilevelProblem
+
+    if not isinstance(problem, MultilevelProblem):
+        return None
+    n = problem.n
+    block = problem.block(n)
+    f = problem.objectives[n - 1]
+    hessian = sp.hessian(f, list(block))
+    if all(e.is_number for e in hessian):
+        eigenvalues, vectors = np.linalg.eigh(np.array(hessian.evalf(), dtype=float))
+        if eigenvalues[0] < 0:
+            return (f"level {n} is unbounded below: f_{n} is quadratic in x_{n} with a constant "
+                    f"Hessian whose eigenvalue {eigenvalues[0]:.6g} < 0, so f_{n} falls like "
+                    f"-s^2 along its eigenvector, for every x1")
+        return None
+    values = dict(zip(problem.variables, np.zeros(len(problem.variables)), strict=True))
+    values.update(dict(zip(problem.blocks[0], np.ravel(x1), strict=True)))
+    h = np.array(hessian.subs(values).evalf(), dtype=float)
+    eigenvalues, vectors = np.linalg.eigh(0.5 * (h + h.T))
+    if eigenvalues[0] >= 0:
+        return None
+    f_num = sp.lambdify(list(block), f.subs({v: values[v] for v in problem.variables
+                                              if v not in block}), "math")
+    for sign in (1.0, -1.0):
+        trail = [f_num(*(sign * s * vectors[:, 0])) for s in 10.0 ** np.arange(0, 9)]
+        if np.all(np.diff(trail) < 0) and trail[-1] < trail[0] - 1e6:
+            return (f"level {n} is unbounded below: f_{n} falls to {trail[-1]:.3g} at distance "
+                    f"1e8 along the direction of negative curvature at x1 = "
+                    f"{np.round(np.ravel(x1), 6).tolist()}")
+    return None
+
+
+def _classify(problem, err, x1, symbolic: bool) -> tuple[str, str]:
+    """(kind, reason) for an error of a lower level: 'unbounded below' where that can be
+    shown, else 'not unique', 'degenerate or indefinite' or 'solve failed'."""
+    from .errors import HessianError, NonUniqueMinimiserError, UnboundedLevelError
+
+    if isinstance(err, UnboundedLevelError):
+        return "unbounded below", _one_line(err)
+    if isinstance(err, NonUniqueMinimiserError):
+        return "not unique", _one_line(err)
+    level = getattr(err, "level", None)
+    if level == problem.n:
+        unbounded = _bottom_level_unbounded(problem, x1)
+        if unbounded is not None:
+            return "unbounded below", unbounded
+    elif level is not None:
+        if symbolic and getattr(err, "min_eigenvalue", None) is not None and \
+                err.min_eigenvalue < 0:
+            # The derivation decides definiteness only where D_kk F_k is a constant matrix:
+            # then F_k is quadratic in x_k with a negative curvature direction.
+            return "unbounded below", (f"level {level} is unbounded below: D_kk F_k is a "
+                                       f"constant matrix with eigenvalue "
+                                       f"{err.min_eigenvalue:.6g} < 0")
+        unbounded = _unbounded_along_negative_curvature(problem, level, x1)
+        if unbounded is not None:
+            return "unbounded below", unbounded
+    if isinstance(err, HessianError):
+        return "degenerate or indefinite", _one_line(err)
+    return "solve failed", _one_line(err)
+
+
 def _check_assumptions(problem, box, *, samples: int = ASSUMPTION_SAMPLES,
                        starts: int = MULTISTARTS) -> dict:
     """The assumptions every check shares, on the box: at sampled x1, each lower level has a
@@ -498,7 +569,7 @@ def _check_assumptions(problem, box, *, samples: int = ASSUMPTION_SAMPLES,
         UnboundedLevelError,
     )
     from .optimize import as_numeric
-    from .verify.theorems import _samples
+    from .verify.theorems import STRONG_CONVEXITY_FLOOR, _samples
 
     num = as_numeric(problem, "implicit-exact")
     points = _samples(np.asarray(box[0]), np.asarray(box[1]), samples, 0)
@@ -519,21 +590,20 @@ def _check_assumptions(problem, box, *, samples: int = ASSUMPTION_SAMPLES,
         try:
             lower = _solve_lower(problem, x1, starts)
             hessians = num.lower_hessians([np.asarray(x1), *lower])
-        except UnboundedLevelError as err:
-            return fail("unbounded below", err.level, f"at {where}: {err}")
-        except NonUniqueMinimiserError as err:
-            return fail("not unique", err.level, f"at {where}: {err}")
-        except (HessianError, ConvergenceError) as err:
-            unbounded = _unbounded_along_negative_curvature(problem, err.level, x1)
-            if unbounded is not None:
-                return fail("unbounded below", err.level, unbounded)
-            kind = "degenerate or indefinite" if isinstance(err, HessianError) else "solve failed"
-            return fail(kind, err.level, f"at {where}: {err}")
+        except (UnboundedLevelError, NonUniqueMinimiserError, HessianError,
+                ConvergenceError) as err:
+            kind, reason = _classify(problem, err, x1, symbolic=False)
+            return fail(kind, err.level, f"at {where}: {reason}")
         except MlverifyError as err:
-            return fail("solve failed", err.level, f"at {where}: {err}")
+            return fail("solve failed", err.level, f"at {where}: {_one_line(err)}")
         for k, h in enumerate(hessians, start=2):
-            low = float(np.linalg.eigvalsh(0.5 * (np.asarray(h) + np.asarray(h).T))[0])
-            mu[k] = min(mu.get(k, np.inf), low)
+            eig = np.linalg.eigvalsh(0.5 * (np.asarray(h) + np.asarray(h).T))
+            mu[k] = min(mu.get(k, np.inf), float(eig[0]))
+            if eig[0] <= STRONG_CONVEXITY_FLOOR * max(1.0, abs(eig[-1])):
+                return fail("degenerate or indefinite", k,
+                            f"level {k} is not strongly convex at {where}: min eigenvalue of "
+                            f"D_kk F_k is {eig[0]:.3g} (at most {STRONG_CONVEXITY_FLOOR:g} "
+                            f"times the largest)")
     result["mu"] = mu
     return result
 
@@ -625,7 +695,17 @@ def run_verify(args) -> int:
     from . import verify
 
     console.say("[1/6] best-response Jacobians (Lemmas 2.1, 3.1, 3.2)")
-    result["jacobians"] = _jacobians(problem, x_check, console)
+    from .errors import HessianError, NonUniqueMinimiserError, UnboundedLevelError
+
+    try:
+        result["jacobians"] = _jacobians(problem, x_check, console)
+    except (HessianError, NonUniqueMinimiserError, UnboundedLevelError) as err:
+        kind, reason = _classify(problem, err, x_check, symbolic=True)
+        console.say(f"  not derivable: {reason}")
+        result["jacobians"] = {"skipped": reason}
+        assumptions = {"ok": False, "kind": kind, "level": err.level, "reason": reason}
+        return _not_applicable(args, console, result, verdicts, out, written, start,
+                               assumptions, box_json)
 
     console.say(f"[2/6] assumptions on the box: unique, strongly convex, bounded-below lower "
                 f"levels at {ASSUMPTION_SAMPLES} points")
@@ -633,15 +713,8 @@ def run_verify(args) -> int:
     result["assumptions"] = _plain(assumptions)
     if not assumptions["ok"]:
         console.say(f"  violated ({assumptions['kind']}): {assumptions['reason']}")
-        verdicts["assumptions"] = "not-applicable"
-        reason = f"level {assumptions['level']} {assumptions['kind']}: {assumptions['reason']}"
-        for name in ("theorem_4_1", "theorem_4_2"):
-            result[name] = {"verdict": "not-applicable", "box": box_json,
-                            "reason": f"assumption violated: bound not applicable ({reason})"}
-        result["rounds_to_epsilon"] = {"skipped": "the assumptions fail on the box"}
-        verdicts.update({"theorem 4.1": "not-applicable", "theorem 4.2": "not-applicable"})
-        return _finish(args, console, result, verdicts, out, written, start,
-                       reason=f"assumption violated: {reason}")
+        return _not_applicable(args, console, result, verdicts, out, written, start,
+                               assumptions, box_json)
     mu = ", ".join(f"mu_{k} = {v:.3g}" for k, v in assumptions["mu"].items())
     how = "multistart" if assumptions["multistart"] else "one nested solve per point"
     console.say(f"  hold at every sampled point ({how}); smallest lower-Hessian eigenvalues "
@@ -715,6 +788,22 @@ def run_verify(args) -> int:
     elif not agree:
         reason = "the exact hypergradient disagrees with finite differences or the JAX core"
     return _finish(args, console, result, verdicts, out, written, start, reason=reason)
+
+
+def _not_applicable(args, console, result, verdicts, out, written, start, assumptions,
+                    box_json) -> int:
+    """A lower level fails the assumptions every check shares: no bound applies."""
+    verdicts["assumptions"] = "not-applicable"
+    reason = assumptions["reason"]
+    if f"level {assumptions['level']}" not in reason:
+        reason = f"level {assumptions['level']} {assumptions['kind']}: {reason}"
+    for name in ("theorem_4_1", "theorem_4_2"):
+        result[name] = {"verdict": "not-applicable", "box": box_json,
+                        "reason": f"assumption violated: bound not applicable ({reason})"}
+    result["rounds_to_epsilon"] = {"skipped": "the assumptions fail on the box"}
+    verdicts.update({"theorem 4.1": "not-applicable", "theorem 4.2": "not-applicable"})
+    return _finish(args, console, result, verdicts, out, written, start,
+                   reason=f"assumption violated: {reason}")
 
 
 def _n_study(args, target, box, console, out, written, verdicts) -> dict:

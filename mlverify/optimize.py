@@ -173,6 +173,7 @@ def optimize(
     track_exact: bool = False,
     progress: bool = False,
     solve_options: dict | None = None,
+    lower_init=None,
 ) -> Trace:
     """Run ``method`` for ``steps`` rounds on a MultilevelProblem or NumericProblem.
 
@@ -180,6 +181,10 @@ def optimize(
     estimated at x_0 (lambda_max of the Hessian of F_1). ``box``: (lo, hi) for x_1.
     ``progress``: True prints a line every tenth of the run on stderr; a callable is called
     as ``progress(rounds_done, steps)`` after every round (e.g. to drive a progress bar).
+    ``lower_init``: blocks x_2..x_n where the single-loop iterates start and where ITD's
+    unrolled steps start every round (default: the problem's initial point). ITD's inner
+    steps, unless ``inner_lr`` is given, are 1/(1.2 L_k) at the start for the whole run
+    (L_k the largest eigenvalue of D_kk F_k by the lemmas), so its program compiles once.
     """
     if method not in OUTER_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(OUTER_METHODS)}")
@@ -197,7 +202,17 @@ def optimize(
         alpha = 1.0 / L
     else:
         alpha = float(step_size)
-    runner = _Runner(num, method, inner_steps, inner_lr, iterations, solve_options, reference)
+    if lower_init is not None:
+        lower_init = [np.asarray(num.flatten(k, x), dtype=np.float64)
+                      for k, x in enumerate(lower_init, 1)]
+    if method == "itd" and inner_lr is None and reference is not num:
+        # The same step rule as the JAX core's default, evaluated once by the exact backend:
+        # the unrolled program then holds no nested implicit derivative to compile.
+        start = lower_init if lower_init is not None else list(reference.init[1:])
+        lipschitz = reference.lower_lipschitz([x1, *start])
+        inner_lr = tuple(float(1.0 / max(1.2 * lam, 1e-12)) for lam in lipschitz)
+    runner = _Runner(num, method, inner_steps, inner_lr, iterations, solve_options, reference,
+                     lower_init)
     xs_hist, f_hist, g_hist, times, evals = [x1.copy()], [], [], [], []
     exact_norms, errors = [], []
     elapsed = 0.0
@@ -255,7 +270,7 @@ class _Runner:
     """Per-method state between rounds (warm starts, single-loop iterates)."""
 
     def __init__(self, num, method, inner_steps, inner_lr, iterations, solve_options,
-                 reference=None):
+                 reference=None, lower_init=None):
         self.num, self.method = num, method
         self.reference = num if reference is None else reference
         self.inner_steps, self.inner_lr, self.iterations = inner_steps, inner_lr, iterations
@@ -263,7 +278,9 @@ class _Runner:
         self.solves_lower = method in _HYPERGRADIENT_METHOD
         self.reports_F1 = method != "hierarchical"
         self.lower = None
-        self.iterates = [num.init[k] for k in range(1, num.n)]
+        self.lower_init = (list(lower_init) if lower_init is not None
+                           else [num.init[k] for k in range(1, num.n)])
+        self.iterates = list(self.lower_init)
         self.evals = 0
         self._betas = None
 
@@ -300,7 +317,7 @@ class _Runner:
             self.evals += self.lower.iterations
             return np.asarray(num.flatten(0, g))
         if self.method == "itd":
-            start = [num.unflatten(k, num.init[k]) for k in range(1, num.n)]
+            start = [num.unflatten(k, x) for k, x in enumerate(self.lower_init, 1)]
             options = {"steps": self.inner_steps}
             if self.inner_lr is not None:
                 options["inner_lr"] = self.inner_lr
