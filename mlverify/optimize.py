@@ -182,9 +182,10 @@ def optimize(
     ``progress``: True prints a line every tenth of the run on stderr; a callable is called
     as ``progress(rounds_done, steps)`` after every round (e.g. to drive a progress bar).
     ``lower_init``: blocks x_2..x_n where the single-loop iterates start and where ITD's
-    unrolled steps start every round (default: the problem's initial point). ITD's inner
-    steps, unless ``inner_lr`` is given, are 1/(1.2 L_k) at the start for the whole run
-    (L_k the largest eigenvalue of D_kk F_k by the lemmas), so its program compiles once.
+    unrolled steps start every round (default: the problem's initial point). For a declared
+    problem ITD's inner step, unless ``inner_lr`` is given, is 1/(1.2 max_k L_k) at the
+    start for the whole run (L_k the largest eigenvalue of D_kk F_k by the lemmas), so its
+    program holds no nested implicit derivative and compiles once.
     """
     if method not in OUTER_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(OUTER_METHODS)}")
@@ -210,7 +211,9 @@ def optimize(
         # the unrolled program then holds no nested implicit derivative to compile.
         start = lower_init if lower_init is not None else list(reference.init[1:])
         lipschitz = reference.lower_lipschitz([x1, *start])
-        inner_lr = tuple(float(1.0 / max(1.2 * lam, 1e-12)) for lam in lipschitz)
+        # one step for every level (the JAX core takes a scalar or per-level steps; a
+        # scalar keeps the compiled-program cache key hashable and the JAX call warning-free)
+        inner_lr = float(1.0 / max(1.2 * max(lipschitz), 1e-12))
     runner = _Runner(num, method, inner_steps, inner_lr, iterations, solve_options, reference,
                      lower_init)
     xs_hist, f_hist, g_hist, times, evals = [x1.copy()], [], [], [], []
