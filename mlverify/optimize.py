@@ -28,8 +28,10 @@ from .errors import NonFiniteError
 from .numeric import NumericProblem
 
 OUTER_METHODS = ("implicit-exact", "hierarchical", "itd", "aid-cg", "aid-neumann", "no-curvature")
-#: Lower-solve tolerance of the reference (exact) values and hypergradients that a run
-#: tracks, as the JAX core's solve_and_hypergradient default.
+#: Lower-solve tolerance (gradient norm) of the solved methods, of the reference values and
+#: hypergradients a run tracks, and of exact_value_and_gradient, on either backend: the JAX
+#: core's solve_and_hypergradient default (the symbolic solver's own default, 1e-12, is not
+#: reachable in float64 on every box).
 REFERENCE_TOL = 1e-10
 _HYPERGRADIENT_METHOD = {
     "implicit-exact": "exact",
@@ -127,7 +129,7 @@ def _lowered(problem):
 
 def exact_value_and_gradient(num, x1, init=None):
     """(F_1, grad F_1, lower solution) at x_1, lower levels solved, on either backend."""
-    options = {} if init is None else {"init": init}
+    options = {"tol": REFERENCE_TOL} if init is None else {"tol": REFERENCE_TOL, "init": init}
     lower = num.solve_lower(num.unflatten(0, jnp.asarray(x1)), **options)
     flat = [jnp.asarray(x1)] + [num.flatten(k, x) for k, x in enumerate(lower, 1)]
     value = num.objective_value(0, flat)
@@ -288,7 +290,7 @@ class _Runner:
         self._betas = None
 
     def _solve_options(self):
-        options = dict(self.solve_options)
+        options = {"tol": REFERENCE_TOL, **self.solve_options}
         if self.lower is not None:
             options.setdefault("init", self.lower)
         return options
