@@ -40,6 +40,8 @@ class Report:
         lines = [f"Theorem {self.theorem}: {self.verdict.upper()}"]
         if self.reason:
             lines.append(f"  {self.reason}")
+        if self.box is not None:
+            lines.append(f"  box X: lo = {self.box[0]}, hi = {self.box[1]}")
         for name, (value, how) in self.constants.items():
             shown = f"{value:.6g}" if isinstance(value, (int, float)) else str(value)
             lines.append(f"  {name:<14} = {shown:<14} ({how})")
