@@ -909,18 +909,24 @@ def _plot_growth(growth, path, label):
     t_eps = np.asarray(growth["T_eps"], dtype=float)
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.6))
     finite = np.isfinite(t_eps)
-    ax[0].plot(ns[finite], t_eps[finite], "o-", label="rounds to ||grad F_1||^2 <= 1e-10")
+    ax[0].plot(ns[finite], t_eps[finite], "o-",
+               label=rf"first round with $\Vert\nabla F_1\Vert^2 \leq$ {growth['epsilon']:.0e}")
     if (~finite).any():
         ax[0].plot(ns[~finite], np.full((~finite).sum(), growth["max_rounds"]), "x",
                    color="C3", label=f"not reached in {growth['max_rounds']} rounds")
     ax[0].set_ylim(bottom=0, top=1.15 * max(float(np.max(t_eps[finite], initial=1)),
                                             growth["max_rounds"] if (~finite).any() else 1))
     ax[0].set_xlabel("levels n")
-    ax[0].set_ylabel("rounds T_eps(n)")
+    ax[0].set_ylabel(r"rounds $T_\varepsilon(n)$ (single loop)")
     ax[0].legend(fontsize=8, loc="lower right")
-    ax[1].semilogy(ns, growth["mean_error"], "o-", color="C1")
+    errors = np.asarray(growth["mean_error"], dtype=float)
+    ax[1].semilogy(ns, errors, "o-", color="C1")
+    positive = errors[errors > 0]
+    if positive.size:  # at least two decades, so that a small spread is not blown up
+        middle = np.sqrt(positive.min() * positive.max())
+        ax[1].set_ylim(min(positive.min() / 2, middle / 10), max(positive.max() * 2, middle * 10))
     ax[1].set_xlabel("levels n")
-    ax[1].set_ylabel("mean ||e_t|| over the run")
+    ax[1].set_ylabel(r"mean $\Vert e_t\Vert$ over the run (single loop)")
     for a in ax:
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax[0].yaxis.set_major_locator(MaxNLocator(integer=True))
