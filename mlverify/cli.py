@@ -91,6 +91,7 @@ class Target:
 
 # ---------------------------------------------------------------------------- options
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``mlverify`` (every option has its help text)."""
     parser = argparse.ArgumentParser(
         prog="mlverify",
         description="Multilevel optimisation by implicit differentiation, checked.",
@@ -672,6 +673,8 @@ def _clean_out(out: Path) -> list[str]:
 
 
 def run_verify(args) -> int:
+    """The six steps on the problem ``args`` names (see the module docstring); returns the
+    exit status. Raises BadInput before any long work."""
     _check_options(args)
     console = _Console(args)
     start = time.perf_counter()
