@@ -104,7 +104,9 @@ def main() -> None:
 
     for name, argv, result in rows:
         loads = [r["load"] for runs in result.values() if runs for r in runs]
-        lines.append(f"| {name} (`{' '.join(argv) or '(no options)'}`) | "
+        shown = " ".join(str(pathlib.Path(a).relative_to(ROOT)) if a.startswith(str(ROOT))
+                         else a for a in argv) or "(no options)"
+        lines.append(f"| {name} (`{shown}`) | "
                      f"{cell(result['before'])} | {cell(result['after'])} | "
                      f"{min(loads):.1f}-{max(loads):.1f} |")
     out = ROOT / "benchmarks" / "results" / "cli.md"
