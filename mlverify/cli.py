@@ -672,67 +672,88 @@ def _clean_out(out: Path) -> list[str]:
     return removed
 
 
+@dataclass
+class _Run:
+    """What a run accumulates: the report, the verdicts, the files written."""
+
+    args: argparse.Namespace
+    console: _Console
+    out: Path
+    box_json: list
+    start: float = field(default_factory=time.perf_counter)
+    result: dict = field(default_factory=dict)
+    verdicts: dict = field(default_factory=dict)
+    written: list = field(default_factory=list)
+
+
 def run_verify(args) -> int:
     """The six steps on the problem ``args`` names (see the module docstring); returns the
     exit status. Raises BadInput before any long work."""
     _check_options(args)
     console = _Console(args)
     start = time.perf_counter()
-    if args.problem_file:
-        target = _load_file(args.problem_file, args.box, args.max_levels)
-    else:
-        target = _load_zoo(args)
+    target = (_load_file(args.problem_file, args.box, args.max_levels) if args.problem_file
+              else _load_zoo(args))
     problem, box = target.problem, target.box
-    out = Path(args.out)
-    removed = _clean_out(out)
-    written: list[str] = []
-    box_json = [np.asarray(box[0]).tolist(), np.asarray(box[1]).tolist()]
-    result: dict = {"problem": target.label, "levels": problem.n,
-                    "block_sizes": list(problem.sizes), "box": box_json}
+    run = _Run(args, console, Path(args.out),
+               [np.asarray(box[0]).tolist(), np.asarray(box[1]).tolist()], start=start)
+    removed = _clean_out(run.out)
+    run.result.update(problem=target.label, levels=problem.n, block_sizes=list(problem.sizes),
+                      box=run.box_json)
     console.say(f"mlverify verify: {target.label} ({problem.n} levels, blocks "
                 f"{tuple(problem.sizes)}), box X = {_box_text(box)} for every check")
     if removed:
-        console.say(f"  removed {len(removed)} files of an earlier run from {out}/")
+        console.say(f"  removed {len(removed)} files of an earlier run from {run.out}/")
     x_check = _check_point(box)
-    verdicts: dict = {}
-
-    from . import verify
 
     console.say("[1/6] best-response Jacobians (Lemmas 2.1, 3.1, 3.2)")
     from .errors import HessianError, NonUniqueMinimiserError, UnboundedLevelError
 
     try:
-        result["jacobians"] = _jacobians(problem, x_check, console)
+        run.result["jacobians"] = _jacobians(problem, x_check, console)
     except (HessianError, NonUniqueMinimiserError, UnboundedLevelError) as err:
         kind, reason = _classify(problem, err, x_check, symbolic=True)
         console.say(f"  not derivable: {reason}")
-        result["jacobians"] = {"skipped": reason}
-        assumptions = {"ok": False, "kind": kind, "level": err.level, "reason": reason}
-        return _not_applicable(args, console, result, verdicts, out, written, start,
-                               assumptions, box_json)
+        run.result["jacobians"] = {"skipped": reason}
+        return _not_applicable(run, {"kind": kind, "level": err.level, "reason": reason})
 
     console.say(f"[2/6] assumptions on the box: unique, strongly convex, bounded-below lower "
                 f"levels at {ASSUMPTION_SAMPLES} points")
     assumptions = _check_assumptions(problem, box)
-    result["assumptions"] = _plain(assumptions)
+    run.result["assumptions"] = _plain(assumptions)
     if not assumptions["ok"]:
         console.say(f"  violated ({assumptions['kind']}): {assumptions['reason']}")
-        return _not_applicable(args, console, result, verdicts, out, written, start,
-                               assumptions, box_json)
+        return _not_applicable(run, assumptions)
     mu = ", ".join(f"mu_{k} = {v:.3g}" for k, v in assumptions["mu"].items())
     how = "multistart" if assumptions["multistart"] else "one nested solve per point"
     console.say(f"  hold at every sampled point ({how}); smallest lower-Hessian eigenvalues "
                 f"{mu}")
-    verdicts["assumptions"] = "pass"
+    run.verdicts["assumptions"] = "pass"
 
+    agree = _step_cross_check(run, problem, x_check)
+    report41, report42 = _step_theorems(run, problem, box)
+    run.result["rounds_to_epsilon"] = _n_study(run, target, box)
+    run.result.update(theorem_4_1=report41.to_dict(), theorem_4_2=report42.to_dict())
+    reason = ""
+    if report41.verdict != "pass":
+        reason = f"Theorem 4.1: {report41.reason}"
+    elif report42.verdict != "pass":
+        reason = f"Theorem 4.2: {report42.reason}"
+    elif not agree:
+        reason = "the exact hypergradient disagrees with finite differences or the JAX core"
+    return _finish(run, reason=reason)
+
+
+def _step_cross_check(run, problem, x_check) -> bool:
+    """Step 3: the exact hypergradient against finite differences (and the JAX core)."""
     from .problem import MultilevelProblem
 
     compared = ("the exact formula vs finite differences vs the JAX core"
                 if isinstance(problem, MultilevelProblem)
                 else "the JAX core's exact hypergradient vs finite differences")
-    console.say(f"[3/6] hypergradient at x1 = {np.round(x_check, 6).tolist()}: {compared}")
-    check = _cross_check(problem, x_check, args.jax_check)
-    result["cross_check"] = check
+    run.console.say(f"[3/6] hypergradient at x1 = {np.round(x_check, 6).tolist()}: {compared}")
+    check = _cross_check(problem, x_check, run.args.jax_check)
+    run.result["cross_check"] = check
     agree = check["exact_vs_fd"] <= FD_AGREEMENT and (
         check.get("symbolic_vs_jax") is None or check["symbolic_vs_jax"] <= JAX_AGREEMENT)
     parts = [f"|exact - FD| = {check['exact_vs_fd']:.2e} (limit {FD_AGREEMENT:.0e})"]
@@ -744,19 +765,23 @@ def run_verify(args) -> int:
     if "no_curvature_error" in check:
         parts.append(f"dropping the curvature terms changes it by "
                      f"{check['no_curvature_error']:.2e}")
-    console.say("  " + "; ".join(parts) + " (relative)")
-    verdicts["cross-check"] = "pass" if agree else "fail"
+    run.console.say("  " + "; ".join(parts) + " (relative)")
+    run.verdicts["cross-check"] = "pass" if agree else "fail"
+    return agree
 
+
+def _step_theorems(run, problem, box):
+    """Steps 4 and 5: Theorems 4.1 and 4.2 on the box; their reports, plots and runs."""
+    from . import verify
+
+    args, console = run.args, run.console
     console.say(f"[4/6] Theorem 4.1: projected gradient descent with the exact hypergradient, "
                 f"{args.T} rounds, on the box")
     options = {"certify": True} if args.certify else {}
     with console.bar(args.T, "implicit-exact") as bar:
         report41 = verify.theorem_4_1(problem, box=box, T=args.T,
                                       progress=_rounds_callback(bar), **options)
-    _save_report(report41, "4.1", out, written)
-    verdicts["theorem 4.1"] = report41.verdict
-    console.say(_indent(report41.summary()) + f"\n  verdict: {_verdict_text(report41)}")
-
+    _save_report(run, report41, "4.1")
     console.say(f"[5/6] Theorem 4.2: single-loop (hierarchical) and ITD runs, {args.T} rounds, "
                 f"{args.inner_steps} inner step(s), in the box")
     bar = console.bar(2 * args.T, "hierarchical, then ITD")
@@ -771,53 +796,39 @@ def run_verify(args) -> int:
     with bar:
         report42 = verify.theorem_4_2(problem, T=args.T, box=box, inner_steps=args.inner_steps,
                                       methods=("hierarchical", "itd"), progress=progress42)
-    _save_report(report42, "4.2", out, written)
-    verdicts["theorem 4.2"] = report42.verdict
-    console.say(_indent(report42.summary()) + f"\n  verdict: {_verdict_text(report42)}")
-    for method, trace in {**getattr(report41, "traces", {}),
-                          **getattr(report42, "traces", {})}.items():
-        name = f"trace-{method}.npz"
-        trace.save(str(out / name))
-        written.append(name)
-    result["runs"] = {
+    _save_report(run, report42, "4.2")
+    traces = {**getattr(report41, "traces", {}), **getattr(report42, "traces", {})}
+    for method, trace in traces.items():
+        trace.save(str(run.out / f"trace-{method}.npz"))
+        run.written.append(f"trace-{method}.npz")
+    run.result["runs"] = {
         method: {"final_x1": trace.x1[-1].tolist(), "rounds": trace.rounds,
                  "time_s": float(trace.time[-1])}
-        for method, trace in {**getattr(report41, "traces", {}),
-                              **getattr(report42, "traces", {})}.items()
+        for method, trace in traces.items()
     }
-
-    result["rounds_to_epsilon"] = _n_study(args, target, box, console, out, written, verdicts)
-    result.update(theorem_4_1=report41.to_dict(), theorem_4_2=report42.to_dict())
-    reason = ""
-    if report41.verdict != "pass":
-        reason = f"Theorem 4.1: {report41.reason}"
-    elif report42.verdict != "pass":
-        reason = f"Theorem 4.2: {report42.reason}"
-    elif not agree:
-        reason = "the exact hypergradient disagrees with finite differences or the JAX core"
-    return _finish(args, console, result, verdicts, out, written, start, reason=reason)
+    return report41, report42
 
 
-def _not_applicable(args, console, result, verdicts, out, written, start, assumptions,
-                    box_json) -> int:
+def _not_applicable(run, assumptions) -> int:
     """A lower level fails the assumptions every check shares: no bound applies."""
-    verdicts["assumptions"] = "not-applicable"
+    run.verdicts["assumptions"] = "not-applicable"
     reason = assumptions["reason"]
     if f"level {assumptions['level']}" not in reason:
         reason = f"level {assumptions['level']} {assumptions['kind']}: {reason}"
     for name in ("theorem_4_1", "theorem_4_2"):
-        result[name] = {"verdict": "not-applicable", "box": box_json,
-                        "reason": f"assumption violated: bound not applicable ({reason})"}
-    result["rounds_to_epsilon"] = {"skipped": "the assumptions fail on the box"}
-    verdicts.update({"theorem 4.1": "not-applicable", "theorem 4.2": "not-applicable"})
-    return _finish(args, console, result, verdicts, out, written, start,
-                   reason=f"assumption violated: {reason}")
+        run.result[name] = {"verdict": "not-applicable", "box": run.box_json,
+                            "reason": f"assumption violated: bound not applicable ({reason})"}
+    run.result["rounds_to_epsilon"] = {"skipped": "the assumptions fail on the box"}
+    run.verdicts.update({"theorem 4.1": "not-applicable", "theorem 4.2": "not-applicable"})
+    return _finish(run, reason=f"assumption violated: {reason}")
 
 
-def _n_study(args, target, box, console, out, written, verdicts) -> dict:
+def _n_study(run, target, box) -> dict:
+    """Step 6: T_eps(n) on the family, or why it is skipped."""
     from . import verify
     from .errors import MlverifyError
 
+    console = run.console
     if target.family is None:
         console.say(f"[6/6] T_eps(n) against the number of levels: skipped ("
                     f"{target.family_reason})")
@@ -839,7 +850,7 @@ def _n_study(args, target, box, console, out, written, verdicts) -> dict:
                 (lambda n, p: f"family({n}): {p.n} levels, blocks {tuple(p.sizes)}"),
             )
         except MlverifyError as err:
-            verdicts["rounds to epsilon"] = "not-applicable"
+            run.verdicts["rounds to epsilon"] = "not-applicable"
             console.say(f"  not applicable: {_one_line(err)}")
             return {"skipped": f"not applicable: {err}", "n": ns}
     console.say("  n   T_eps   mean ||e_t||   problem")
@@ -851,17 +862,19 @@ def _n_study(args, target, box, console, out, written, verdicts) -> dict:
         console.say(f"  fitted growth: log T_eps rises {growth['growth_per_level']:.3g} per level "
                     f"(T_eps x {np.exp(growth['growth_per_level']):.3g}), "
                     f"{growth['growth_linear']:.3g} rounds per level")
-    _plot_growth(growth, out / "rounds-vs-levels.png", target.label)
-    written.append("rounds-vs-levels.png")
+    _plot_growth(growth, run.out / "rounds-vs-levels.png", target.label)
+    run.written.append("rounds-vs-levels.png")
     return growth
 
 
-def _save_report(report, theorem, out, written):
-    report.save(str(out / f"theorem-{theorem}.json"))
-    written.append(f"theorem-{theorem}.json")
+def _save_report(run, report, theorem):
+    report.save(str(run.out / f"theorem-{theorem}.json"))
+    run.written.append(f"theorem-{theorem}.json")
     if report.table:
-        report.plot(str(out / f"theorem-{theorem}.png"))
-        written.append(f"theorem-{theorem}.png")
+        report.plot(str(run.out / f"theorem-{theorem}.png"))
+        run.written.append(f"theorem-{theorem}.png")
+    run.verdicts[f"theorem {theorem}"] = report.verdict
+    run.console.say(_indent(report.summary()) + f"\n  verdict: {_verdict_text(report)}")
 
 
 def _indent(text: str) -> str:
@@ -878,20 +891,23 @@ def _plain(value):
     return value
 
 
-def _finish(args, console, result, verdicts, out, written, start, reason="") -> int:
-    result["verdicts"] = verdicts
-    result["elapsed_s"] = time.perf_counter() - start
-    result["files"] = ["report.json", *written]
-    (out / "report.json").write_text(json.dumps(_plain(result), indent=1,
-                                                default=_json_default))
+def _finish(run, reason="") -> int:
+    """Write report.json, print the summary (exactly the files written) and the one-line
+    reason; returns the exit status."""
+    result, console = run.result, run.console
+    result["verdicts"] = run.verdicts
+    result["elapsed_s"] = time.perf_counter() - run.start
+    result["files"] = ["report.json", *run.written]
+    (run.out / "report.json").write_text(json.dumps(_plain(result), indent=1,
+                                                    default=_json_default))
     console.say("\nSummary")
-    for name, verdict in verdicts.items():
+    for name, verdict in run.verdicts.items():
         console.say(f"  {name:<18} {verdict}")
-    console.say(f"  written to {out}/: {', '.join(result['files'])}")
+    console.say(f"  written to {run.out}/: {', '.join(result['files'])}")
     console.say(f"  in {result['elapsed_s']:.1f} s")
-    if args.json:
+    if run.args.json:
         print(json.dumps(_plain(result), default=_json_default), flush=True)
-    values = set(verdicts.values())
+    values = set(run.verdicts.values())
     if "fail" in values:
         print(f"mlverify: fail: {reason}", file=sys.stderr)
         return EXIT_FAIL
