@@ -371,11 +371,11 @@ class _Console:
     def say(self, text: str = "") -> None:
         print(text, file=self.stream, flush=True)
 
-    def bar(self, total: int, label: str):
+    def bar(self, total: int, label: str, unit: str = "round"):
         from tqdm import tqdm
 
         return tqdm(total=total, desc=f"  {label}", file=sys.stderr, leave=False,
-                    disable=not self.bars, unit="round", dynamic_ncols=True)
+                    disable=not self.bars, unit=unit, dynamic_ncols=True)
 
 
 def _rounds_callback(bar):
@@ -837,7 +837,7 @@ def _n_study(run, target, box) -> dict:
     console.say(f"[6/6] T_eps(n): rounds of the single-loop scheme to ||grad F_1||^2 <= 1e-10, "
                 f"n = {ns[0]}..{ns[-1]}, on the family, in the box")
     describe = target.describe
-    with console.bar(len(ns), "levels") as bar:
+    with console.bar(len(ns), "family members", unit="member") as bar:
         def progress(n):
             bar.set_postfix_str(f"n = {n}")
             bar.n = ns.index(n)
