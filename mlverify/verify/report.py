@@ -137,7 +137,9 @@ class Report:
         ax.set_ylim(bottom=floor, top=top)
         title = f"Theorem {self.theorem}: {self.verdict}"
         if self.fitted_slope is not None:
-            title += f" (fitted slope of the left side {self.fitted_slope:.2f})"
+            first = next(iter(self.extra.get("methods") or {}), "")
+            side = f"{first}'s left side" if first else "the left side"
+            title += f" (fitted slope of {side} {self.fitted_slope:.2f})"
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("T (rounds)")
         ax.set_ylabel("squared gradient norm")
