@@ -87,6 +87,7 @@ class Target:
     family_reason: str = ""
     members: dict = field(default_factory=dict)
     describe: object = None  # n -> a one-line description of family(n)
+    family_label: str = ""
 
 
 # ---------------------------------------------------------------------------- options
@@ -299,6 +300,7 @@ def _load_file(path_text: str, box_option, max_levels) -> Target:
     if not callable(family):
         raise BadInput(f"{origin}: family must be a function of n, got {type(family).__name__}")
     target.family = family
+    target.family_label = f"family(n) of {path}"
     for n in range(2, (max_levels or 4) + 1):  # build every member now: errors are bad input
         try:
             member = family(n)
@@ -340,8 +342,10 @@ def _load_zoo(args) -> Target:
     if name in families:
         build, describe = families[name]
         problem = build(levels)
-        target = Target(problem, None, describe(levels), family=build)
-        target.describe = describe
+        target = Target(problem, None, describe(levels), family=build, describe=describe,
+                        family_label=f"the {name} family"
+                        + (f", d={size}" if name != "compounding" else ", d=2")
+                        + f", seed={seed}")
     else:
         build, label = singles[name]
         problem = build()
@@ -862,7 +866,7 @@ def _n_study(run, target, box) -> dict:
         console.say(f"  fitted growth: log T_eps rises {growth['growth_per_level']:.3g} per level "
                     f"(T_eps x {np.exp(growth['growth_per_level']):.3g}), "
                     f"{growth['growth_linear']:.3g} rounds per level")
-    _plot_growth(growth, run.out / "rounds-vs-levels.png", target.label)
+    _plot_growth(growth, run.out / "rounds-vs-levels.png", target.family_label)
     run.written.append("rounds-vs-levels.png")
     return growth
 
