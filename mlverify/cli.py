@@ -492,8 +492,9 @@ def _unbounded_along_negative_curvature(problem, level: int, x1) -> str | None:
 def _bottom_level_unbounded(problem, x1) -> str | None:
     """For the bottom level (its reduced objective is f_n itself): a description if f_n
     falls without bound in x_n, decided exactly where f_n is quadratic in x_n with a
-    negative Hessian eigenvalue, else by f_n along the direction of most negative curvature
-    at x1 (the levels in between at 0); None otherwise."""
+    negative Hessian eigenvalue, else by f_n falling monotonically to below f_n(0) - 1e6
+    at distance 1e8 along the direction of most negative curvature or a coordinate axis
+    (x1 given, the levels in between at 0); None otherwise."""
     import sympy as sp
 
     from .problem import MultilevelProblem
@@ -515,16 +516,21 @@ def _bottom_level_unbounded(problem, x1) -> str | None:
     values.update(dict(zip(problem.blocks[0], np.ravel(x1), strict=True)))
     h = np.array(hessian.subs(values).evalf(), dtype=float)
     eigenvalues, vectors = np.linalg.eigh(0.5 * (h + h.T))
-    if eigenvalues[0] >= 0:
-        return None
+    # directions: most negative curvature at the point, then each coordinate of x_n
+    directions = [vectors[:, 0], *np.eye(len(block))]
     f_num = sp.lambdify(list(block), f.subs({v: values[v] for v in problem.variables
                                               if v not in block}), "math")
-    for sign in (1.0, -1.0):
-        trail = [f_num(*(sign * s * vectors[:, 0])) for s in 10.0 ** np.arange(0, 9)]
-        if np.all(np.diff(trail) < 0) and trail[-1] < trail[0] - 1e6:
-            return (f"level {n} is unbounded below: f_{n} falls to {trail[-1]:.3g} at distance "
-                    f"1e8 along the direction of negative curvature at x1 = "
-                    f"{np.round(np.ravel(x1), 6).tolist()}")
+    for direction in directions:
+        for sign in (1.0, -1.0):
+            try:
+                trail = [f_num(*(sign * s * direction)) for s in 10.0 ** np.arange(0, 9)]
+            except (ArithmeticError, ValueError):
+                continue
+            if np.all(np.diff(trail) < 0) and trail[-1] < trail[0] - 1e6:
+                return (f"level {n} is unbounded below: f_{n} falls to {trail[-1]:.3g} at "
+                        f"distance 1e8 from x_{n} = 0 along "
+                        f"{np.round(sign * direction, 3).tolist()}, at x1 = "
+                        f"{np.round(np.ravel(x1), 6).tolist()}")
     return None
 
 
@@ -599,7 +605,8 @@ def _check_assumptions(problem, box, *, samples: int = ASSUMPTION_SAMPLES,
         except (UnboundedLevelError, NonUniqueMinimiserError, HessianError,
                 ConvergenceError) as err:
             kind, reason = _classify(problem, err, x1, symbolic=False)
-            return fail(kind, err.level, f"at {where}: {reason}")
+            return fail(kind, err.level,
+                        reason if kind == "unbounded below" else f"at {where}: {reason}")
         except MlverifyError as err:
             return fail("solve failed", err.level, f"at {where}: {_one_line(err)}")
         for k, h in enumerate(hessians, start=2):

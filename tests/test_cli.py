@@ -81,6 +81,17 @@ def test_bad_options_exit_2_with_one_line(argv, expected, capsys, tmp_path):
     assert expected in _one_line_error(err)
 
 
+def test_box_values_per_coordinate_and_negative():
+    from mlverify.cli import _parse_box, _protect_box_values
+
+    argv = _protect_box_values(["verify", "--box", "-1,-2.5", "1,0", "--T", "5"])
+    args = build_parser().parse_args(argv)
+    lo, hi = _parse_box(*args.box, 2, "--box")
+    assert lo.tolist() == [-1.0, -2.5] and hi.tolist() == [1.0, 0.0]
+    lo, hi = _parse_box(-1, 2, 3, "box")
+    assert lo.tolist() == [-1.0] * 3 and hi.tolist() == [2.0] * 3
+
+
 def test_help_is_complete_and_plain(capsys):
     parser = build_parser()
     verify = parser._subparsers._group_actions[0].choices["verify"]
@@ -113,6 +124,28 @@ def test_unbounded_lower_level_is_named_and_exits_3(tmp_path, capsys):
     assert not stale.exists()
     assert f"written to {tmp_path}/: report.json\n" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+@pytest.mark.parametrize(
+    ("levels", "expected"),
+    [
+        # not quadratic: f_2 falls like -x2^4 (its Hessian is 0 at x2 = 0)
+        ("[mv.Level(x1, x1**2 + x2**2), mv.Level(x2, -x2**4 + x1 * x2)]",
+         "level 2 is unbounded below: f_2 falls to -1e+32 at distance 1e8"),
+        # a middle level, quadratic in its own variable with negative curvature
+        ("[mv.Level(x1, x1**2 + x2**2), mv.Level(x2, -x2**2 + x2 * x3), "
+         "mv.Level(x3, (x3 - x1)**2)]",
+         "level 2 is unbounded below: D_kk F_k is a constant matrix with eigenvalue -2"),
+    ],
+)
+def test_other_unbounded_levels_are_named(levels, expected, tmp_path, capsys):
+    path = tmp_path / "unbounded.py"
+    path.write_text("import sympy as sp\nimport mlverify as mv\n"
+                    "x1, x2, x3 = sp.symbols('x1 x2 x3')\n"
+                    f"problem = mv.MultilevelProblem({levels})\n")
+    status, _, err = _run(["verify", str(path), "--out", str(tmp_path / "o")], capsys)
+    assert status == 3
+    assert expected in _one_line_error(err)
 
 
 def test_indefinite_problem_exits_3(tmp_path, capsys):

@@ -105,3 +105,21 @@ def test_compounding_hypergradient_matches_finite_differences():
         fd.append((values[0] - values[1]) / (2 * h))
     # central differences: O(h^2) truncation and O(eps/h) round-off, about 1e-9 here
     assert np.allclose(exact, fd, rtol=0, atol=1e-8)
+
+
+def test_theorem_4_2_plot_shows_every_method_with_named_sides_and_error_term(tmp_path):
+    report = verify.theorem_4_2(zoo.default_problem(), box=(-2, 2), T=15)
+    labels = [label for label, *_ in report._curves()]
+    for method in ("hierarchical", "itd"):
+        mine = [label for label in labels if label.startswith(f"{method}: ")]
+        assert [label.split(" $")[0] for label in mine] == [
+            f"{method}: left side", f"{method}: right side", f"{method}: error term"]
+    fig = report.plot(str(tmp_path / "r.png"))
+    ax = fig.axes[0]
+    assert len(ax.get_lines()) == 6
+    low, high = ax.get_ylim()
+    drawn = np.concatenate([line.get_ydata() for line in ax.get_lines()])
+    drawn = drawn[np.isfinite(drawn)]
+    # the y-axis spans the drawn values, with no empty decade below or above them
+    assert low <= drawn.min() and high >= drawn.max()
+    assert drawn.min() / low < 10 and high / drawn.max() < 10
