@@ -1012,6 +1012,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("mlverify: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - one line, not a traceback, unless --debug
+        if args.debug:
+            raise
+        print(f"mlverify: unexpected error: {_one_line(err)} (rerun with --debug for the "
+              f"traceback)", file=sys.stderr)
+        return EXIT_FAIL
 
 
 if __name__ == "__main__":
