@@ -81,20 +81,20 @@ def descent_direction(g: np.ndarray, h: np.ndarray, x=None) -> tuple[np.ndarray,
     $1/\lVert H \rVert_2$ (scale-invariant: multiplying $f_k$ by $c$ changes neither); and
     $\lambda_{\min}(H)$.
 
-    Where $H$ has a negative eigenvalue and that step is short (a stationary maximum or
-    saddle, where the gradient vanishes), the eigenvector of the most negative eigenvalue
-    is added, of length $(1 + \lVert x \rVert)/2$ and pointing downhill, so the solve
-    leaves the stationary point instead of stalling on it."""
+    A non-Newton step is capped at length $1 + \lVert x \rVert$ (where $H$ is nearly zero,
+    at an inflection point, the scaled gradient step would be unbounded); the line search
+    shortens it further. A stationary maximum or saddle is not left: which minimiser a
+    solve started there should reach is not the solver's to choose (it raises
+    HessianError; a multistart, ``starts=K``, restarts from seeded points instead)."""
     step, lo = newton_step(g, h)
     if np.all(np.isfinite(step)):
         return step, lo
-    eigenvalues, vectors = np.linalg.eigh(0.5 * (h + h.T))
-    scale = float(np.max(np.abs(eigenvalues)))
+    scale = float(np.max(np.abs(np.linalg.eigvalsh(0.5 * (h + h.T)))))
     step = -g / max(scale, np.finfo(np.float64).tiny)
     size = 1.0 + (0.0 if x is None else float(np.linalg.norm(x)))
-    if eigenvalues[0] < -DEGENERATE_RATIO * scale and np.linalg.norm(step) < 0.1 * size:
-        down = vectors[:, 0] if g @ vectors[:, 0] <= 0 else -vectors[:, 0]
-        step = step + 0.5 * size * down
+    length = float(np.linalg.norm(step))
+    if not np.isfinite(length) or length > size:
+        step = -g * (size / max(float(np.linalg.norm(g)), np.finfo(np.float64).tiny))
     return step, lo
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 
 import jax.numpy as jnp
@@ -29,6 +30,11 @@ from .numeric import NumericProblem
 
 #: The outer algorithms `optimize` runs (see the Algorithms page of the documentation).
 OUTER_METHODS = ("implicit-exact", "hierarchical", "itd", "aid-cg", "aid-neumann", "no-curvature")
+#: Lower-solve tolerance (gradient norm) of the solved methods, of the reference values and
+#: hypergradients a run tracks, and of exact_value_and_gradient, on either backend: the JAX
+#: core's solve_and_hypergradient default (the symbolic solver's own default, 1e-12, is not
+#: reachable in float64 on every box).
+REFERENCE_TOL = 1e-10
 _HYPERGRADIENT_METHOD = {
     "implicit-exact": "exact",
     "aid-cg": "cg",
@@ -108,13 +114,27 @@ def as_numeric(problem, method: str = "itd"):
         from .symsolve import SymbolicBackend
 
         return SymbolicBackend(problem)
-    return problem.lower()
+    return _lowered(problem)
+
+
+#: One JAX lowering per declared problem, so each of its programs is compiled once per
+#: process however many runs use it (the NumericProblem keeps its compiled functions).
+_LOWERED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _lowered(problem):
+    try:
+        return _LOWERED[problem]
+    except KeyError:
+        _LOWERED[problem] = numeric = problem.lower()
+        return numeric
+    except TypeError:  # not weakly referenceable or unhashable: lower it each time
+        return problem.lower()
 
 
 def exact_value_and_gradient(num, x1, init=None):
-    r"""$(F_1, \nabla F_1, \text{lower solution})$ at $x_1$, lower levels solved, on either
-    backend."""
-    options = {} if init is None else {"init": init}
+    """(F_1, grad F_1, lower solution) at x_1, lower levels solved, on either backend."""
+    options = {"tol": REFERENCE_TOL} if init is None else {"tol": REFERENCE_TOL, "init": init}
     lower = num.solve_lower(num.unflatten(0, jnp.asarray(x1)), **options)
     flat = [jnp.asarray(x1)] + [num.flatten(k, x) for k, x in enumerate(lower, 1)]
     value = num.objective_value(0, flat)
@@ -160,27 +180,51 @@ def optimize(
     track_exact: bool = False,
     progress: bool = False,
     solve_options: dict | None = None,
+    lower_init=None,
 ) -> Trace:
     r"""Run ``method`` for ``steps`` rounds on a MultilevelProblem or NumericProblem.
 
-    ``step_size``: a float $\alpha$, or ``None`` / ``"1/L"`` for $1/L$ with ``L`` given or
-    estimated at $x_0$ ($\lambda_{\max}$ of the Hessian of $F_1$). ``box``: ``(lo, hi)`` for
-    $x_1$.
+    ``step_size``: a float alpha, or ``None`` / ``"1/L"`` for 1/L with ``L`` given or
+    estimated at x_0 (lambda_max of the Hessian of F_1). ``box``: (lo, hi) for x_1.
+    ``progress``: True prints a line every tenth of the run on stderr; a callable is called
+    as ``progress(rounds_done, steps)`` after every round (e.g. to drive a progress bar).
+    ``lower_init``: blocks x_2..x_n where the single-loop iterates start and where ITD's
+    unrolled steps start every round (default: the problem's initial point). For a declared
+    problem ITD's inner step, unless ``inner_lr`` is given, is 1/(1.2 max_k L_k) at the
+    start for the whole run (L_k the largest eigenvalue of D_kk F_k by the lemmas), so its
+    program holds no nested implicit derivative and compiles once.
     """
     if method not in OUTER_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(OUTER_METHODS)}")
     num = as_numeric(problem, method)
+    # Values, L and the tracked exact hypergradient come from the exact backend: for a
+    # declared problem its compiled symbolic formulas, so ITD compiles only its own program.
+    reference = as_numeric(problem, "implicit-exact")
     solve_options = dict(solve_options or {})
     x1 = np.asarray(num.flatten(0, num.init[0] if x0 is None else x0), dtype=np.float64)
     x1 = project(x1, box)
     if isinstance(step_size, str) and step_size != "1/L":
         raise ValueError(f"unknown step_size {step_size!r}; give a float, None or '1/L'")
     if step_size is None or step_size == "1/L":
-        L = L if L is not None else estimate_lipschitz(num, num.unflatten(0, jnp.asarray(x1)))
+        L = L if L is not None else estimate_lipschitz(
+            reference, reference.unflatten(0, jnp.asarray(x1))
+        )
         alpha = 1.0 / L
     else:
         alpha = float(step_size)
-    runner = _Runner(num, method, inner_steps, inner_lr, iterations, solve_options)
+    if lower_init is not None:
+        lower_init = [np.asarray(num.flatten(k, x), dtype=np.float64)
+                      for k, x in enumerate(lower_init, 1)]
+    if method == "itd" and inner_lr is None and reference is not num:
+        # The same step rule as the JAX core's default, evaluated once by the exact backend:
+        # the unrolled program then holds no nested implicit derivative to compile.
+        start = lower_init if lower_init is not None else list(reference.init[1:])
+        lipschitz = reference.lower_lipschitz([x1, *start])
+        # one step for every level (the JAX core takes a scalar or per-level steps; a
+        # scalar keeps the compiled-program cache key hashable and the JAX call warning-free)
+        inner_lr = float(1.0 / max(1.2 * max(lipschitz), 1e-12))
+    runner = _Runner(num, method, inner_steps, inner_lr, iterations, solve_options, reference,
+                     lower_init)
     xs_hist, f_hist, g_hist, times, evals = [x1.copy()], [], [], [], []
     exact_norms, errors = [], []
     elapsed = 0.0
@@ -205,7 +249,9 @@ def optimize(
             exact = runner.exact_hypergradient(xs_hist[-2])
             exact_norms.append(float(np.linalg.norm(exact)))
             errors.append(float(np.linalg.norm(g - exact)))
-        if progress and (t + 1) % max(1, steps // 10) == 0:
+        if callable(progress):
+            progress(t + 1, steps)
+        elif progress and (t + 1) % max(1, steps // 10) == 0:
             print(
                 f"  {method}: round {t + 1}/{steps}, |g| = {np.linalg.norm(g):.3e}",
                 file=sys.stderr,
@@ -235,19 +281,23 @@ def optimize(
 class _Runner:
     """Per-method state between rounds (warm starts, single-loop iterates)."""
 
-    def __init__(self, num, method, inner_steps, inner_lr, iterations, solve_options):
+    def __init__(self, num, method, inner_steps, inner_lr, iterations, solve_options,
+                 reference=None, lower_init=None):
         self.num, self.method = num, method
+        self.reference = num if reference is None else reference
         self.inner_steps, self.inner_lr, self.iterations = inner_steps, inner_lr, iterations
         self.solve_options = solve_options
         self.solves_lower = method in _HYPERGRADIENT_METHOD
         self.reports_F1 = method != "hierarchical"
         self.lower = None
-        self.iterates = [num.init[k] for k in range(1, num.n)]
+        self.lower_init = (list(lower_init) if lower_init is not None
+                           else [num.init[k] for k in range(1, num.n)])
+        self.iterates = list(self.lower_init)
         self.evals = 0
         self._betas = None
 
     def _solve_options(self):
-        options = dict(self.solve_options)
+        options = {"tol": REFERENCE_TOL, **self.solve_options}
         if self.lower is not None:
             options.setdefault("init", self.lower)
         return options
@@ -279,7 +329,7 @@ class _Runner:
             self.evals += self.lower.iterations
             return np.asarray(num.flatten(0, g))
         if self.method == "itd":
-            start = [num.unflatten(k, num.init[k]) for k in range(1, num.n)]
+            start = [num.unflatten(k, x) for k, x in enumerate(self.lower_init, 1)]
             options = {"steps": self.inner_steps}
             if self.inner_lr is not None:
                 options["inner_lr"] = self.inner_lr
@@ -302,10 +352,10 @@ class _Runner:
         if self.solves_lower:
             return self._f1(x1, self.lower)
         if self.method == "itd":
-            lower = self.num.solve_lower(
-                self.num.unflatten(0, jnp.asarray(x1)), **self.solve_options
-            )
-            return self._f1(x1, lower)
+            ref = self.reference
+            lower = ref.solve_lower(ref.unflatten(0, jnp.asarray(x1)), **self._reference_options())
+            flat = (jnp.asarray(x1),) + tuple(ref.flatten(k, x) for k, x in enumerate(lower, 1))
+            return float(ref.objective_value(0, flat))
         flat = (jnp.asarray(x1),) + tuple(self.iterates)
         return float(self.num.objective_value(0, flat))
 
@@ -324,9 +374,15 @@ class _Runner:
         flat = (jnp.asarray(x1),) + tuple(self.num.flatten(k, x) for k, x in enumerate(lower, 1))
         return float(self.num.objective_value(0, flat))
 
+    def _reference_options(self):
+        # the JAX core's default tolerance, also when the reference is the symbolic solver
+        return {"tol": REFERENCE_TOL, **self.solve_options}
+
     def exact_hypergradient(self, x1):
-        lower = self.num.solve_lower(self.num.unflatten(0, jnp.asarray(x1)), **self.solve_options)
-        return self._frozen(x1, lower, "exact")
+        ref = self.reference
+        lower = ref.solve_lower(ref.unflatten(0, jnp.asarray(x1)), **self._reference_options())
+        xs = (ref.unflatten(0, jnp.asarray(x1)), *lower)
+        return np.asarray(ref.flatten(0, ref.hypergradient_frozen(xs, "exact")))
 
     def final_value(self, x1):
         if self.solves_lower:

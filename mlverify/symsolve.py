@@ -178,9 +178,15 @@ class SymbolicEvaluator:
             for k, value in enumerate(init, start=1):
                 blocks[k] = as_block_value(value, self.sizes[k], level=k + 1, name="init x")
         record = {}
-        self._solve_from(1, blocks, tol, max_iter, record)
-        for k in range(self.n - 1, 0, -1):
-            self.check_level(k, blocks)
+        try:
+            self._solve_from(1, blocks, tol, max_iter, record)
+            for k in range(self.n - 1, 0, -1):
+                self.check_level(k, blocks)
+        except MlverifyError as error:
+            if not starts:
+                raise
+            blocks, record = self._restart(blocks, tol, max_iter, int(starts), seed, radius,
+                                           error)
         residuals = tuple(record[k][0] for k in range(1, self.n))
         distances = tuple(record[k][1] for k in range(1, self.n))
         solution = LowerSolution(x1, tuple(blocks[1:]), max(residuals), residuals, distances)
@@ -299,6 +305,25 @@ class SymbolicEvaluator:
         )
 
     # ------------------------------------------------------------------ uniqueness
+    def _restart(self, blocks, tol, max_iter, starts, seed, radius, error):
+        """After a failed solve (a start at a stationary maximum, say), solve from ``starts``
+        seeded points around the starting blocks; the first that succeeds becomes the
+        reference the multistart then tests. ``error`` is raised when none does."""
+        start = np.concatenate([np.asarray(b).reshape(-1) for b in blocks[1:]])
+        half_width = checks.start_radius(start) if radius is None else float(radius)
+        splits = np.cumsum(self.sizes[1:])[:-1]
+        for point in checks.start_points(start, half_width, starts, seed):
+            trial = [blocks[0]] + list(np.split(point, splits))
+            record = {}
+            try:
+                self._solve_from(1, trial, tol, max_iter, record)
+                for k in range(self.n - 1, 0, -1):
+                    self.check_level(k, trial)
+            except MlverifyError:
+                continue
+            return trial, record
+        raise error
+
     def multistart(self, blocks, distances, tol, max_iter, starts, seed=0, radius=None) -> None:
         r"""Seeded multistart, bottom-up: for each level $k = n, \dots, 2$, with the levels
         above held at the solution ``blocks``, re-solve level $k$ (and those below it) from

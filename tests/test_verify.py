@@ -53,3 +53,73 @@ def test_report_round_trip(tmp_path):
     report.plot(str(tmp_path / "r.png"))
     assert (tmp_path / "r.png").stat().st_size > 1000
     assert "Theorem 4.1" in str(report)
+
+
+def test_theorem_4_2_needs_no_convexity_and_uses_the_given_box():
+    # Ridge tuning (seed 5): F_1 is not convex for theta < ~0.9, so Theorem 4.1 does not
+    # apply on [0.5, 3.5]; Theorem 4.2 needs only L-smoothness and applies.
+    problem = zoo.ridge_bilevel(seed=5)[0]
+    box = (0.5, 3.5)
+    report41 = verify.theorem_4_1(problem, box=box, T=20)
+    assert report41.verdict == "not-applicable"
+    assert "not positive definite" in report41.reason
+    report42 = verify.theorem_4_2(problem, box=box, T=30)
+    assert report42.verdict == "pass", report42.reason
+    assert report42.box == [[0.5], [3.5]] and report41.box == [[0.5], [3.5]]
+    assert report42.constants["lambda_min"][0] < 0 < report42.constants["L"][0]
+    for trace in report42.traces.values():
+        assert np.all((trace.x1 >= 0.5) & (trace.x1 <= 3.5))
+
+
+def test_theorem_4_2_says_not_applicable_when_a_run_leaves_the_box():
+    # F_1 of the default problem has its minimiser near x1 = 0.6: a box [-2, -1.5] makes
+    # the runs leave it, and L, F_1* were established only on the box.
+    report = verify.theorem_4_2(zoo.default_problem(), box=(-2.0, -1.5), T=20)
+    assert report.verdict == "not-applicable"
+    assert "left the box" in report.reason
+
+
+def test_compounding_family_rounds_grow_with_n_where_nonquadratic_do_not():
+    grows = verify.rounds_to_epsilon(lambda n: zoo.compounding(n, seed=0), ns=(2, 3, 4))
+    assert np.all(np.diff(grows["T_eps"]) > 0), grows["T_eps"]
+    assert grows["growth_linear"] > 2  # rounds per level
+    assert grows["problems"] == ["n=2, blocks (2, 2)", "n=3, blocks (2, 2, 2)",
+                                 "n=4, blocks (2, 2, 2, 2)"]
+    flat = verify.rounds_to_epsilon(lambda n: zoo.nonquadratic(n, seed=0), ns=(2, 3, 4))
+    assert abs(flat["growth_linear"]) < 1
+
+
+def test_compounding_hypergradient_matches_finite_differences():
+    problem = zoo.compounding(3, seed=1)
+    x1 = np.array([0.3, -0.4])
+    exact = problem.hypergradient_at(x1)
+    h = 1e-5
+    fd = []
+    for i in range(2):
+        e = np.zeros(2)
+        e[i] = h
+        values = []
+        for sign in (1, -1):
+            lower = problem.solve_lower(x1 + sign * e)
+            values.append(problem.numeric().objective(0, [x1 + sign * e, *lower.xs]))
+        fd.append((values[0] - values[1]) / (2 * h))
+    # central differences: O(h^2) truncation and O(eps/h) round-off, about 1e-9 here
+    assert np.allclose(exact, fd, rtol=0, atol=1e-8)
+
+
+def test_theorem_4_2_plot_shows_every_method_with_named_sides_and_error_term(tmp_path):
+    report = verify.theorem_4_2(zoo.default_problem(), box=(-2, 2), T=15)
+    labels = [label for label, *_ in report._curves()]
+    for method in ("hierarchical", "itd"):
+        mine = [label for label in labels if label.startswith(f"{method}: ")]
+        assert [label.split(" $")[0] for label in mine] == [
+            f"{method}: left side", f"{method}: right side", f"{method}: error term"]
+    fig = report.plot(str(tmp_path / "r.png"))
+    ax = fig.axes[0]
+    assert len(ax.get_lines()) == 6
+    low, high = ax.get_ylim()
+    drawn = np.concatenate([line.get_ydata() for line in ax.get_lines()])
+    drawn = drawn[np.isfinite(drawn)]
+    # the y-axis spans the drawn values, with no empty decade below or above them
+    assert low <= drawn.min() and high >= drawn.max()
+    assert drawn.min() / low < 10 and high / drawn.max() < 10

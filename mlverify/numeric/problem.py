@@ -493,7 +493,13 @@ class NumericProblem:
                 "newton-eager, gd"
             )
         start = self._start(x1, init)
-        blocks, status = self._solve_blocks(start, tol, max_iter, method, first=1)
+        try:
+            blocks, status = self._solve_blocks(start, tol, max_iter, method, first=1)
+        except MlverifyError as error:
+            if not starts:
+                raise
+            blocks, status = self._restart(start, tol, max_iter, method, int(starts), seed,
+                                           radius, error)
         solution = self._lower_solution(blocks, status)
         if starts:
             self._multistart(blocks, status["distance"], tol, max_iter, method, int(starts),
@@ -525,6 +531,20 @@ class NumericProblem:
             if not checked[k - first]:
                 self.check_level(k, blocks)
         return blocks, status
+
+    def _restart(self, start, tol, max_iter, method, starts, seed, radius, error):
+        """After a failed solve, solve from ``starts`` seeded points around ``start``; the
+        first that succeeds becomes the reference the multistart tests; else ``error``."""
+        flat = np.concatenate([np.asarray(b) for b in start[1:]])
+        half_width = checks.start_radius(flat) if radius is None else float(radius)
+        splits = np.cumsum(self.sizes[1:])[:-1]
+        for point in checks.start_points(flat, half_width, starts, seed):
+            trial = [start[0]] + [jnp.asarray(b) for b in np.split(point, splits)]
+            try:
+                return self._solve_blocks(trial, tol, max_iter, method, first=1)
+            except MlverifyError:
+                continue
+        raise error
 
     def _multistart(self, blocks, distances, tol, max_iter, method, starts, seed, radius):
         """Bottom-up multistart (see :meth:`solve_lower`): level k re-solved from seeded

@@ -87,6 +87,13 @@ def nested_newton(core, first: int = 1):
                 h = 0.5 * (h + h.T)
                 newton = -jax.scipy.linalg.cho_solve((jax.scipy.linalg.cho_factor(h)[0], False), g)
                 fallback = -g / jnp.maximum(jnp.linalg.norm(h), 1e-300)
+                # Capped at 1 + ||x_k|| (checks.descent_direction): at an inflection point
+                # H_k ~ 0 and the scaled step is unbounded.
+                size = 1.0 + jnp.linalg.norm(blocks[k])
+                cap = size / jnp.maximum(jnp.linalg.norm(fallback), 1e-300)
+                fallback = jnp.where(jnp.isfinite(cap) & (cap < 1.0),
+                                     -g * size / jnp.maximum(jnp.linalg.norm(g), 1e-300),
+                                     fallback)
             else:
                 g, hvp = core.reduced_gradient_hessian(k, blocks, solve, False)
                 newton = jax.scipy.sparse.linalg.cg(hvp, -g, tol=1e-10, maxiter=10 * g.size)[0]

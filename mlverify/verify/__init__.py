@@ -13,11 +13,11 @@ every $T$.
 
 from .batch import BatchReport, instance_check, quadratic_family_batch, theorem_4_1_batch
 from .report import Report
-from .theorems import constants_4_1, rounds_to_epsilon, theorem_4_1, theorem_4_2
+from .theorems import constants_4_1, constants_4_2, rounds_to_epsilon, theorem_4_1, theorem_4_2
 
 __all__ = [
     "BatchReport",
     "instance_check",
     "quadratic_family_batch",
     "theorem_4_1_batch",
-    "Report", "constants_4_1", "rounds_to_epsilon", "theorem_4_1", "theorem_4_2"]
+    "Report", "constants_4_1", "constants_4_2", "rounds_to_epsilon", "theorem_4_1", "theorem_4_2"]

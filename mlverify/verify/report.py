@@ -22,6 +22,7 @@ class Report:
     ``theorem_4_1(..., certify=True)``); ``certificate``: the certified constants as
     intervals with method, number of boxes and time, the label and the reason when
     certification did not succeed (empty when certification was not asked for).
+    ``box`` is the region the check sampled its constants on and ran in.
     """
 
     theorem: str
@@ -34,6 +35,8 @@ class Report:
     extra: dict = field(default_factory=dict)
     certified: bool = False
     certificate: dict = field(default_factory=dict)
+    #: The region X the check used, [[lo_1..lo_d], [hi_1..hi_d]] (None: not recorded).
+    box: list | None = None
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
@@ -55,6 +58,8 @@ class Report:
             lines.append(f"  {note}")
         if self.reason:
             lines.append(f"  {self.reason}")
+        if self.box is not None:
+            lines.append(f"  box X: lo = {self.box[0]}, hi = {self.box[1]}")
         for name, (value, how) in self.constants.items():
             shown = f"{value:.6g}" if isinstance(value, (int, float)) else str(value)
             lines.append(f"  {name:<14} = {shown:<14} ({how})")
@@ -107,14 +112,20 @@ class Report:
             json.dump(self.to_dict(), fh, indent=1)
 
     def plot(self, path: str | None = None, ax=None):
-        """Log-log plot of the measured left side against the bound, with the fitted slope."""
+        """Log-log plot of the measured left side(s) against the bound (the right side).
+
+        Theorem 4.1: the mean and the minimum of the squared gradient mapping, and the
+        bound. Theorem 4.2: for every method run, the left side, the right side and its
+        error term. The y-axis spans the plotted values (a curve that falls far below the
+        others, or reaches 0, is cut at the axis floor, and its legend entry says so).
+        """
         import matplotlib
 
         if ax is None:
             matplotlib.use("Agg", force=False)
             import matplotlib.pyplot as plt
 
-            fig, ax = plt.subplots(figsize=(5.5, 4))
+            fig, ax = plt.subplots(figsize=(7.5, 6.5))
         else:
             fig = ax.figure
         if not self.table:  # not applicable: no run, so no curves; say why on the axes
@@ -124,26 +135,67 @@ class Report:
             if path is not None:
                 fig.savefig(path, dpi=110)
             return fig
+        curves = self._curves()
         t = np.asarray(self.table["T"], dtype=float)
-        right = np.asarray(self.table["right"], dtype=float)
-        # The minimum can reach exactly 0 (converged); show four decades below the bound.
-        floor = 1e-4 * min(float(np.min(right)), float(np.min(self.table["left_mean"])))
-        for key, style in (("left_mean", "-"), ("left_min", ":")):
-            if key in self.table:
-                values = np.asarray(self.table[key], dtype=float)
-                ax.loglog(
-                    t, np.where(values > floor, values, np.nan), style, label=key.replace("_", " ")
-                )
-        ax.loglog(t, right, "--", label="bound (right side)")
-        ax.set_ylim(bottom=floor)
+        everything = np.concatenate([np.asarray(c[1], dtype=float) for c in curves])
+        positive = everything[everything > 0]
+        top = 2.0 * float(np.max(positive))
+        # Floor: just below the smallest positive value plotted, but at most 12 decades
+        # below the top; a curve cut there (or reaching 0) says so in its legend entry.
+        floor = max(0.5 * float(np.min(positive)), 1e-12 * top)
+        for label, values, color, style in curves:
+            values = np.asarray(values, dtype=float)
+            cut = values < floor
+            if cut.all():
+                label += f" (0 or below {floor:.0e} throughout: not drawn)"
+            elif cut.any():
+                where = t[cut]
+                label += (f" (0 or below {floor:.0e} at T = {int(where[0])}"
+                          + (f"..{int(where[-1])}" if where.size > 1 else "") + ": not drawn)")
+            width = 2.6 if color == "C0" and len(curves) > 3 else 1.5
+            ax.loglog(t, np.where(cut, np.nan, values), style, color=color, label=label,
+                      linewidth=width)
+        ax.set_ylim(bottom=floor, top=top)
         title = f"Theorem {self.theorem}: {self.verdict}"
         if self.fitted_slope is not None:
-            title += f" (slope {self.fitted_slope:.2f})"
-        ax.set_title(title)
+            first = next(iter(self.extra.get("methods") or {}), "")
+            side = f"{first}'s left side" if first else "the left side"
+            title += f" (fitted slope of {side} {self.fitted_slope:.2f})"
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("T (rounds)")
         ax.set_ylabel("squared gradient norm")
-        ax.legend()
+        ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(0.0, -0.13), frameon=False)
+        if len(curves) > 3:
+            ax.text(0.99, 0.99, "where the methods' curves coincide, the thick one is the first",
+                    ha="right", va="top", transform=ax.transAxes, fontsize=7)
         if path is not None:
             fig.tight_layout()
-            fig.savefig(path, dpi=110)
+            fig.savefig(path, dpi=120)
         return fig
+
+    def _curves(self):
+        """(label, values, colour, style) for each curve: left sides solid or dotted, right
+        sides dashed, error terms dash-dotted."""
+        if self.theorem == "4.1":
+            g = r"\Vert G(x^t)\Vert^2"
+            curves = [
+                (rf"left side: $\frac{{1}}{{T}}\sum_{{t<T}} {g}$", self.table["left_mean"],
+                 "C0", "-"),
+                (rf"left side: $\min_{{t<T}} {g}$", self.table["left_min"], "C0", ":"),
+                (r"right side (bound): $2L\,(F_1(x^0) - F_1^*)\,/\,T$", self.table["right"],
+                 "C3", "--"),
+            ]
+            return [c for c in curves if c[1] is not None]
+        methods = self.extra.get("methods") or {"": self.table}
+        curves = []
+        for i, (method, table) in enumerate(methods.items()):
+            color = f"C{i}"
+            name = f"{method}: " if method else ""
+            curves.append((rf"{name}left side $\frac{{1}}{{T}}\sum_{{t<T}}"
+                           rf"\Vert\nabla F_1(x^t)\Vert^2$", table["left_mean"], color, "-"))
+            curves.append((rf"{name}right side $\frac{{2(F_1(x^0) - F_1^*)}}{{\alpha T}}"
+                           rf" + \frac{{1}}{{T}}\sum_{{t<T}}\Vert e_t\Vert^2$",
+                           table["right"], color, "--"))
+            curves.append((rf"{name}error term $\frac{{1}}{{T}}\sum_{{t<T}}\Vert e_t\Vert^2$",
+                           table["error_term"], color, "-."))
+        return curves

@@ -7,7 +7,13 @@ import itertools
 import numpy as np
 import scipy.optimize
 
-from ..errors import ConvergenceError, HessianError, MlverifyError
+from ..errors import (
+    ConvergenceError,
+    DivergenceError,
+    HessianError,
+    MlverifyError,
+    NonFiniteError,
+)
 from ..optimize import as_numeric, hessian_F1, optimize, project
 from ..optimize import exact_value_and_gradient as _exact
 from .report import Report
@@ -40,19 +46,17 @@ def _samples(lo, hi, count, seed):
     return [lo + (hi - lo) * rng.random(d) for _ in range(count)]
 
 
-def constants_4_1(problem, box, *, samples: int = 25, seed: int = 0):
-    r"""Check the assumptions on $X$ and estimate $L = \max_X \lambda_{\max}(\nabla^2 F_1)$.
+def _scan_box(num, lo, hi, samples, seed):
+    """Lower Hessians and the Hessian of F_1 at sampled points of the box.
 
-    Returns ``(constants, violation)``: constants as name -> (value, how obtained), and a
-    violation message (None when every assumption held at every sampled point). Method:
-    a grid (or seeded random points in high dimension) plus L-BFGS-B maximisation of
-    $\lambda_{\max}$ from the best sample; the lower solves check every lower Hessian there.
+    Returns ``(scan, violation)``: scan holds the points, the eigenvalues of the Hessian of
+    F_1 at each, and the per-level smallest eigenvalue of D_kk F_k at the lower solutions;
+    violation names the level and the point where a lower level is not strongly convex or
+    a lower solve fails (None when every sampled point passed).
     """
-    num = as_numeric(problem, "implicit-exact")
-    lo, hi = _box(box, num.sizes[0])
     points = _samples(lo, hi, samples, seed)
-    lam_min, lam_max, arg_max = np.inf, -np.inf, None
     mu = np.full(num.n, np.inf)  # per-level strong convexity: min eigenvalue of H_k
+    eigs = []
     for x in points:
         where = f"x1 = {np.round(x, 6).tolist()}"
         try:
@@ -62,43 +66,105 @@ def constants_4_1(problem, box, *, samples: int = 25, seed: int = 0):
                 eig_k = np.linalg.eigvalsh(0.5 * (np.asarray(h) + np.asarray(h).T))
                 mu[k - 1] = min(mu[k - 1], eig_k[0])
                 if eig_k[0] <= STRONG_CONVEXITY_FLOOR * max(1.0, abs(eig_k[-1])):
-                    return {}, (f"level {k} is not strongly convex at {where}: min eigenvalue "
-                                f"of D_kk F_k is {eig_k[0]:.3g}")
-            eig = np.linalg.eigvalsh(hessian_F1(num, x))
+                    return None, (f"level {k} is not strongly convex at {where}: min eigenvalue "
+                                  f"of D_kk F_k is {eig_k[0]:.3g}")
+            eigs.append(np.linalg.eigvalsh(hessian_F1(num, x)))
         except (HessianError, ConvergenceError) as err:
-            return {}, f"at {where}: {err}"
-        if eig[0] <= 0:
-            return {}, (
-                f"the Hessian of F_1 is not positive definite at x1 = "
-                f"{np.round(x, 6).tolist()} (min eigenvalue {eig[0]:.4g})"
-            )
-        if eig[0] < lam_min:
-            lam_min = eig[0]
-        if eig[-1] > lam_max:
-            lam_max, arg_max = eig[-1], x
+            return None, f"at {where}: {err}"
+    return {"points": points, "eigs": eigs, "mu": mu}, None
 
-    def negative_lam_max(x):
-        return -np.linalg.eigvalsh(hessian_F1(num, x))[-1]
 
-    try:
-        refined = scipy.optimize.minimize(
-            negative_lam_max,
-            arg_max,
-            method="L-BFGS-B",
-            bounds=list(zip(lo, hi, strict=True)),
-            options={"maxiter": 15},
+def _refine(num, lo, hi, start, curvature):
+    """max over the box of ``curvature(eigenvalues of the Hessian of F_1)``: L-BFGS-B from
+    the best sample (sampling can only under-estimate a maximum)."""
+    refined = scipy.optimize.minimize(
+        lambda x: -curvature(np.linalg.eigvalsh(hessian_F1(num, x))),
+        start,
+        method="L-BFGS-B",
+        bounds=list(zip(lo, hi, strict=True)),
+        options={"maxiter": 15},
+    )
+    return -float(refined.fun)
+
+
+def _lower_constants(scan, n):
+    count = len(scan["points"])
+    return {
+        f"mu_{k}": (float(scan["mu"][k - 1]), f"min eigenvalue of D_kk F_k at the lower "
+                                              f"solutions, over {count} points")
+        for k in range(2, n + 1)
+    }
+
+
+def constants_4_1(problem, box, *, samples: int = 25, seed: int = 0):
+    """Check Theorem 4.1's assumptions on X and estimate L = max lambda_max(Hessian of F_1).
+
+    The assumptions: every lower level strongly convex at its solution (so F_1 is defined
+    and smooth), and the Hessian of F_1 positive definite on X with lambda_max <= L.
+    Returns ``(constants, violation)``: constants as name -> (value, how obtained), and a
+    violation message (None when every assumption held at every sampled point). Method:
+    a grid (or seeded random points in high dimension) plus L-BFGS-B maximisation of
+    lambda_max from the best sample; the lower solves check every lower Hessian there.
+    """
+    num = as_numeric(problem, "implicit-exact")
+    lo, hi = _box(box, num.sizes[0])
+    scan, violation = _scan_box(num, lo, hi, samples, seed)
+    if violation is not None:
+        return {}, violation
+    lam_min = min(float(e[0]) for e in scan["eigs"])
+    if lam_min <= 0:
+        worst = int(np.argmin([e[0] for e in scan["eigs"]]))
+        return {}, (
+            f"the Hessian of F_1 is not positive definite at x1 = "
+            f"{np.round(scan['points'][worst], 6).tolist()} (min eigenvalue {lam_min:.4g})"
         )
-        lam_max = max(lam_max, -float(refined.fun))
+    best = int(np.argmax([e[-1] for e in scan["eigs"]]))
+    lam_max = float(scan["eigs"][best][-1])
+    try:
+        lam_max = max(lam_max, _refine(num, lo, hi, scan["points"][best], lambda e: e[-1]))
     except MlverifyError as err:
         return {}, f"during the local maximisation of lambda_max: {err}"
-    how = f"max over {len(points)} sampled points + L-BFGS-B refinement, x{L_MARGIN}"
+    count = len(scan["points"])
     constants = {
-        "L": (L_MARGIN * lam_max, how),
-        "lambda_min": (lam_min, f"min over {len(points)} sampled points (> 0: positive definite)"),
+        "L": (L_MARGIN * lam_max,
+              f"max lambda_max over {count} sampled points + L-BFGS-B refinement, x{L_MARGIN}"),
+        "lambda_min": (lam_min, f"min over {count} sampled points (> 0: positive definite)"),
     }
-    for k in range(2, num.n + 1):
-        constants[f"mu_{k}"] = (float(mu[k - 1]), f"min eigenvalue of D_kk F_k at the lower "
-                                                  f"solutions, over {len(points)} points")
+    constants.update(_lower_constants(scan, num.n))
+    return constants, None
+
+
+def constants_4_2(problem, box, *, samples: int = 9, seed: int = 0):
+    """Check Theorem 4.2's assumptions on X and estimate its L.
+
+    Theorem 4.2 needs F_1 L-smooth and bounded below, and alpha <= 1/L; it does not need
+    a positive-definite Hessian. L is the largest |eigenvalue| of the Hessian of F_1 over
+    the sampled points (refined by L-BFGS-B, times the margin); every lower level must be
+    strongly convex at its solution (so that F_1 is defined and smooth). F_1 bounded below
+    on X is checked by its minimum over X (see :func:`theorem_4_2`).
+    Returns ``(constants, violation)`` as :func:`constants_4_1`.
+    """
+    num = as_numeric(problem, "implicit-exact")
+    lo, hi = _box(box, num.sizes[0])
+    scan, violation = _scan_box(num, lo, hi, samples, seed)
+    if violation is not None:
+        return {}, violation
+    spectral = [float(np.max(np.abs(e))) for e in scan["eigs"]]
+    best = int(np.argmax(spectral))
+    L_value = spectral[best]
+    try:
+        L_value = max(L_value, _refine(num, lo, hi, scan["points"][best],
+                                       lambda e: float(np.max(np.abs(e)))))
+    except MlverifyError as err:
+        return {}, f"during the local maximisation of |lambda|: {err}"
+    count = len(scan["points"])
+    constants = {
+        "L": (L_MARGIN * L_value, f"max |eigenvalue| of the Hessian of F_1 over {count} sampled "
+                                  f"points + L-BFGS-B refinement, x{L_MARGIN} (L-smoothness)"),
+        "lambda_min": (min(float(e[0]) for e in scan["eigs"]),
+                       f"min over {count} sampled points (any sign: 4.2 needs no convexity)"),
+    }
+    constants.update(_lower_constants(scan, num.n))
     return constants, None
 
 
@@ -170,7 +236,8 @@ def theorem_4_1(
                           reason=f"assumption violated: bound not applicable "
                                  f"({certificate.reason})", certified=True,
                           certificate=cert.record(certificate, certified=True,
-                                                  label="not applicable (certified)"))
+                                                  label="not applicable (certified)"),
+                          box=_box_list((lo, hi)))
     constants, violation = constants_4_1(problem, (lo, hi), samples=samples, seed=seed)
     if certificate is not None and certificate.certified:
         constants, violation = cert.merge_constants(constants, certificate), None
@@ -184,6 +251,7 @@ def theorem_4_1(
             certificate={} if certificate is None else cert.record(
                 certificate, certified=False, label="not applicable (sampled)",
                 notes=[f"certification did not succeed: {certificate.reason}"]),
+            box=_box_list((lo, hi)),
         )
     if L is not None:
         constants["L"] = (float(L), "given")
@@ -232,7 +300,7 @@ def theorem_4_1(
             problem, certificate, box=(lo, hi), verdict=verdict, L_value=L_value, L_given=L,
             x_hat=trace.x1[-1] if F_star_given else x_star, x_start=x_start,
             left_mean=left_mean, t=t)
-    return Report(
+    report = Report(
         "4.1",
         verdict,
         constants,
@@ -243,7 +311,10 @@ def theorem_4_1(
         extra={"x_final": trace.x1[-1], "F1_x0": float(trace.F1[0])},
         certified=certified,
         certificate=certificate_dict,
+        box=_box_list((lo, hi)),
     )
+    report.traces = {"implicit-exact": trace}  # the run itself (not part of the JSON)
+    return report
 
 
 def theorem_4_2(
@@ -257,33 +328,40 @@ def theorem_4_2(
     F_star: float | None = None,
     x0=None,
     samples: int = 9,
+    seed: int = 0,
     progress: bool = False,
 ) -> Report:
-    r"""Check Theorem 4.2's bound along each method's run ($X = \mathbb{R}^d$),
+    """Check (1/T) sum ||grad F_1(x^t)||^2 <= 2 (F_1(x^0) - F_1*)/(alpha T) + (1/T) sum ||e_t||^2
+    along each method's run (Theorem 4.2; X = R^d), e_t measured against the exact
+    hypergradient.
 
-    $$
-    \frac1T \sum_{t<T} \lVert \nabla F_1(x^t) \rVert^2 \le
-    \frac{2\,(F_1(x^0) - F_1^*)}{\alpha T} + \frac1T \sum_{t<T} \lVert e_t \rVert^2,
-    $$
-
-    with $e_t$ measured against the exact hypergradient.
-
-    ``alpha`` defaults to $1/L$ with $L$ sampled on ``box`` (default: $x_0 \pm 2$), the region the
-    run is expected to stay in; leaving it is reported.
+    The assumptions are the theorem's: F_1 L-smooth and bounded below on the region the run
+    stays in, alpha <= 1/L (no convexity). ``box`` is that region, (lo, hi) with scalars or
+    sequences of length d_1 (default x_0 +- 2): L (the largest |eigenvalue| of the Hessian
+    of F_1) is sampled there, F_1* is the minimum of F_1 there, and the runs start at
+    ``x0`` (default: the problem's initial x_1), projected into the box, with the lower
+    iterates (single loop) and ITD's inner starts at the lower solution there. A run that leaves
+    the box, or diverges, makes the verdict "not-applicable": L and F_1* hold only on the
+    box.
     """
     num = as_numeric(problem, "implicit-exact")
     d = num.sizes[0]
-    x_start = np.asarray(num.flatten(0, num.init[0] if x0 is None else x0), dtype=np.float64)
-    region = _box(box if box is not None else (x_start - 2, x_start + 2), d)
-    constants, violation = constants_4_1(problem, region, samples=samples)
+    if box is None:
+        x_start = np.asarray(num.flatten(0, num.init[0] if x0 is None else x0), dtype=np.float64)
+        region = _box((x_start - 2, x_start + 2), d)
+    else:
+        region = _box(box, d)
+        x_start = project(np.asarray(num.flatten(0, num.init[0] if x0 is None else x0),
+                                     dtype=np.float64), region)
+    constants, violation = constants_4_2(problem, region, samples=samples, seed=seed)
+
+    def not_applicable(why):
+        return Report("4.2", "not-applicable", constants, {},
+                      reason=f"assumption violated: bound not applicable ({why})",
+                      box=_box_list(region))
+
     if violation is not None:
-        return Report(
-            "4.2",
-            "not-applicable",
-            constants,
-            {},
-            reason=f"assumption violated: bound not applicable ({violation})",
-        )
+        return not_applicable(violation)
     if alpha is None:
         alpha = 1.0 / constants["L"][0]
         constants["alpha"] = (alpha, "1/L")
@@ -291,31 +369,44 @@ def theorem_4_2(
         constants["alpha"] = (float(alpha), "given")
     if F_star is None:
         F_star, _ = _minimum(num, *region, x_start)
-        constants["F_star"] = (
-            F_star,
-            "L-BFGS-B on F_1 with the exact hypergradient, in the region",
-        )
+        constants["F_star"] = (F_star, "L-BFGS-B on F_1 with the exact hypergradient, in the box")
     else:
         constants["F_star"] = (float(F_star), "given")
-    F0 = _exact(num, x_start)[0]
-    tables, verdict, reasons = {}, "pass", []
+    F0, _, solved = _exact(num, x_start)
+    # The single-loop iterates and ITD's inner starts begin at the lower solution for x^0:
+    # e_t then measures the error the method makes as x_1 moves, not a cold start.
+    lower_init = [np.asarray(num.flatten(k, x), dtype=np.float64)
+                  for k, x in enumerate(solved, 1)]
+    tables, verdict, reasons, traces = {}, "pass", [], {}
     for method in methods:
-        trace = optimize(
-            problem,
-            method,
-            steps=T,
-            step_size=alpha,
-            x0=x_start,
-            inner_steps=inner_steps,
-            track_exact=True,
-            progress=progress,
-        )
+        try:
+            trace = optimize(
+                problem,
+                method,
+                steps=T,
+                step_size=alpha,
+                x0=x_start,
+                inner_steps=inner_steps,
+                track_exact=True,
+                progress=progress,
+                lower_init=lower_init,
+            )
+        except (NonFiniteError, DivergenceError) as err:
+            return not_applicable(f"the {method} run diverged: {err}")
+        traces[method] = trace
+        outside = np.nonzero(np.any((trace.x1 < region[0]) | (trace.x1 > region[1]), axis=1))[0]
+        if outside.size:
+            t_out = int(outside[0])
+            return not_applicable(
+                f"the {method} run left the box at round {t_out} (x1 = "
+                f"{np.round(trace.x1[t_out], 6).tolist()}), where L and F_1* were not "
+                f"established; give a larger box"
+            )
         t = np.arange(1, T + 1)
         left = np.cumsum(trace.exact_grad_norm**2) / t
         error_term = np.cumsum(trace.error**2) / t
         right = 2 * (F0 - F_star) / (alpha * t) + error_term
         ok = left <= right * (1 + ROUND_OFF) + 1e-15
-        outside = np.any((trace.x1 < region[0]) | (trace.x1 > region[1]))
         tables[method] = {
             "T": t,
             "left_mean": left,
@@ -327,11 +418,9 @@ def theorem_4_2(
         if not np.all(ok):
             verdict = "fail"
             reasons.append(f"{method}: fails at {int(np.sum(~ok))} of {T} values of T")
-        if outside:
-            reasons.append(f"{method}: the run left the region where L was sampled")
     main = tables[methods[0]]
     ratio = float(max(np.max(tab["left_mean"] / tab["right"]) for tab in tables.values()))
-    return Report(
+    report = Report(
         "4.2",
         verdict,
         constants,
@@ -339,8 +428,18 @@ def theorem_4_2(
         worst_ratio=ratio,
         fitted_slope=_fit_slope(main["T"], main["left_mean"]),
         reason="; ".join(reasons),
-        extra={"methods": {m: tables[m] for m in methods}},
+        extra={"methods": {m: tables[m] for m in methods}, "inner_steps": inner_steps,
+               "x0": x_start},
+        box=_box_list(region),
     )
+    report.traces = traces  # the runs themselves (not part of the JSON)
+    return report
+
+
+def _box_list(region):
+    """A box as [[lo_1..lo_d], [hi_1..hi_d]] (the JSON form)."""
+    return [np.asarray(region[0], dtype=np.float64).tolist(),
+            np.asarray(region[1], dtype=np.float64).tolist()]
 
 
 def rounds_to_epsilon(
@@ -352,20 +451,34 @@ def rounds_to_epsilon(
     max_rounds: int = 400,
     inner_steps: int = 1,
     x0=None,
+    box=None,
+    describe=None,
+    progress=None,
 ) -> dict:
-    r"""$T_\varepsilon(n)$: rounds until $\lVert \nabla F_1(x^t) \rVert^2 \le \varepsilon$, and the
-    mean $\lVert e_t \rVert$, for each $n$ (Theorem 4.2 and the paper's remark after it).
+    """T_eps(n): rounds until ||grad F_1(x^t)||^2 <= epsilon, and the mean ||e_t||, for each n
+    (Theorem 4.2's dependence on the number of levels; Lemmas A.1-A.3).
 
-    ``family(n)`` returns a problem; the step is $1/L_n$ with $L_n$ sampled near $x_0$ (the
-    step as a function of $n$, as in the paper's remark). The fitted growth is the slope of
-    $\log T_\varepsilon$ against $n$ (a geometric growth rate per level).
+    ``family(n)`` returns a problem with n levels. The step is 1/L_n with L_n the
+    L-smoothness constant of F_1 sampled on ``box`` (default: x_0 +- 1), the step as a
+    function of n as in the paper's remark; the run starts at ``x0`` (default 0, projected
+    into the box). ``describe(n, problem)`` names each problem studied (default: its
+    levels and block sizes); ``progress(n)`` is called before each n. The fitted growth is
+    the slope of log T_eps against n (a geometric growth rate per level); ``growth_linear``
+    is the slope of T_eps against n (rounds per level).
     """
-    rows = {"n": [], "T_eps": [], "mean_error": [], "first_error": [], "L": []}
+    rows = {"n": [], "T_eps": [], "mean_error": [], "first_error": [], "L": [], "problems": []}
+    region_used = None
     for n in ns:
+        if progress is not None:
+            progress(n)
         problem = family(n)
         num = as_numeric(problem, "implicit-exact")
-        start = np.zeros(num.sizes[0]) if x0 is None else np.asarray(x0, dtype=np.float64)
-        constants, violation = constants_4_1(problem, (start - 1, start + 1), samples=5)
+        d = num.sizes[0]
+        start = np.zeros(d) if x0 is None else np.asarray(x0, dtype=np.float64).reshape(d)
+        region = _box(box if box is not None else (start - 1, start + 1), d)
+        start = project(start, region)
+        region_used = _box_list(region)
+        constants, violation = constants_4_2(problem, region, samples=5)
         if violation is not None:
             raise HessianError(f"family member n={n}: {violation}", level=1)
         L = constants["L"][0]
@@ -384,15 +497,20 @@ def rounds_to_epsilon(
         rows["mean_error"].append(float(np.mean(trace.error)))
         rows["first_error"].append(float(trace.error[0]))
         rows["L"].append(L)
-    finite = np.isfinite(rows["T_eps"])
-    growth = None
-    if finite.sum() >= 2:
-        growth = float(
-            np.polyfit(
-                np.asarray(rows["n"])[finite],
-                np.log(np.asarray(rows["T_eps"], dtype=float)[finite]),
-                1,
-            )[0]
+        rows["problems"].append(
+            describe(n, problem) if describe is not None
+            else f"n={n}, blocks {tuple(int(v) for v in num.sizes)}"
         )
+    finite = np.isfinite(rows["T_eps"])
+    growth = growth_linear = None
+    if finite.sum() >= 2:
+        n_arr = np.asarray(rows["n"])[finite]
+        t_arr = np.asarray(rows["T_eps"], dtype=float)[finite]
+        growth = float(np.polyfit(n_arr, np.log(t_arr), 1)[0])
+        growth_linear = float(np.polyfit(n_arr, t_arr, 1)[0])
     rows["growth_per_level"] = growth
+    rows["growth_linear"] = growth_linear
+    rows["epsilon"] = epsilon
+    rows["max_rounds"] = max_rounds
+    rows["box"] = region_used
     return rows

@@ -6,9 +6,13 @@
 - `ridge_bilevel` - bilevel ridge-regression hyperparameter tuning, closed form (teaching).
 - `data_poisoning` - Sato et al.'s trilevel: a regulariser against validation loss, an
   attacker perturbing training inputs, ridge weights.
-- `default_problem` - the trilevel non-quadratic problem ``mlverify verify`` runs.
+- :func:`compounding` - blocks of 2 with condition number kappa, each level coupled to the
+  one below: the single-loop errors compound through the Jacobian chain (Lemmas A.1-A.3),
+  so Theorem 4.2's rounds-to-epsilon grow with n.
+- :func:`default_problem` - the trilevel non-quadratic problem ``mlverify verify`` runs.
 """
 
+from .compounding import compounding
 from .families import (
     QuadraticFamily,
     data_poisoning,
@@ -21,6 +25,7 @@ from .families import (
 
 __all__ = [
     "QuadraticFamily",
+    "compounding",
     "data_poisoning",
     "default_problem",
     "indefinite_problem",

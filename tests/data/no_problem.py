@@ -1,0 +1,6 @@
+import sympy as sp
+
+import mlverify as mv
+
+x1, x2 = sp.symbols("x1 x2")
+prob = mv.MultilevelProblem([mv.Level(x1, x1**2), mv.Level(x2, (x2 - x1) ** 2)])
