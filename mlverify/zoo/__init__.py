@@ -6,6 +6,10 @@
 - :func:`ridge_bilevel` - bilevel ridge-regression hyperparameter tuning, closed form (teaching).
 - :func:`data_poisoning` - Sato et al.'s trilevel: a regulariser against validation loss, an
   attacker perturbing training inputs, ridge weights.
+- :func:`ridge_hyperparameter` - the bilevel ridge hyperparameter model on real data (the
+  diabetes data through scikit-learn, ``pip install -e ".[data]"``); with
+  ``data_poisoning(dataset="diabetes")`` the two models of Sato et al.'s experiment
+  (:mod:`mlverify.zoo.real_data`: :func:`load_splits`, :func:`ridge_closed_form`).
 - :func:`default_problem` - the trilevel non-quadratic problem ``mlverify verify`` runs.
 """
 
@@ -18,13 +22,27 @@ from .families import (
     quadratic,
     ridge_bilevel,
 )
+from .real_data import (
+    NOISE_LEVELS,
+    MissingExtraError,
+    RegressionSplits,
+    load_splits,
+    ridge_closed_form,
+    ridge_hyperparameter,
+)
 
 __all__ = [
+    "MissingExtraError",
+    "NOISE_LEVELS",
     "QuadraticFamily",
+    "RegressionSplits",
     "data_poisoning",
     "default_problem",
     "indefinite_problem",
+    "load_splits",
     "nonquadratic",
     "quadratic",
     "ridge_bilevel",
+    "ridge_closed_form",
+    "ridge_hyperparameter",
 ]
