@@ -26,6 +26,7 @@ EXPECTED = [
     "03_n_levels",
     "04_verifying_bounds",
     "05_against_itd",
+    "07_data_poisoning_diabetes",
 ]
 KERNEL = "python3"
 #: Per notebook (pytest-timeout) and per cell (nbclient); each notebook takes well under a minute.
