@@ -8,6 +8,7 @@ bilevel one.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import jax.numpy as jnp
@@ -18,20 +19,26 @@ import mlverify as mv
 from mlverify import zoo
 from mlverify.zoo import real_data
 
-sklearn_datasets = pytest.importorskip("sklearn.datasets")
-from sklearn.preprocessing import StandardScaler  # noqa: E402
-
 #: The hypergradient against finite differences: the issue's bar (float64, Lemma 3.2).
 FD_RTOL = 1e-6
+
+#: Everything but the missing-extra test needs the data extra (the test extra pulls it in).
+needs_data = pytest.mark.skipif(
+    importlib.util.find_spec("sklearn") is None, reason='needs pip install -e ".[data]"'
+)
 
 
 @pytest.fixture(scope="module")
 def diabetes():
-    x, y = sklearn_datasets.load_diabetes(return_X_y=True, scaled=False)
+    from sklearn.datasets import load_diabetes
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = load_diabetes(return_X_y=True, scaled=False)
     return StandardScaler().fit_transform(x), StandardScaler().fit_transform(y[:, None])[:, 0]
 
 
 # ----------------------------------------------------------------------------- the loader
+@needs_data
 def test_splits_shapes_and_standardisation(diabetes):
     x, y = diabetes
     s = zoo.load_splits("diabetes", seed=3)
@@ -48,6 +55,7 @@ def test_splits_shapes_and_standardisation(diabetes):
     np.testing.assert_allclose(rows.std(axis=0), 1, atol=1e-12)
 
 
+@needs_data
 def test_splits_are_seeded():
     a, b, c = zoo.load_splits(seed=5), zoo.load_splits(seed=5), zoo.load_splits(seed=6)
     for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
@@ -57,6 +65,7 @@ def test_splits_are_seeded():
     assert (small.n_train, small.x_val.shape[0], small.x_test.shape[0]) == (40, 30, 372)
 
 
+@needs_data
 def test_label_noise_levels():
     clean = zoo.load_splits(seed=2)
     one, two = zoo.load_splits(seed=2, noise=1.0), zoo.load_splits(seed=2, noise=2.0)
@@ -71,6 +80,7 @@ def test_label_noise_levels():
     assert zoo.NOISE_LEVELS == (0.0, 0.5, 1.0, 2.0)
 
 
+@needs_data
 @pytest.mark.parametrize(
     "kwargs, quantity",
     [({"noise": -0.1}, "noise"), ({"noise": float("nan")}, "noise"),
@@ -122,6 +132,7 @@ def trilevel():
     return splits, zoo.data_poisoning(dataset="diabetes", seed=1, noise=1.0)
 
 
+@needs_data
 def test_trilevel_blocks_are_the_real_sizes(trilevel):
     splits, num = trilevel
     assert num.n == 3 and num.names == ("theta", "P", "w")
@@ -143,6 +154,7 @@ def _reduced_F1(num, theta, init):
     return num.objective_value(0, flat), list(lower)
 
 
+@needs_data
 @pytest.mark.parametrize("theta", [-2.0, 0.0, 1.5])
 def test_trilevel_hypergradient_agrees_with_finite_differences(trilevel, theta):
     """The exact hypergradient (Lemmas 3.1, 3.2; what implicit-exact steps along) against
@@ -161,6 +173,7 @@ def test_trilevel_hypergradient_agrees_with_finite_differences(trilevel, theta):
     assert abs(fd) > 1e-3  # a point where the comparison means something
 
 
+@needs_data
 def test_trilevel_attacker_is_strongly_convex_on_a_small_split():
     """The attacker's reduced Hessian D_22 F_2 (levels below by Lemma 3.1) is positive
     definite at the smallest regulariser of the benchmark's box (theta = -8: the largest
@@ -174,6 +187,7 @@ def test_trilevel_attacker_is_strongly_convex_on_a_small_split():
     assert np.linalg.eigvalsh(h2)[0] > 0.01 / 30 and np.linalg.eigvalsh(h3)[0] > 0
 
 
+@needs_data
 def test_bilevel_hypergradient_matches_closed_form():
     splits = zoo.load_splits(seed=4, noise=0.5)
     num = zoo.ridge_hyperparameter(splits=splits)
@@ -192,6 +206,7 @@ def test_bilevel_hypergradient_matches_closed_form():
     )
 
 
+@needs_data
 def test_trilevel_without_attack_is_the_bilevel_model():
     """A prohibitive penalty (c = 1e9) leaves the attacker nothing to gain: the trilevel
     hypergradient tends to the bilevel closed form (the gap is O(1/c))."""
