@@ -27,6 +27,7 @@ EXPECTED = [
     "04_verifying_bounds",
     "05_against_itd",
     "06_certified_verification",
+    "07_data_poisoning_diabetes",
 ]
 KERNEL = "python3"
 #: Per notebook (pytest-timeout) and per cell (nbclient); each notebook takes well under a minute.

@@ -9,6 +9,10 @@
 - :func:`compounding` - blocks of 2 with condition number kappa, each level coupled to the
   one below: the single-loop errors compound through the Jacobian chain (Lemmas A.1-A.3),
   so Theorem 4.2's rounds-to-epsilon grow with n.
+- :func:`ridge_hyperparameter` - the bilevel ridge hyperparameter model on real data (the
+  diabetes data through scikit-learn, ``pip install -e ".[data]"``); with
+  ``data_poisoning(dataset="diabetes")`` the two models of Sato et al.'s experiment
+  (:mod:`mlverify.zoo.real_data`: :func:`load_splits`, :func:`ridge_closed_form`).
 - :func:`default_problem` - the trilevel non-quadratic problem ``mlverify verify`` runs.
 """
 
@@ -22,14 +26,28 @@ from .families import (
     quadratic,
     ridge_bilevel,
 )
+from .real_data import (
+    NOISE_LEVELS,
+    MissingExtraError,
+    RegressionSplits,
+    load_splits,
+    ridge_closed_form,
+    ridge_hyperparameter,
+)
 
 __all__ = [
+    "MissingExtraError",
+    "NOISE_LEVELS",
     "QuadraticFamily",
     "compounding",
+    "RegressionSplits",
     "data_poisoning",
     "default_problem",
     "indefinite_problem",
+    "load_splits",
     "nonquadratic",
     "quadratic",
     "ridge_bilevel",
+    "ridge_closed_form",
+    "ridge_hyperparameter",
 ]

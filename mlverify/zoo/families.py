@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import sympy as sp
 
+from ..errors import ProblemDefinitionError
 from ..numeric import NumericProblem
 from ..problem import Level, MultilevelProblem
 
@@ -224,9 +225,21 @@ def ridge_bilevel(n_train: int = 6, n_val: int = 6, features: int = 2, seed: int
 
 
 def data_poisoning(
-    seed: int = 0, n_train: int = 30, n_val: int = 30, features: int = 5, penalty: float = 2.0
+    seed: int = 0,
+    n_train: int | None = None,
+    n_val: int | None = None,
+    features: int | None = None,
+    penalty: float | None = None,
+    *,
+    dataset: str | None = None,
+    noise: float = 0.0,
 ) -> NumericProblem:
     """Sato et al.'s trilevel hyperparameter learning under data poisoning (JAX-native).
+
+    ``dataset="diabetes"``: the real data of Sato et al.'s experiment, standardised, split by
+    ``seed``, with label noise ``noise`` on the training targets; see
+    :func:`mlverify.zoo.real_data.poisoning_problem`. Without ``dataset``, synthetic data
+    (defaults n_train = n_val = 30, features = 5, penalty = 2), as below.
 
     Level 1 (learner): theta = log(lambda), validation loss of the ridge weights.
     Level 2 (attacker): a perturbation P of the training inputs that raises the training
@@ -236,6 +249,20 @@ def data_poisoning(
     Data are synthetic and documented: X ~ N(0, 1), y = X w_true + 0.1 N(0, 1), w_true ~
     N(0, 1), all from ``seed``; nothing is downloaded.
     """
+    if dataset is not None:
+        from .real_data import poisoning_problem
+
+        if features is not None:
+            raise ProblemDefinitionError(
+                f"the {dataset} data fix the number of features", quantity="features"
+            )
+        return poisoning_problem(dataset, seed, noise, n_train, n_val, penalty)
+    if noise != 0.0:
+        raise ProblemDefinitionError("label noise needs a dataset", quantity="noise")
+    n_train = 30 if n_train is None else n_train
+    n_val = 30 if n_val is None else n_val
+    features = 5 if features is None else features
+    penalty = 2.0 if penalty is None else penalty
     rng = np.random.default_rng(seed)
     w_true = rng.normal(size=features)
     xt = rng.normal(size=(n_train, features))
