@@ -379,8 +379,9 @@ class _Console:
     def bar(self, total: int, label: str, unit: str = "round"):
         from tqdm import tqdm
 
+        # disable=None: bars on a terminal only, not in a log or a pipe.
         return tqdm(total=total, desc=f"  {label}", file=sys.stderr, leave=False,
-                    disable=not self.bars, unit=unit, dynamic_ncols=True)
+                    disable=None if self.bars else True, unit=unit, dynamic_ncols=True)
 
 
 def _rounds_callback(bar):
@@ -613,7 +614,7 @@ def _check_assumptions(problem, box, *, samples: int = ASSUMPTION_SAMPLES,
         for k, h in enumerate(hessians, start=2):
             eig = np.linalg.eigvalsh(0.5 * (np.asarray(h) + np.asarray(h).T))
             mu[k] = min(mu.get(k, np.inf), float(eig[0]))
-            if eig[0] <= STRONG_CONVEXITY_FLOOR * max(1.0, abs(eig[-1])):
+            if eig[0] <= STRONG_CONVEXITY_FLOOR * abs(eig[-1]):
                 return fail("degenerate or indefinite", k,
                             f"level {k} is not strongly convex at {where}: min eigenvalue of "
                             f"D_kk F_k is {eig[0]:.3g} (at most {STRONG_CONVEXITY_FLOOR:g} "
@@ -648,9 +649,15 @@ def _cross_check(problem, x1, jax_check: bool) -> dict:
     exact = np.asarray(exact_value_and_gradient(num, x1)[1], dtype=np.float64)
     fd = _finite_difference(problem, x1)
     scale = max(1.0, float(np.max(np.abs(exact))))
+    if declared:
+        _, error = problem.hypergradient_at(x1, with_error=True)
+    else:
+        _, error = problem.hypergradient(np.asarray(x1, float), "exact", with_error=True)
     check = {
         "at_x1": x1.tolist(),
         "exact": exact.tolist(),
+        # the a-posteriori bound on |exact - dF_1/dx_1| (lower solves and round-off)
+        "error_estimate": np.asarray(error, dtype=np.float64).tolist(),
         "finite_difference": fd.tolist(),
         "exact_vs_fd": float(np.max(np.abs(exact - fd)) / scale),
     }
@@ -768,6 +775,9 @@ def _step_cross_check(run, problem, x_check) -> bool:
     run.result["cross_check"] = check
     agree = check["exact_vs_fd"] <= FD_AGREEMENT and (
         check.get("symbolic_vs_jax") is None or check["symbolic_vs_jax"] <= JAX_AGREEMENT)
+    estimate = max(check["error_estimate"])
+    run.console.say(f"  exact hypergradient {np.round(check['exact'], 10).tolist()}, error "
+                    f"estimate {estimate:.1e} (lower solves and round-off)")
     parts = [f"|exact - FD| = {check['exact_vs_fd']:.2e} (limit {FD_AGREEMENT:.0e})"]
     if check.get("symbolic_vs_jax") is not None:
         parts.append(f"|symbolic - JAX| = {check['symbolic_vs_jax']:.2e} "

@@ -20,8 +20,11 @@ from .report import Report
 
 #: Relative slack for "left $\le$ right": the two sides are float64 sums of up to $T$ terms.
 ROUND_OFF = 1e-9
-#: A lower Hessian whose smallest eigenvalue is below this (relative to max(1, largest)) at
-#: a sampled point makes the level "not strongly convex": the bounds do not apply.
+#: A lower Hessian whose smallest eigenvalue is below this, relative to its largest, at a
+#: sampled point makes the level "not strongly convex": the bounds do not apply. Relative to
+#: the Hessian itself, so that scaling $f_k$ changes no verdict; a Hessian that is small in
+#: every direction (a $1 \times 1$ block too) is caught by the lower solve's degeneracy test
+#: (`mlverify.checks`), which compares it with the level's own curvature scale.
 STRONG_CONVEXITY_FLOOR = 1e-6
 #: Safety factor on the sampled $\lambda_{\max}$: sampling can only under-estimate a maximum.
 L_MARGIN = 1.01
@@ -65,7 +68,7 @@ def _scan_box(num, lo, hi, samples, seed):
             for k, h in enumerate(hessians, start=2):
                 eig_k = np.linalg.eigvalsh(0.5 * (np.asarray(h) + np.asarray(h).T))
                 mu[k - 1] = min(mu[k - 1], eig_k[0])
-                if eig_k[0] <= STRONG_CONVEXITY_FLOOR * max(1.0, abs(eig_k[-1])):
+                if eig_k[0] <= STRONG_CONVEXITY_FLOOR * abs(eig_k[-1]):
                     return None, (f"level {k} is not strongly convex at {where}: min eigenvalue "
                                   f"of D_kk F_k is {eig_k[0]:.3g}")
             eigs.append(np.linalg.eigvalsh(hessian_F1(num, x)))
