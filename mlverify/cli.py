@@ -1,15 +1,16 @@
-"""mlverify verify: derive, cross-check, optimise and check Theorems 4.1 and 4.2 on one problem.
+r"""mlverify verify: derive, cross-check, optimise and check Theorems 4.1 and 4.2 on one problem.
 
-Every check runs on one region, the box X = [lo, hi] for x_1: the problem file's box, the
---box option, or the zoo problem's default box. The steps:
+Every check runs on one region, the box $X = [\mathrm{lo}, \mathrm{hi}]$ for $x_1$: the
+problem file's box, the `--box` option, or the zoo problem's default box. The steps:
 
   1. the best-response Jacobians (Lemmas 2.1, 3.1, 3.2);
   2. the assumptions on the box (each lower level has a unique, strongly convex minimiser
-     and is bounded below; F_1's Hessian);
+     and is bounded below; $F_1$'s Hessian);
   3. the hypergradient: symbolic against finite differences (and the JAX core);
   4. Theorem 4.1 (exact hypergradient, projected gradient descent on the box);
   5. Theorem 4.2 (inexact hypergradients: single-loop and ITD runs in the box);
-  6. rounds to epsilon T_eps(n) against the number of levels, on the problem's family.
+  6. rounds to $\varepsilon$, $T_\varepsilon(n)$, against the number of levels, on the
+     problem's family.
 
 Exit status: 0 every check passes; 1 a bound or a cross-check fails; 2 bad input (an
 error in the problem file, a bad or inapplicable option), found before any long work;
@@ -40,14 +41,14 @@ JAX_AGREEMENT = 1e-8
 #: A Jacobian whose formula is longer than this many characters is shown as float64
 #: values at the check point instead.
 JACOBIAN_TEXT_LIMIT = 120
-#: Points of the box sampled by the assumption step, and multistart starts per point where
-#: the lower solver offers multistart.
+#: Points of the box sampled by the assumption step.
 ASSUMPTION_SAMPLES = 9
+#: Multistart starts per sampled point, where the lower solver offers multistart.
 MULTISTARTS = 4
 #: The JAX cross-check compiles nested implicit derivatives; above this many levels that
 #: compile takes longer than the rest of the run, so it runs only with --jax-check.
 JAX_CHECK_MAX_LEVELS = 3
-#: Zoo problems: default box and the options that apply to each.
+#: Zoo problems: the default box of each.
 ZOO_BOXES = {
     "default": (-2.0, 2.0),
     "quadratic": (-2.0, 2.0),
@@ -56,6 +57,7 @@ ZOO_BOXES = {
     "ridge": (1.0, 3.5),
     "indefinite": (-1.0, 1.0),
 }
+#: Zoo problems: the options that apply to each.
 ZOO_OPTIONS = {
     "default": set(),
     "quadratic": {"levels", "size", "seed", "max_levels"},
@@ -64,8 +66,8 @@ ZOO_OPTIONS = {
     "ridge": {"seed"},
     "indefinite": set(),
 }
-#: The ridge data seed whose validation loss has an interior minimum, F_1 strongly convex on
-#: the default box [1, 3.5] around it (other seeds: give a --box where F_1 is convex).
+#: The ridge data seed whose validation loss has an interior minimum, $F_1$ strongly convex on
+#: the default box $[1, 3.5]$ around it (other seeds: give a `--box` where $F_1$ is convex).
 RIDGE_SEED = 5
 #: Files a run writes into --out; left-overs of an earlier run are removed first.
 ARTEFACTS = ("report.json", "theorem-4.1.json", "theorem-4.1.png", "theorem-4.2.json",

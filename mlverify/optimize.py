@@ -133,7 +133,8 @@ def _lowered(problem):
 
 
 def exact_value_and_gradient(num, x1, init=None):
-    """(F_1, grad F_1, lower solution) at x_1, lower levels solved, on either backend."""
+    r"""$(F_1, \nabla F_1, \text{lower solution})$ at $x_1$, lower levels solved, on either
+    backend."""
     options = {"tol": REFERENCE_TOL} if init is None else {"tol": REFERENCE_TOL, "init": init}
     lower = num.solve_lower(num.unflatten(0, jnp.asarray(x1)), **options)
     flat = [jnp.asarray(x1)] + [num.flatten(k, x) for k, x in enumerate(lower, 1)]
@@ -184,15 +185,17 @@ def optimize(
 ) -> Trace:
     r"""Run ``method`` for ``steps`` rounds on a MultilevelProblem or NumericProblem.
 
-    ``step_size``: a float alpha, or ``None`` / ``"1/L"`` for 1/L with ``L`` given or
-    estimated at x_0 (lambda_max of the Hessian of F_1). ``box``: (lo, hi) for x_1.
+    ``step_size``: a float $\alpha$, or ``None`` / ``"1/L"`` for $1/L$ with ``L`` given or
+    estimated at $x^0$ ($\lambda_{\max}$ of the Hessian of $F_1$). ``box``: ``(lo, hi)`` for
+    $x_1$.
     ``progress``: True prints a line every tenth of the run on stderr; a callable is called
     as ``progress(rounds_done, steps)`` after every round (e.g. to drive a progress bar).
-    ``lower_init``: blocks x_2..x_n where the single-loop iterates start and where ITD's
-    unrolled steps start every round (default: the problem's initial point). For a declared
-    problem ITD's inner step, unless ``inner_lr`` is given, is 1/(1.2 max_k L_k) at the
-    start for the whole run (L_k the largest eigenvalue of D_kk F_k by the lemmas), so its
-    program holds no nested implicit derivative and compiles once.
+    ``lower_init``: blocks $x_2, \dots, x_n$ where the single-loop iterates start and where
+    ITD's unrolled steps start every round (default: the problem's initial point). For a
+    declared problem ITD's inner step, unless ``inner_lr`` is given, is
+    $1/(1.2 \max_k L_k)$ at the start for the whole run ($L_k$ the largest eigenvalue of
+    $D_{kk} F_k$ by the lemmas), so its program holds no nested implicit derivative and
+    compiles once.
     """
     if method not in OUTER_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(OUTER_METHODS)}")

@@ -229,6 +229,18 @@ def test_indefinite_lower_level_is_not_applicable_certified():
     assert rep.certificate["violation"]["x1"][0] < 0  # where x1 < 0: two minimisers
 
 
+def test_indefinite_problem_certified_where_the_lower_solution_is_exact():
+    """On x1 in [1/2, 1] the lower solution is exactly x2 = 1, so the Krawczyk box of x2 is
+    centred at 1 and x2 - 1 is a ball centred at exactly 0: its powers must stay finite
+    (Arb's pow is NaN there). H_2 = x1 + 3 (x2 - 1)^2 = x1 at the solution, so mu_2 = 1/2;
+    F_1(x1) = (x1 - 1/2)^2 / 2 + 1/2, so the Hessian of F_1 is 1."""
+    cert = certify_constants(zoo.indefinite_problem(), (0.5, 1.0))
+    assert cert.certified, cert.reason
+    assert cert.mu[2][0] <= 0.5 <= cert.mu[2][1]
+    assert cert.lambda_min[0] <= 1.0 <= cert.lambda_min[1]
+    assert cert.lambda_max[0] <= 1.0 <= cert.lambda_max[1]
+
+
 def test_indefinite_lower_hessian_at_a_stationary_point_is_a_proven_violation():
     """f_2 = (x2^2 - x1)^2 / 4: for x1 > 0 the zero x2 = 0 of the stationarity system has
     D_22 f_2 = -x1 < 0 (and two minimisers +-sqrt(x1) beside it)."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .programs import _as_arb
+from .programs import _as_arb, arb_power
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def _cholesky_ok(matrix) -> bool:
     d = len(matrix)
     low = [[arb(0)] * d for _ in range(d)]
     for j in range(d):
-        pivot = matrix[j][j] - sum((low[j][k] ** 2 for k in range(j)), arb(0))
+        pivot = matrix[j][j] - sum((arb_power(low[j][k], 2) for k in range(j)), arb(0))
         if not pivot > 0:
             return False
         low[j][j] = pivot.sqrt()

@@ -31,6 +31,7 @@ class Arithmetic:
     rational: object  # (p, q) -> exact number or enclosure of p/q
     binary: object  # (mantissa, exponent) -> exact number or enclosure of m * 2^e
     constants: dict  # "pi", "E" -> enclosure
+    power: object  # (enclosure, integer e >= 0) -> enclosure of its e-th power
 
 
 def _flint_arithmetic() -> Arithmetic:
@@ -47,6 +48,7 @@ def _flint_arithmetic() -> Arithmetic:
         rational=lambda p, q: fmpq(p, q),
         binary=lambda m, e: arb(m) * arb(2) ** e if e < 0 else arb(m * 2**e),
         constants={"pi": lambda: arb.pi(), "E": lambda: arb(1).exp()},
+        power=arb_power,
     )
 
 
@@ -54,6 +56,35 @@ def _as_arb(value):
     from flint import arb
 
     return value if isinstance(value, arb) else arb(value)
+
+
+def arb_power(value, e: int):
+    r"""An enclosure of $a^e$ for every $a$ in the ball `value`, $e \ge 0$ an integer.
+
+    Not python-flint's `value ** e`: Arb's `arb_pow` takes its exact integer-power path
+    only when the ball's midpoint is nonzero, and otherwise falls back to
+    $\exp(e \log a)$, which is NaN for a ball centred exactly at 0 (e.g. $x_2 - 1$ over a
+    box of $x_2$ centred at 1), so every enclosure downstream of it is lost. A ball that
+    contains 0 is instead taken to the hull of the powers of its (exact, outward-rounded)
+    end points, and of 0 when $e$ is even: $t \mapsto t^e$ is monotone on each side of 0,
+    so this encloses the range, and it is also tighter than `value * value` (never
+    negative for even $e$).
+    """
+    from flint import arb
+
+    a = _as_arb(value)
+    e = int(e)
+    if e < 0:
+        raise ValueError(f"arb_power needs an exponent >= 0, got {e}")
+    if e == 0:
+        return arb(1)
+    if e == 1:
+        return a
+    if not a.is_finite() or a.is_exact() or not a.contains(0):
+        return a**e
+    low, high = a.lower(), a.upper()  # exact, rounded outward
+    result = (low**e).union(high**e)
+    return result.union(arb(0)) if e % 2 == 0 else result
 
 
 def _mpmath_arithmetic() -> Arithmetic:
@@ -73,6 +104,7 @@ def _mpmath_arithmetic() -> Arithmetic:
         rational=lambda p, q: iv.mpf(p) / q,
         binary=lambda m, e: iv.ldexp(iv.mpf(m), e),
         constants={"pi": lambda: iv.pi, "E": lambda: iv.e},
+        power=lambda a, e: a**e,
     )
 
 
@@ -121,8 +153,8 @@ class _Printer:
             if exponent.is_Integer:
                 e = int(exponent)
                 if e >= 0:
-                    return f"({self(base)} ** {e})"
-                return f"(1 / ({self(base)} ** {-e}))"
+                    return f"_pow({self(base)}, {e})"
+                return f"(1 / _pow({self(base)}, {-e}))"
             if exponent == sp.Rational(1, 2):
                 return f"_f['sqrt']({self(base)})"
             if exponent == -sp.Rational(1, 2):
@@ -162,7 +194,8 @@ class Program:
         lines.append("    return [" + ", ".join(printer(sp.sympify(e)) for e in exprs) + "]")
         self.source = "\n".join(lines)
         self.size = len(assignments)
-        namespace = {"_c": printer.constants, "_f": self.arithmetic.functions}
+        namespace = {"_c": printer.constants, "_f": self.arithmetic.functions,
+                     "_pow": self.arithmetic.power}
         exec(compile(self.source, "<mlverify.certify program>", "exec"), namespace)  # noqa: S102
         self._function = namespace["_program"]
 

@@ -100,14 +100,14 @@ def _lower_constants(scan, n):
 
 
 def constants_4_1(problem, box, *, samples: int = 25, seed: int = 0):
-    """Check Theorem 4.1's assumptions on X and estimate L = max lambda_max(Hessian of F_1).
+    r"""Check Theorem 4.1's assumptions on $X$ and estimate $L = \max \lambda_{\max}(\nabla^2 F_1)$.
 
-    The assumptions: every lower level strongly convex at its solution (so F_1 is defined
-    and smooth), and the Hessian of F_1 positive definite on X with lambda_max <= L.
+    The assumptions: every lower level strongly convex at its solution (so $F_1$ is defined
+    and smooth), and the Hessian of $F_1$ positive definite on $X$ with $\lambda_{\max} \le L$.
     Returns ``(constants, violation)``: constants as name -> (value, how obtained), and a
     violation message (None when every assumption held at every sampled point). Method:
     a grid (or seeded random points in high dimension) plus L-BFGS-B maximisation of
-    lambda_max from the best sample; the lower solves check every lower Hessian there.
+    $\lambda_{\max}$ from the best sample; the lower solves check every lower Hessian there.
     """
     num = as_numeric(problem, "implicit-exact")
     lo, hi = _box(box, num.sizes[0])
@@ -138,14 +138,16 @@ def constants_4_1(problem, box, *, samples: int = 25, seed: int = 0):
 
 
 def constants_4_2(problem, box, *, samples: int = 9, seed: int = 0):
-    """Check Theorem 4.2's assumptions on X and estimate its L.
+    r"""Check Theorem 4.2's assumptions on $X$ and estimate its $L$.
 
-    Theorem 4.2 needs F_1 L-smooth and bounded below, and alpha <= 1/L; it does not need
-    a positive-definite Hessian. L is the largest |eigenvalue| of the Hessian of F_1 over
-    the sampled points (refined by L-BFGS-B, times the margin); every lower level must be
-    strongly convex at its solution (so that F_1 is defined and smooth). F_1 bounded below
-    on X is checked by its minimum over X (see :func:`theorem_4_2`).
-    Returns ``(constants, violation)`` as :func:`constants_4_1`.
+    Theorem 4.2 needs $F_1$ $L$-smooth and bounded below, and $\alpha \le 1/L$; it does not
+    need a positive-definite Hessian. $L$ is the largest $\lvert\text{eigenvalue}\rvert$ of the
+    Hessian of $F_1$ over the sampled points (refined by L-BFGS-B, times the margin); every
+    lower level must be strongly convex at its solution (so that $F_1$ is defined and
+    smooth). $F_1$ bounded below on $X$ is checked by its minimum over $X$ (see
+    [`theorem_4_2`][mlverify.verify.theorems.theorem_4_2]).
+    Returns ``(constants, violation)`` as
+    [`constants_4_1`][mlverify.verify.theorems.constants_4_1].
     """
     num = as_numeric(problem, "implicit-exact")
     lo, hi = _box(box, num.sizes[0])
@@ -334,18 +336,23 @@ def theorem_4_2(
     seed: int = 0,
     progress: bool = False,
 ) -> Report:
-    """Check (1/T) sum ||grad F_1(x^t)||^2 <= 2 (F_1(x^0) - F_1*)/(alpha T) + (1/T) sum ||e_t||^2
-    along each method's run (Theorem 4.2; X = R^d), e_t measured against the exact
-    hypergradient.
+    r"""Check Theorem 4.2's bound along each method's run ($X = \mathbb{R}^d$):
 
-    The assumptions are the theorem's: F_1 L-smooth and bounded below on the region the run
-    stays in, alpha <= 1/L (no convexity). ``box`` is that region, (lo, hi) with scalars or
-    sequences of length d_1 (default x_0 +- 2): L (the largest |eigenvalue| of the Hessian
-    of F_1) is sampled there, F_1* is the minimum of F_1 there, and the runs start at
-    ``x0`` (default: the problem's initial x_1), projected into the box, with the lower
-    iterates (single loop) and ITD's inner starts at the lower solution there. A run that leaves
-    the box, or diverges, makes the verdict "not-applicable": L and F_1* hold only on the
-    box.
+    $$
+    \frac1T \sum_t \lVert \nabla F_1(x^t) \rVert^2
+    \le \frac{2\,(F_1(x^0) - F_1^*)}{\alpha T} + \frac1T \sum_t \lVert e_t \rVert^2 ,
+    $$
+
+    with $e_t$ measured against the exact hypergradient.
+
+    The assumptions are the theorem's: $F_1$ $L$-smooth and bounded below on the region the
+    run stays in, $\alpha \le 1/L$ (no convexity). ``box`` is that region, ``(lo, hi)`` with
+    scalars or sequences of length $d_1$ (default $x^0 \pm 2$): $L$ (the largest
+    $\lvert\text{eigenvalue}\rvert$ of the Hessian of $F_1$) is sampled there, $F_1^*$ is the
+    minimum of $F_1$ there, and the runs start at ``x0`` (default: the problem's initial
+    $x_1$), projected into the box, with the lower iterates (single loop) and ITD's inner
+    starts at the lower solution there. A run that leaves the box, or diverges, makes the
+    verdict "not-applicable": $L$ and $F_1^*$ hold only on the box.
     """
     num = as_numeric(problem, "implicit-exact")
     d = num.sizes[0]
@@ -458,16 +465,17 @@ def rounds_to_epsilon(
     describe=None,
     progress=None,
 ) -> dict:
-    """T_eps(n): rounds until ||grad F_1(x^t)||^2 <= epsilon, and the mean ||e_t||, for each n
-    (Theorem 4.2's dependence on the number of levels; Lemmas A.1-A.3).
+    r"""$T_\varepsilon(n)$: rounds until $\lVert \nabla F_1(x^t) \rVert^2 \le \varepsilon$, and
+    the mean $\lVert e_t \rVert$, for each $n$ (Theorem 4.2's dependence on the number of
+    levels; Lemmas A.1-A.3).
 
-    ``family(n)`` returns a problem with n levels. The step is 1/L_n with L_n the
-    L-smoothness constant of F_1 sampled on ``box`` (default: x_0 +- 1), the step as a
-    function of n as in the paper's remark; the run starts at ``x0`` (default 0, projected
+    ``family(n)`` returns a problem with $n$ levels. The step is $1/L_n$ with $L_n$ the
+    $L$-smoothness constant of $F_1$ sampled on ``box`` (default: $x^0 \pm 1$), the step as a
+    function of $n$ as in the paper's remark; the run starts at ``x0`` (default 0, projected
     into the box). ``describe(n, problem)`` names each problem studied (default: its
-    levels and block sizes); ``progress(n)`` is called before each n. The fitted growth is
-    the slope of log T_eps against n (a geometric growth rate per level); ``growth_linear``
-    is the slope of T_eps against n (rounds per level).
+    levels and block sizes); ``progress(n)`` is called before each $n$. The fitted growth is
+    the slope of $\log T_\varepsilon$ against $n$ (a geometric growth rate per level);
+    ``growth_linear`` is the slope of $T_\varepsilon$ against $n$ (rounds per level).
     """
     rows = {"n": [], "T_eps": [], "mean_error": [], "first_error": [], "L": [], "problems": []}
     region_used = None

@@ -1,4 +1,4 @@
-"""Reference problems, each with what is known about its answer.
+r"""Reference problems, each with what is known about its answer.
 
 - `quadratic` - the quadratic n-level family: affine best responses, closed-form
   hypergradient and optimum (all third derivatives vanish, so it cannot test curvature terms).
@@ -6,14 +6,17 @@
 - `ridge_bilevel` - bilevel ridge-regression hyperparameter tuning, closed form (teaching).
 - `data_poisoning` - Sato et al.'s trilevel: a regulariser against validation loss, an
   attacker perturbing training inputs, ridge weights.
-- :func:`compounding` - blocks of 2 with condition number kappa, each level coupled to the
-  one below: the single-loop errors compound through the Jacobian chain (Lemmas A.1-A.3),
-  so Theorem 4.2's rounds-to-epsilon grow with n.
-- :func:`ridge_hyperparameter` - the bilevel ridge hyperparameter model on real data (the
-  diabetes data through scikit-learn, ``pip install -e ".[data]"``); with
-  ``data_poisoning(dataset="diabetes")`` the two models of Sato et al.'s experiment
-  (:mod:`mlverify.zoo.real_data`: :func:`load_splits`, :func:`ridge_closed_form`).
-- :func:`default_problem` - the trilevel non-quadratic problem ``mlverify verify`` runs.
+- [`compounding`][mlverify.zoo.compounding.compounding] - blocks of 2 with condition number
+  $\kappa$, each level coupled to the one below: the single-loop errors compound through the
+  Jacobian chain (Lemmas A.1-A.3), so Theorem 4.2's rounds-to-$\varepsilon$ grow with $n$.
+- [`ridge_hyperparameter`][mlverify.zoo.real_data.ridge_hyperparameter] - the bilevel ridge
+  hyperparameter model on real data (the diabetes data through scikit-learn,
+  ``pip install -e ".[data]"``); with ``data_poisoning(dataset="diabetes")`` the two models
+  of Sato et al.'s experiment ([`mlverify.zoo.real_data`][mlverify.zoo.real_data]:
+  [`load_splits`][mlverify.zoo.real_data.load_splits],
+  [`ridge_closed_form`][mlverify.zoo.real_data.ridge_closed_form]).
+- [`default_problem`][mlverify.zoo.families.default_problem] - the trilevel non-quadratic
+  problem ``mlverify verify`` runs.
 """
 
 from .compounding import compounding

@@ -1,14 +1,14 @@
-"""A family where Theorem 4.2's dependence on the number of levels is visible.
+r"""A family where Theorem 4.2's dependence on the number of levels is visible.
 
 In the single-loop (hierarchical) scheme each lower iterate trails its best response, and
 its error enters the gradient of the level above through the best-response Jacobian; the
 level above passes its own error, grown by that, further up (the paper's Lemmas A.1-A.3).
-In :func:`mlverify.zoo.nonquadratic` each scalar level's step is nearly Newton's step, so
-every level catches up within a round and T_eps(n) barely moves with n. Here every lower
-block is 2-dimensional with condition number ``kappa``, so one gradient step of 1/L_k
-closes only a fraction 1/kappa of the slow direction's error, and every level is coupled to
-the one below it: the errors compound down the chain, and the rounds to a target grow
-with n.
+In [`nonquadratic`][mlverify.zoo.families.nonquadratic] each scalar level's step is nearly
+Newton's step, so every level catches up within a round and $T_\varepsilon(n)$ barely moves
+with $n$. Here every lower block is 2-dimensional with condition number $\kappa$
+(``kappa``), so one gradient step of $1/L_k$ closes only a fraction $1/\kappa$ of the slow
+direction's error, and every level is coupled to the one below it: the errors compound down
+the chain, and the rounds to a target grow with $n$.
 """
 
 from __future__ import annotations
@@ -21,18 +21,24 @@ from ..problem import Level, MultilevelProblem
 
 def compounding(n: int, seed: int = 0, kappa: int = 10, coupling=None, scale=None
                 ) -> MultilevelProblem:
-    """The n-level compounding family, blocks of 2 (seeded).
+    r"""The n-level compounding family, blocks of 2 (seeded).
 
-        f_1 = 1/2 |x_1 - a|^2 + b x_1^T x_2 + 1/2 |x_2|^2
-        f_k = 1/2 (x_k - c x_{k-1})^T A (x_k - c x_{k-1}) + b x_k^T x_{k+1}   (2 <= k < n)
-        f_n = 1/2 (x_n - c x_{n-1})^T A (x_n - c x_{n-1})
+    $$
+    \begin{aligned}
+    f_1 &= \tfrac12 \lVert x_1 - a \rVert^2 + b\, x_1^\top x_2 + \tfrac12 \lVert x_2 \rVert^2, \\
+    f_k &= \tfrac12 (x_k - c\, x_{k-1})^\top A\, (x_k - c\, x_{k-1}) + b\, x_k^\top x_{k+1}
+      \qquad (2 \le k < n), \\
+    f_n &= \tfrac12 (x_n - c\, x_{n-1})^\top A\, (x_n - c\, x_{n-1})
+    \end{aligned}
+    $$
 
-    with A = diag(1, kappa), c = ``scale`` (default 1/2), b = ``coupling`` (default 3/5)
-    and the target a (entries +-1/2..+-1) from the seed. Every level is a strongly convex
-    quadratic in its own block (A is positive definite, and b c is small against it), so
-    every best response is affine and the exact hypergradient is known; the single-loop
-    errors are what grow with n: the slow direction of each level trails its best response
-    by a factor 1 - 1/kappa per round and passes b times its error to the level above.
+    with $A = \operatorname{diag}(1, \kappa)$ ($\kappa$ = ``kappa``), $c$ = ``scale``
+    (default $1/2$), $b$ = ``coupling`` (default $3/5$) and the target $a$ (entries
+    $\pm\tfrac12$ to $\pm 1$) from the seed. Every level is a strongly convex quadratic in its
+    own block ($A$ is positive definite, and $b c$ is small against it), so every best
+    response is affine and the exact hypergradient is known; the single-loop errors are what
+    grow with $n$: the slow direction of each level trails its best response by a factor
+    $1 - 1/\kappa$ per round and passes $b$ times its error to the level above.
     """
     if n < 2:
         raise ValueError(f"the compounding family needs n >= 2 levels, got {n}")

@@ -1,19 +1,22 @@
-"""Real regression data for Sato et al.'s experiment: the diabetes data, split and poisoned.
+r"""Real regression data for Sato et al.'s experiment: the diabetes data, split and poisoned.
 
 Sato, Tanaka & Takeda (NeurIPS 2021) measured trilevel hyperparameter learning under data
 poisoning on real regression data, with every feature and the target standardised and
 random train/validation/test splits; the paper we implement (Gu & Chen) compares its
 implicit method with their ITD on that benchmark. This module builds the same experiment on
-the diabetes data (442 patients x 10 features), which scikit-learn ships inside its package
-(``sklearn.datasets.load_diabetes``): nothing is downloaded. scikit-learn is an optional
+the diabetes data ($442$ patients $\times$ $10$ features), which scikit-learn ships inside its
+package (``sklearn.datasets.load_diabetes``): nothing is downloaded. scikit-learn is an optional
 dependency: ``pip install -e ".[data]"``.
 
-- :func:`load_splits` - standardised data, a seeded random split, and label noise of a
-  stated standard deviation added to the training targets (validation and test targets stay
-  clean: they measure the model, the noise models corrupted training data).
-- :func:`poisoning_problem` - the trilevel model (``mv.zoo.data_poisoning(dataset=...)``).
-- :func:`ridge_hyperparameter` - the bilevel model on the same splits, and
-  :func:`ridge_closed_form` its solution and hypergradient in closed form (Lemma 2.1).
+- [`load_splits`][mlverify.zoo.real_data.load_splits] - standardised data, a seeded random
+  split, and label noise of a stated standard deviation added to the training targets
+  (validation and test targets stay clean: they measure the model, the noise models corrupted
+  training data).
+- [`poisoning_problem`][mlverify.zoo.real_data.poisoning_problem] - the trilevel model
+  (``mv.zoo.data_poisoning(dataset=...)``).
+- [`ridge_hyperparameter`][mlverify.zoo.real_data.ridge_hyperparameter] - the bilevel model
+  on the same splits, and [`ridge_closed_form`][mlverify.zoo.real_data.ridge_closed_form]
+  its solution and hypergradient in closed form (Lemma 2.1).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ DATASETS = ("diabetes",)
 #: The label-noise levels of the experiment: standard deviations of the Gaussian noise added
 #: to the standardised training targets (the target itself has standard deviation 1).
 NOISE_LEVELS = (0.0, 0.5, 1.0, 2.0)
-#: The attacker's default penalty c (see :func:`poisoning_problem`).
+#: The attacker's default penalty $c$ (see
+#: [`poisoning_problem`][mlverify.zoo.real_data.poisoning_problem]).
 DEFAULT_PENALTY = 5.0
 #: Default split of the 442 diabetes rows: 147 train, 147 validation, the other 148 test.
 DEFAULT_TRAIN, DEFAULT_VAL = 147, 147
@@ -63,10 +67,12 @@ class RegressionSplits:
 
     @property
     def n_train(self) -> int:
+        """The number of training rows."""
         return int(self.x_train.shape[0])
 
     @property
     def features(self) -> int:
+        """The number of features (columns of ``x_train``)."""
         return int(self.x_train.shape[1])
 
     def val_mse(self, w) -> float:
@@ -81,7 +87,8 @@ class RegressionSplits:
 def load_dataset(dataset: str = "diabetes") -> tuple[np.ndarray, np.ndarray]:
     """(X, y) of ``dataset`` as shipped in scikit-learn, unscaled, float64 (diabetes: 442 x 10).
 
-    Raises :class:`MissingExtraError` naming the ``data`` extra when scikit-learn is absent.
+    Raises [`MissingExtraError`][mlverify.zoo.real_data.MissingExtraError] naming the
+    ``data`` extra when scikit-learn is absent.
     """
     if dataset not in DATASETS:
         raise ProblemDefinitionError(
@@ -114,13 +121,13 @@ def load_splits(
     n_train: int | None = None,
     n_val: int | None = None,
 ) -> RegressionSplits:
-    """Standardised ``dataset`` split at random by ``seed``, with label noise on y_train.
+    r"""Standardised ``dataset`` split at random by ``seed``, with label noise on ``y_train``.
 
     Every feature and the target are standardised over the whole data set (Sato et al.'s
     preprocessing), then the rows are permuted by ``numpy.random.default_rng(seed)``: the
     first ``n_train`` rows train (default 147), the next ``n_val`` validate (default 147) and
-    the rest test. The training targets get ``noise * e`` added, e ~ N(0, I) drawn from a
-    stream of its own for ``seed`` (the same e at every noise level, so that levels differ
+    the rest test. The training targets get ``noise * e`` added, $e \sim N(0, I)$ drawn from a
+    stream of its own for ``seed`` (the same $e$ at every noise level, so that levels differ
     only in its size).
     """
     n_train = DEFAULT_TRAIN if n_train is None else int(n_train)
@@ -173,22 +180,31 @@ def poisoning_problem(
     *,
     splits: RegressionSplits | None = None,
 ) -> NumericProblem:
-    """Sato et al.'s trilevel hyperparameter learning under data poisoning, on real data.
+    r"""Sato et al.'s trilevel hyperparameter learning under data poisoning, on real data.
 
-    With the split of :func:`load_splits` (n training rows X, y; validation X_v, y_v):
+    With the split of [`load_splits`][mlverify.zoo.real_data.load_splits] ($n$ training rows
+    $X$, $y$; validation $X_v$, $y_v$):
 
-        level 1 (learner):  min_theta  f_1 = 1/n_v |X_v w - y_v|^2        (validation MSE)
-        level 2 (attacker): min_P  f_2 = -1/(2n) |(X + P) w - y|^2 + c/(2n) |P|_F^2
-        level 3 (model):    min_w  f_3 =  1/(2n) |(X + P) w - y|^2 + e^theta/2 |w|^2
+    $$
+    \begin{aligned}
+    &\text{level 1 (learner):} && \min_\theta\ f_1 = \tfrac{1}{n_v} \lVert X_v w - y_v \rVert^2
+      && \text{(validation MSE)} \\
+    &\text{level 2 (attacker):} && \min_P\ f_2 = -\tfrac{1}{2n} \lVert (X + P) w - y \rVert^2
+      + \tfrac{c}{2n} \lVert P \rVert_F^2 \\
+    &\text{level 3 (model):} && \min_w\ f_3 = \tfrac{1}{2n} \lVert (X + P) w - y \rVert^2
+      + \tfrac{e^\theta}{2} \lVert w \rVert^2
+    \end{aligned}
+    $$
 
-    theta = log(lambda) is the ridge regulariser; the attacker perturbs every training input,
-    P of shape (n, features), to raise the model's training loss, paying c/2 |p_i|^2 per
-    row (the penalty bounds the attack: per row the attacker is strongly convex when
-    c > |w|^2). Level 3 has a closed form; here it is solved like any level (nested Newton),
-    and the hypergradient is the exact one of Lemmas 3.1 and 3.2 (the curvature terms are
-    not zero: w* is not affine in P). c = ``penalty`` (default 5; at c = 2 the attack alone
-    regularised so strongly that F_1 increased with theta across [-8, 3] on the split we
-    tried, leaving the regulariser nothing to learn). Initial point: theta = 0, P = 0, w = 0.
+    $\theta = \log \lambda$ is the ridge regulariser; the attacker perturbs every training
+    input, $P$ of shape $(n, \text{features})$, to raise the model's training loss, paying
+    $\tfrac{c}{2n} \lVert p_i \rVert^2$ per row (the penalty bounds the attack: per row the
+    attacker is strongly convex when $c > \lVert w \rVert^2$). Level 3 has a closed form; here
+    it is solved like any level (nested Newton), and the hypergradient is the exact one of
+    Lemmas 3.1 and 3.2 (the curvature terms are not zero: $w^*$ is not affine in $P$).
+    $c$ = ``penalty`` (default 5; at $c = 2$ the attack alone regularised so strongly that
+    $F_1$ increased with $\theta$ across $[-8, 3]$ on the split we tried, leaving the
+    regulariser nothing to learn). Initial point: $\theta = 0$, $P = 0$, $w = 0$.
     """
     data = _splits_for(dataset, seed, noise, n_train, n_val, splits)
     c = DEFAULT_PENALTY if penalty is None else float(penalty)
@@ -226,13 +242,19 @@ def ridge_hyperparameter(
     *,
     splits: RegressionSplits | None = None,
 ) -> NumericProblem:
-    """The bilevel hyperparameter model on the same splits as :func:`poisoning_problem`:
+    r"""The bilevel hyperparameter model on the same splits as `poisoning_problem`:
 
-        level 1:  min_theta  f_1 = 1/n_v |X_v w - y_v|^2
-        level 2:  min_w      f_2 = 1/(2n) |X w - y|^2 + e^theta/2 |w|^2
+    $$
+    \begin{aligned}
+    &\text{level 1:} && \min_\theta\ f_1 = \tfrac{1}{n_v} \lVert X_v w - y_v \rVert^2 \\
+    &\text{level 2:} && \min_w\ f_2 = \tfrac{1}{2n} \lVert X w - y \rVert^2
+      + \tfrac{e^\theta}{2} \lVert w \rVert^2
+    \end{aligned}
+    $$
 
-    (the trilevel model without its attacker). :func:`ridge_closed_form` gives w* and the
-    hypergradient of Lemma 2.1 in closed form. Initial point: theta = 0, w = 0.
+    (the trilevel model without its attacker).
+    [`ridge_closed_form`][mlverify.zoo.real_data.ridge_closed_form] gives $w^*$ and the
+    hypergradient of Lemma 2.1 in closed form. Initial point: $\theta = 0$, $w = 0$.
     """
     data = _splits_for(dataset, seed, noise, n_train, n_val, splits)
     xt, yt, xv, yv = (jnp.asarray(a) for a in (data.x_train, data.y_train, data.x_val, data.y_val))
@@ -250,11 +272,17 @@ def ridge_hyperparameter(
 
 
 def ridge_closed_form(splits: RegressionSplits, theta: float) -> tuple[np.ndarray, float]:
-    """(w*, dF_1/dtheta) of :func:`ridge_hyperparameter` in closed form (Lemma 2.1):
+    r"""$(w^*, \mathrm{d}F_1/\mathrm{d}\theta)$ of `ridge_hyperparameter` in closed form
+    (Lemma 2.1):
 
-        w* = (X^T X / n + lambda I)^{-1} X^T y / n,   lambda = e^theta,
-        dw*/dtheta = -lambda (X^T X / n + lambda I)^{-1} w*,
-        dF_1/dtheta = 2/n_v (X_v dw*/dtheta)^T (X_v w* - y_v).
+    $$
+    \begin{aligned}
+    w^* &= (X^\top X / n + \lambda I)^{-1} X^\top y / n, \qquad \lambda = e^\theta, \\
+    \mathrm{d}w^*/\mathrm{d}\theta &= -\lambda (X^\top X / n + \lambda I)^{-1} w^*, \\
+    \mathrm{d}F_1/\mathrm{d}\theta &= \tfrac{2}{n_v} (X_v\, \mathrm{d}w^*/\mathrm{d}\theta)^\top
+      (X_v w^* - y_v).
+    \end{aligned}
+    $$
     """
     x, y, n = splits.x_train, splits.y_train, splits.n_train
     lam = float(np.exp(theta))
