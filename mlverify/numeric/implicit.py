@@ -304,4 +304,7 @@ def _largest_eigenvalue(hvp, a, iterations: int = 30) -> jax.Array:
         0, steps, body, (basis, jnp.zeros(steps, a.dtype), jnp.zeros(steps, a.dtype))
     )
     tridiagonal = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
-    return sg(1.02 * jnp.linalg.eigvalsh(tridiagonal)[-1])
+    # With as many steps as the block has entries the Krylov space is the whole space and the
+    # largest Ritz value is lambda_max itself: no margin then.
+    margin = 1.0 if steps >= d else 1.02
+    return sg(margin * jnp.linalg.eigvalsh(tridiagonal)[-1])

@@ -1,13 +1,15 @@
-"""Iterative differentiation (ITD; Sato et al. 2021), the paper's baseline.
+r"""Iterative differentiation (ITD; Sato et al. 2021), the paper's baseline.
 
 Each argmin is replaced by $K$ gradient steps from the given start, nested: one gradient
 step of level $k$ differentiates through level $k+1$'s unrolled solver, which itself unrolls
 level $k+2$'s, ... The hypergradient is the derivative of the whole unrolled program; its cost
 grows like $K^{n-1}$.
 
-Divergence is detected, not guessed at: gradient descent with a step below $2/L$ never raises
-the objective it descends, so a rise of $f_k$ between two of level $k$'s unrolled steps means
-the step was too large for the curvature met there. Each level's flag is returned beside the
+Divergence is detected, not guessed at: gradient descent with a step $\eta \le 1/L$ lowers
+the objective it descends by at least $\tfrac{\eta}{2} \lVert g \rVert^2$, so an unrolled step of
+level $k$ that fails to lower $f_k$ by `ARMIJO` times $\eta \lVert g \rVert^2$ (a rise, or the
+stall of a two-cycle, where the step is near $2/L$) means the step was too large for the
+curvature met there. Each level's flag is returned beside the
 hypergradient (``NumericProblem`` halves the default step and retries, or raises
 ``DivergenceError`` naming the level).
 """
@@ -21,6 +23,9 @@ import numpy as np
 #: A rise of $f_k$ by more than this (relative to $1 + |f_k|$) between unrolled steps counts
 #: as divergence; float64 round-off in $f_k$ is about $10^{-16}$ relative.
 RISE_TOLERANCE = 1e-10
+#: The fraction of the descent lemma's decrease $\eta \lVert g \rVert^2$ each unrolled step must
+#: achieve; less flags the step as too large.
+ARMIJO = 1e-4
 #: Lanczos steps (Hessian-vector products) for $L_k$ in ITD's default steps $1/(1.2 L_k)$:
 #: a dense reduced Hessian of a block of 100 cost 10x ITD itself; a Lanczos estimate that is
 #: a little low is caught by the divergence check, which halves the step.
@@ -45,13 +50,16 @@ def _unrolled_tail(core, k, upper, starts, steps, lrs):
     this_level = jnp.arange(core.n) == k
 
     def body(_, carry):
-        xk, previous, rose = carry
+        xk, previous, promised, rose = carry
         (value, lower_rose), grad = value_and_grad(xk)
-        risen = value > previous + RISE_TOLERANCE * (1 + jnp.abs(previous))
-        return xk - lrs[k] * grad, value, rose | lower_rose | (this_level & risen)
+        # The previous step promised a decrease of ARMIJO * eta ||g||^2 (descent lemma).
+        risen = value > previous - promised + RISE_TOLERANCE * (1 + jnp.abs(previous))
+        promised = ARMIJO * lrs[k] * jnp.vdot(grad, grad)
+        return xk - lrs[k] * grad, value, promised, rose | lower_rose | (this_level & risen)
 
-    start = (starts[k], jnp.asarray(jnp.inf, starts[k].dtype), no_rise)
-    xk, _, rose = jax.lax.fori_loop(0, steps, body, start)
+    zero = jnp.zeros((), starts[k].dtype)
+    start = (starts[k], jnp.asarray(jnp.inf, starts[k].dtype), zero, no_rise)
+    xk, _, _, rose = jax.lax.fori_loop(0, steps, body, start)
     tail, lower_rose = tail_from(xk)
     return (xk,) + tail, rose | lower_rose
 
