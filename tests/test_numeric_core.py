@@ -258,7 +258,9 @@ def test_no_curvature_is_exact_on_quadratics(sizes, seed):
     assert rel_err(got, want) <= CLOSED_FORM_RTOL
 
 
-@pytest.mark.slow
+# About 35 s of JAX compile on the 2-core machine: run by hand (n = 5 stays in the suite), so
+# the whole suite keeps under its 10-minute budget.
+@pytest.mark.manual
 def test_exact_matches_closed_form_six_levels():
     """n = 6, scalar blocks: exact frozen at the closed-form lower solution (the lower solve
     is covered up to n = 5 above; at n = 6 compiling the exact formula alone takes ~50 s)."""
