@@ -30,7 +30,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import HessianError, NonFiniteError, NonUniqueMinimiserError, UnboundedLevelError
+from .errors import (
+    HessianError,
+    MlverifyError,
+    NonFiniteError,
+    NonUniqueMinimiserError,
+    UnboundedLevelError,
+)
 
 #: Default lower-solve tolerance on the estimated relative distance to the solution.
 DEFAULT_TOL = 1e-12
@@ -229,3 +235,50 @@ def non_unique_error(k, x1, reference, other_point, value, other, starts, half_w
         minimisers=(np.array(reference), np.array(other_point)),
         values=(value, other),
     )
+
+
+def restart(blocks, sizes, starts: int, seed: int, radius, solve, error):
+    r"""After a failed solve (a start at a stationary maximum, say): ``solve(trial)`` from
+    ``starts`` seeded points uniform in the lower starting blocks $\pm$ ``radius`` (default
+    `start_radius`), with ``trial[0]`` the fixed $x_1$; the first result that does not raise
+    is returned and becomes the reference the multistart then tests. ``error`` is raised when
+    every start fails (both backends)."""
+    start = np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1) for b in blocks[1:]])
+    half_width = start_radius(start) if radius is None else float(radius)
+    splits = np.cumsum(sizes[1:])[:-1]
+    for point in start_points(start, half_width, starts, seed):
+        try:
+            return solve([blocks[0], *np.split(point, splits)])
+        except MlverifyError:
+            continue
+    raise error
+
+
+def search_second_minimiser(blocks, distances, starts: int, seed: int, radius, *,
+                            solve_level, value, curvature) -> None:
+    r"""Seeded multistart, bottom-up (both backends): for each level $k = n, \dots, 2$, with
+    the levels above held at the solution ``blocks``, ``solve_level(k, point)`` re-solves
+    level $k$ (and those below it) from ``starts`` points uniform in $x_k^* \pm r$ ($r$ =
+    ``radius``, default `start_radius`) and returns ``(blocks, distance)``. A distinct
+    minimiser whose $F_k$ (``value(k, blocks)``) is not above the solution's, against the
+    level's ``curvature(k)`` scale, raises NonUniqueMinimiserError. Starts that fail (no
+    convergence, NaN, a degenerate point) are skipped. ``distances`` are the solution's
+    Newton distance estimates, levels $2, \dots, n$. Multistart can find a second
+    minimiser; it cannot prove there is none."""
+    for k in range(len(blocks) - 1, 0, -1):
+        reference = np.asarray(blocks[k], dtype=np.float64)
+        reference_value, scale = value(k, blocks), curvature(k)
+        half_width = start_radius(reference) if radius is None else float(radius)
+        for point in start_points(reference, half_width, starts, seed + k):
+            try:
+                solved, distance = solve_level(k, point)
+            except MlverifyError:
+                continue
+            other_point = np.asarray(solved[k], dtype=np.float64)
+            if not distinct(reference, other_point, float(distances[k - 1]), float(distance)):
+                continue
+            other = value(k, solved)
+            gap = float(np.linalg.norm(other_point - reference))
+            if competes(reference_value, other, scale, gap):
+                raise non_unique_error(k, np.asarray(blocks[0]), reference, other_point,
+                                       reference_value, other, starts, half_width)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import inspect
 import json
 import sys
 import time
@@ -63,7 +62,7 @@ JAX_AGREEMENT = 1e-8
 JACOBIAN_TEXT_LIMIT = 120
 #: Points of the box sampled by the assumption step.
 ASSUMPTION_SAMPLES = 9
-#: Multistart starts per sampled point, where the lower solver offers multistart.
+#: Multistart starts per level at each sampled point (``solve_lower(x1, starts=...)``).
 MULTISTARTS = 4
 #: The JAX cross-check compiles nested implicit derivatives; above this many levels that
 #: compile takes longer than the rest of the run, so it runs only with --jax-check.
@@ -466,17 +465,6 @@ def _jacobians(problem, x1, console) -> dict:
     return out
 
 
-def _solve_lower(problem, x1, starts):
-    """The lower solution at x1, by multistart where the solver offers it (names a second
-    minimiser: NonUniqueMinimiserError), else by the single nested solve."""
-    solve = problem.solve_lower
-    try:
-        takes_starts = "starts" in inspect.signature(solve).parameters
-    except (TypeError, ValueError):
-        takes_starts = False
-    return solve(x1, starts=starts) if takes_starts else solve(x1)
-
-
 def _unbounded_along_negative_curvature(problem, level: int, x1) -> str | None:
     """A description if level ``level``'s objective falls without bound along the direction of
     most negative curvature from its start (levels above at their start, levels below
@@ -591,7 +579,7 @@ def _classify(problem, err, x1, symbolic: bool) -> tuple[str, str]:
 def _check_assumptions(problem, box, *, samples: int = ASSUMPTION_SAMPLES,
                        starts: int = MULTISTARTS) -> dict:
     """The assumptions every check shares, on the box: at sampled x1, each lower level has a
-    unique minimiser (by multistart where the solver offers it), is bounded below, and is
+    unique minimiser (by a seeded multistart of ``starts`` points), is bounded below, and is
     strongly convex there (D_kk F_k positive definite and well conditioned).
 
     Returns ``{"ok", "reason", "level", "kind", "points", "mu"}``; ``kind`` is one of
@@ -611,11 +599,7 @@ def _check_assumptions(problem, box, *, samples: int = ASSUMPTION_SAMPLES,
     points = _samples(np.asarray(box[0]), np.asarray(box[1]), samples, 0)
     mu = {}
     result = {"ok": True, "reason": None, "level": None, "kind": None,
-              "points": len(points), "multistart": False}
-    try:
-        result["multistart"] = "starts" in inspect.signature(problem.solve_lower).parameters
-    except (TypeError, ValueError):
-        pass
+              "points": len(points), "multistart": starts}
 
     def fail(kind, level, reason):
         result.update(ok=False, kind=kind, level=level, reason=reason)
@@ -624,7 +608,7 @@ def _check_assumptions(problem, box, *, samples: int = ASSUMPTION_SAMPLES,
     for x1 in points:
         where = f"x1 = {np.round(x1, 6).tolist()}"
         try:
-            lower = _solve_lower(problem, x1, starts)
+            lower = problem.solve_lower(x1, starts=starts)
             hessians = num.lower_hessians([np.asarray(x1), *lower])
         except (UnboundedLevelError, NonUniqueMinimiserError, HessianError,
                 ConvergenceError) as err:
@@ -766,7 +750,7 @@ def run_verify(args) -> int:
         console.say(f"  violated ({assumptions['kind']}): {assumptions['reason']}")
         return _not_applicable(run, assumptions)
     mu = ", ".join(f"mu_{k} = {v:.3g}" for k, v in assumptions["mu"].items())
-    how = "multistart" if assumptions["multistart"] else "one nested solve per point"
+    how = f"multistart, {assumptions['multistart']} starts per level"
     console.say(f"  hold at every sampled point ({how}); smallest lower-Hessian eigenvalues "
                 f"{mu}")
     run.verdicts["assumptions"] = "pass"

@@ -177,16 +177,14 @@ class SymbolicEvaluator:
                 )
             for k, value in enumerate(init, start=1):
                 blocks[k] = as_block_value(value, self.sizes[k], level=k + 1, name="init x")
-        record = {}
         try:
-            self._solve_from(1, blocks, tol, max_iter, record)
-            for k in range(self.n - 1, 0, -1):
-                self.check_level(k, blocks)
+            blocks, record = self._solve_checked(blocks, tol, max_iter)
         except MlverifyError as error:
             if not starts:
                 raise
-            blocks, record = self._restart(blocks, tol, max_iter, int(starts), seed, radius,
-                                           error)
+            blocks, record = checks.restart(
+                blocks, self.sizes, int(starts), seed, radius,
+                lambda trial: self._solve_checked(trial, tol, max_iter), error)
         residuals = tuple(record[k][0] for k in range(1, self.n))
         distances = tuple(record[k][1] for k in range(1, self.n))
         solution = LowerSolution(x1, tuple(blocks[1:]), max(residuals), residuals, distances)
@@ -305,55 +303,33 @@ class SymbolicEvaluator:
         )
 
     # ------------------------------------------------------------------ uniqueness
-    def _restart(self, blocks, tol, max_iter, starts, seed, radius, error):
-        """After a failed solve (a start at a stationary maximum, say), solve from ``starts``
-        seeded points around the starting blocks; the first that succeeds becomes the
-        reference the multistart then tests. ``error`` is raised when none does."""
-        start = np.concatenate([np.asarray(b).reshape(-1) for b in blocks[1:]])
-        half_width = checks.start_radius(start) if radius is None else float(radius)
-        splits = np.cumsum(self.sizes[1:])[:-1]
-        for point in checks.start_points(start, half_width, starts, seed):
-            trial = [blocks[0]] + list(np.split(point, splits))
-            record = {}
-            try:
-                self._solve_from(1, trial, tol, max_iter, record)
-                for k in range(self.n - 1, 0, -1):
-                    self.check_level(k, trial)
-            except MlverifyError:
-                continue
-            return trial, record
-        raise error
+    def _solve_checked(self, blocks, tol, max_iter):
+        """(blocks, record): levels 2..n solved from ``blocks`` and every $H_k$ checked."""
+        blocks, record = [np.array(b, dtype=np.float64) for b in blocks], {}
+        self._solve_from(1, blocks, tol, max_iter, record)
+        for k in range(self.n - 1, 0, -1):
+            self.check_level(k, blocks)
+        return blocks, record
 
     def multistart(self, blocks, distances, tol, max_iter, starts, seed=0, radius=None) -> None:
-        r"""Seeded multistart, bottom-up: for each level $k = n, \dots, 2$, with the levels
-        above held at the solution ``blocks``, re-solve level $k$ (and those below it) from
-        ``starts`` points uniform in $x_k^* \pm r$ ($r$ = ``radius``, default
-        ``checks.start_radius``); raise NonUniqueMinimiserError when one reaches a distinct
-        minimiser whose $F_k$ is not above the solution's. Starts that fail (no convergence,
-        NaN, a degenerate point) are skipped. Multistart can find a second minimiser; it
-        cannot prove there is none."""
-        for k in range(self.n - 1, 0, -1):
-            reference = np.asarray(blocks[k])
-            value = self.objective(k, blocks)
+        r"""Seeded multistart, bottom-up, around the solution ``blocks``
+        (`checks.search_second_minimiser`): raises NonUniqueMinimiserError naming the level
+        where a second minimiser is found."""
+
+        def solve_level(k, point):
+            trial = [np.array(b, dtype=np.float64) for b in blocks]
+            trial[k], record = point, {}
+            self._solve_from(k, trial, tol, max_iter, record)
+            self.check_level(k, trial)
+            return trial, record[k][1]
+
+        def curvature(k):
             _, h = self.gradient_hessian(k, blocks)
-            curvature = float(np.max(np.abs(np.linalg.eigvalsh(0.5 * (h + h.T)))))
-            half_width = checks.start_radius(reference) if radius is None else float(radius)
-            for point in checks.start_points(reference, half_width, starts, seed + k):
-                trial = [np.array(b, dtype=np.float64) for b in blocks]
-                trial[k] = point
-                record = {}
-                try:
-                    self._solve_from(k, trial, tol, max_iter, record)
-                    self.check_level(k, trial)
-                except MlverifyError:
-                    continue
-                if not checks.distinct(reference, trial[k], distances[k - 1], record[k][1]):
-                    continue
-                other = self.objective(k, trial)
-                gap = float(np.linalg.norm(trial[k] - reference))
-                if checks.competes(value, other, curvature, gap):
-                    raise checks.non_unique_error(k, blocks[0], reference, trial[k], value, other,
-                                      starts, half_width)
+            return float(np.max(np.abs(np.linalg.eigvalsh(0.5 * (h + h.T)))))
+
+        checks.search_second_minimiser(blocks, distances, starts, seed, radius,
+                                       solve_level=solve_level, value=self.objective,
+                                       curvature=curvature)
 
     # ------------------------------------------------------------------ error estimate
     def hypergradient_error(self, blocks) -> np.ndarray:

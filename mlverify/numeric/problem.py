@@ -498,8 +498,11 @@ class NumericProblem:
         except MlverifyError as error:
             if not starts:
                 raise
-            blocks, status = self._restart(start, tol, max_iter, method, int(starts), seed,
-                                           radius, error)
+            blocks, status = checks.restart(
+                start, self.sizes, int(starts), seed, radius,
+                lambda trial: self._solve_blocks([jnp.asarray(b) for b in trial], tol, max_iter,
+                                                 method, first=1),
+                error)
         solution = self._lower_solution(blocks, status)
         if starts:
             self._multistart(blocks, status["distance"], tol, max_iter, method, int(starts),
@@ -532,45 +535,20 @@ class NumericProblem:
                 self.check_level(k, blocks)
         return blocks, status
 
-    def _restart(self, start, tol, max_iter, method, starts, seed, radius, error):
-        """After a failed solve, solve from ``starts`` seeded points around ``start``; the
-        first that succeeds becomes the reference the multistart tests; else ``error``."""
-        flat = np.concatenate([np.asarray(b) for b in start[1:]])
-        half_width = checks.start_radius(flat) if radius is None else float(radius)
-        splits = np.cumsum(self.sizes[1:])[:-1]
-        for point in checks.start_points(flat, half_width, starts, seed):
-            trial = [start[0]] + [jnp.asarray(b) for b in np.split(point, splits)]
-            try:
-                return self._solve_blocks(trial, tol, max_iter, method, first=1)
-            except MlverifyError:
-                continue
-        raise error
-
     def _multistart(self, blocks, distances, tol, max_iter, method, starts, seed, radius):
-        """Bottom-up multistart (see :meth:`solve_lower`): level k re-solved from seeded
-        starts with the levels above held at the solution."""
-        for k in range(self.n - 1, 0, -1):
-            reference = np.asarray(blocks[k])
-            value = self.objective_value(k, blocks)
-            curvature = max(self.lower_lipschitz([self.unflatten(m, b)
-                                                  for m, b in enumerate(blocks)])[k - 1], 0.0)
-            half_width = checks.start_radius(reference) if radius is None else float(radius)
-            for point in checks.start_points(reference, half_width, starts, seed + k):
-                trial = list(blocks)
-                trial[k] = jnp.asarray(point)
-                try:
-                    solved, status = self._solve_blocks(trial, tol, max_iter, method, first=k)
-                except MlverifyError:
-                    continue
-                other_point = np.asarray(solved[k])
-                if not checks.distinct(reference, other_point, float(distances[k - 1]),
-                                       float(status["distance"][0])):
-                    continue
-                other = self.objective_value(k, solved)
-                gap = float(np.linalg.norm(other_point - reference))
-                if checks.competes(value, other, curvature, gap):
-                    raise checks.non_unique_error(k, np.asarray(blocks[0]), reference,
-                                                  other_point, value, other, starts, half_width)
+        """Bottom-up multistart around the solution ``blocks`` (see `solve_lower`;
+        `checks.search_second_minimiser`)."""
+        lipschitz = self.lower_lipschitz([self.unflatten(m, b) for m, b in enumerate(blocks)])
+
+        def solve_level(k, point):
+            trial = list(blocks)
+            trial[k] = jnp.asarray(point)
+            solved, status = self._solve_blocks(trial, tol, max_iter, method, first=k)
+            return solved, status["distance"][0]
+
+        checks.search_second_minimiser(blocks, distances, starts, seed, radius,
+                                       solve_level=solve_level, value=self.objective_value,
+                                       curvature=lambda k: max(lipschitz[k - 1], 0.0))
 
     def _with_error(self, x1, method, solve_options, options):
         """(value, error estimate) for ``hypergradient(..., with_error=True)``."""
