@@ -5,6 +5,7 @@ Importing mlverify switches JAX to float64 (see `mlverify._config`, the one plac
 """
 
 from . import _config  # noqa: F401  (float64 before anything traces)
+from .cache import enable_compilation_cache
 from .errors import (
     ConvergenceError,
     DivergenceError,
@@ -34,6 +35,7 @@ __all__ = [
     "ProblemDefinitionError",
     "Trace",
     "UnboundedLevelError",
+    "enable_compilation_cache",
     "numeric",
     "optimize",
     "verify",

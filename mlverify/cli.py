@@ -25,6 +25,7 @@ import json
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,9 @@ JAX_AGREEMENT = 1e-8
 #: A Jacobian whose formula is longer than this many characters is shown as float64
 #: values at the check point instead.
 JACOBIAN_TEXT_LIMIT = 120
+#: A Jacobian whose formula, written out, has more operations than this is never written
+#: out (its size is read off the derivation graph); it cannot fit the text limit anyway.
+JACOBIAN_OPS_LIMIT = 1000
 #: Points of the box sampled by the assumption step.
 ASSUMPTION_SAMPLES = 9
 #: Multistart starts per level at each sampled point (``solve_lower(x1, starts=...)``).
@@ -67,6 +71,8 @@ MULTISTARTS = 4
 #: The JAX cross-check compiles nested implicit derivatives; above this many levels that
 #: compile takes longer than the rest of the run, so it runs only with --jax-check.
 JAX_CHECK_MAX_LEVELS = 3
+#: The T_eps(n) study's default time budget (seconds, --study-budget).
+STUDY_BUDGET_S = 300.0
 #: Zoo problems: the default box of each.
 ZOO_BOXES = {
     "default": (-2.0, 2.0),
@@ -173,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--certify", action="store_true",
                    help="certify Theorem 4.1's constants by interval arithmetic instead of "
                    "sampling (slower)")
+    v.add_argument("--no-cache", action="store_true",
+                   help="do not keep JAX's compiled programs on disk (default: kept in "
+                   "$MLVERIFY_CACHE_DIR, else ~/.cache/mlverify/jax, so a second run on this "
+                   "machine skips the compiles; MLVERIFY_NO_CACHE=1 also switches it off)")
+    v.add_argument("--study-budget", type=float, default=STUDY_BUDGET_S, metavar="S",
+                   help="time budget in seconds of the T_eps(n) study: a larger n predicted to "
+                   f"take past it (from the growth of the last ones) is not started (default "
+                   f"{STUDY_BUDGET_S:g})")
     v.add_argument("--no-progress", action="store_true", help="no progress bars")
     v.add_argument("--debug", action="store_true",
                    help="show Python tracebacks instead of one-line messages")
@@ -198,6 +212,9 @@ def _check_options(args) -> None:
         value = getattr(args, name)
         if value is not None and value < low:
             raise BadInput(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+    if not args.study_budget > 0:
+        raise BadInput(f"--study-budget must be a positive number of seconds, got "
+                       f"{args.study_budget}")
     given = {name for name in ("levels", "size", "seed", "max_levels")
              if getattr(args, name) is not None}
     if args.problem_file:
@@ -434,7 +451,12 @@ def _check_point(box) -> np.ndarray:
 
 
 def _jacobians(problem, x1, console) -> dict:
-    """Each D_j y_k: symbolic when its formula is short, else float64 values at x1."""
+    """Each D_j y_k: symbolic when its formula is short, else float64 values at x1.
+
+    Decided on the derivation graph (`DerivationGraph.expanded_size`, the formula's
+    operation count without writing it out): only a formula within
+    ``JACOBIAN_OPS_LIMIT`` operations is written out and then shown if it has at most
+    ``JACOBIAN_TEXT_LIMIT`` characters."""
     import sympy as sp
 
     from .problem import MultilevelProblem
@@ -442,26 +464,39 @@ def _jacobians(problem, x1, console) -> dict:
     if not isinstance(problem, MultilevelProblem):
         console.say("  skipped: a NumericProblem has no symbolic form")
         return {"skipped": "a NumericProblem has no symbolic form"}
+    derivation = problem.derivation()
+    graph = derivation.graph
     out = {}
     lower = None
-    for k in range(problem.n, 1, -1):
-        for j in range(1, k):
+    pairs = [(k, j) for k in range(problem.n, 1, -1) for j in range(1, k)]
+    with console.bar(len(pairs), "Jacobians", unit="Jacobian") as bar:
+        for k, j in pairs:
+            bar.update(1)
             name = f"D_{j} y_{k}"
-            expr = problem.best_response_jacobian(k, j)
-            text = sp.sstr(expr[0, 0] if expr.shape == (1, 1) else expr)
-            if len(text) <= JACOBIAN_TEXT_LIMIT:
-                out[name] = {"symbolic": text}
-                console.say(f"  {name} = {text}")
-                continue
+            matrix = derivation.jacobians[(k - 1, j - 1)]
+            operations = graph.expanded_size(list(matrix))
+            text = None
+            if operations <= JACOBIAN_OPS_LIMIT:
+                expr = graph.expand_matrix(matrix)
+                text = sp.sstr(expr[0, 0] if expr.shape == (1, 1) else expr)
+                if len(text) <= JACOBIAN_TEXT_LIMIT:
+                    out[name] = {"symbolic": text}
+                    console.say(f"  {name} = {text}")
+                    continue
             if lower is None:
                 lower = problem.solve_lower(x1)
             value = problem.numeric().jacobian_frozen(k, j, [lower.x1, *lower.xs])
             out[name] = {"value": value.tolist(), "at_x1": x1.tolist(),
-                         "formula_characters": len(text)}
+                         "formula_operations": operations}
+            if text is not None:
+                out[name]["formula_characters"] = len(text)
+                size = f"{len(text)} characters, more than {JACOBIAN_TEXT_LIMIT}"
+            else:
+                size = (f"{operations:.3g} operations written out, more than "
+                        f"{JACOBIAN_OPS_LIMIT}")
             shown = np.array2string(value, precision=6, separator=", ")
             console.say(f"  {name} = {shown}  (float64 at the solution for x1 = "
-                        f"{np.round(x1, 6).tolist()}; the formula has {len(text)} characters, "
-                        f"more than {JACOBIAN_TEXT_LIMIT})")
+                        f"{np.round(x1, 6).tolist()}; the formula has {size})")
     return out
 
 
@@ -577,7 +612,7 @@ def _classify(problem, err, x1, symbolic: bool) -> tuple[str, str]:
 
 
 def _check_assumptions(problem, box, *, samples: int = ASSUMPTION_SAMPLES,
-                       starts: int = MULTISTARTS) -> dict:
+                       starts: int = MULTISTARTS, progress=None) -> dict:
     """The assumptions every check shares, on the box: at sampled x1, each lower level has a
     unique minimiser (by a seeded multistart of ``starts`` points), is bounded below, and is
     strongly convex there (D_kk F_k positive definite and well conditioned).
@@ -606,6 +641,8 @@ def _check_assumptions(problem, box, *, samples: int = ASSUMPTION_SAMPLES,
         return result
 
     for x1 in points:
+        if progress is not None:
+            progress(1)
         where = f"x1 = {np.round(x1, 6).tolist()}"
         try:
             lower = problem.solve_lower(x1, starts=starts)
@@ -699,7 +736,8 @@ def _clean_out(out: Path) -> list[str]:
 
 @dataclass
 class _Run:
-    """What a run accumulates: the report, the verdicts, the files written."""
+    """What a run accumulates: the report, the verdicts, the files written, the time each
+    step took."""
 
     args: argparse.Namespace
     console: _Console
@@ -709,6 +747,33 @@ class _Run:
     result: dict = field(default_factory=dict)
     verdicts: dict = field(default_factory=dict)
     written: list = field(default_factory=list)
+    step_times: dict = field(default_factory=dict)
+
+    @contextmanager
+    def step(self, name: str, header: str):
+        """Print the step's header; afterwards its wall time (also in the JSON's
+        ``step_times_s``)."""
+        self.console.say(header)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            self.step_times[name] = seconds
+            self.console.say(f"  took {seconds:.1f} s")
+
+
+def _compilation_cache(args) -> str:
+    """Switch JAX's persistent compilation cache on unless --no-cache or MLVERIFY_NO_CACHE;
+    returns what the header says about it."""
+    from .cache import cache_switched_off, enable_compilation_cache
+
+    if args.no_cache:
+        return "off (--no-cache)"
+    if cache_switched_off():
+        return "off (MLVERIFY_NO_CACHE)"
+    folder = enable_compilation_cache()
+    return f"{folder}" if folder is not None else "off (the cache folder cannot be created)"
 
 
 def run_verify(args) -> int:
@@ -723,41 +788,50 @@ def run_verify(args) -> int:
     run = _Run(args, console, Path(args.out),
                [np.asarray(box[0]).tolist(), np.asarray(box[1]).tolist()], start=start)
     removed = _clean_out(run.out)
+    cache = _compilation_cache(args)
     run.result.update(problem=target.label, levels=problem.n, block_sizes=list(problem.sizes),
-                      box=run.box_json)
+                      box=run.box_json, compilation_cache=cache)
     console.say(f"mlverify verify: {target.label} ({problem.n} levels, blocks "
                 f"{tuple(problem.sizes)}), box X = {_box_text(box)} for every check")
+    console.say(f"  JAX compilation cache: {cache}")
     if removed:
         console.say(f"  removed {len(removed)} files of an earlier run from {run.out}/")
     x_check = _check_point(box)
 
-    console.say("[1/6] best-response Jacobians (Lemmas 2.1, 3.1, 3.2)")
     from .errors import HessianError, NonUniqueMinimiserError, UnboundedLevelError
 
-    try:
-        run.result["jacobians"] = _jacobians(problem, x_check, console)
-    except (HessianError, NonUniqueMinimiserError, UnboundedLevelError) as err:
-        kind, reason = _classify(problem, err, x_check, symbolic=True)
-        console.say(f"  not derivable: {reason}")
-        run.result["jacobians"] = {"skipped": reason}
-        return _not_applicable(run, {"kind": kind, "level": err.level, "reason": reason})
+    with run.step("jacobians", "[1/6] best-response Jacobians (Lemmas 2.1, 3.1, 3.2)"):
+        try:
+            run.result["jacobians"] = _jacobians(problem, x_check, console)
+            failure = None
+        except (HessianError, NonUniqueMinimiserError, UnboundedLevelError) as err:
+            kind, reason = _classify(problem, err, x_check, symbolic=True)
+            console.say(f"  not derivable: {reason}")
+            run.result["jacobians"] = {"skipped": reason}
+            failure = {"kind": kind, "level": err.level, "reason": reason}
+    if failure is not None:
+        return _not_applicable(run, failure)
 
-    console.say(f"[2/6] assumptions on the box: unique, strongly convex, bounded-below lower "
-                f"levels at {ASSUMPTION_SAMPLES} points")
-    assumptions = _check_assumptions(problem, box)
-    run.result["assumptions"] = _plain(assumptions)
+    with run.step("assumptions", f"[2/6] assumptions on the box: unique, strongly convex, "
+                  f"bounded-below lower levels at {ASSUMPTION_SAMPLES} points"):
+        with console.bar(None, "sampled points", unit="point") as bar:
+            assumptions = _check_assumptions(problem, box, progress=bar.update)
+        run.result["assumptions"] = _plain(assumptions)
+        if assumptions["ok"]:
+            mu = ", ".join(f"mu_{k} = {v:.3g}" for k, v in assumptions["mu"].items())
+            how = f"multistart, {assumptions['multistart']} starts per level"
+            console.say(f"  hold at every sampled point ({how}); smallest lower-Hessian "
+                        f"eigenvalues {mu}")
+        else:
+            console.say(f"  violated ({assumptions['kind']}): {assumptions['reason']}")
     if not assumptions["ok"]:
-        console.say(f"  violated ({assumptions['kind']}): {assumptions['reason']}")
         return _not_applicable(run, assumptions)
-    mu = ", ".join(f"mu_{k} = {v:.3g}" for k, v in assumptions["mu"].items())
-    how = f"multistart, {assumptions['multistart']} starts per level"
-    console.say(f"  hold at every sampled point ({how}); smallest lower-Hessian eigenvalues "
-                f"{mu}")
     run.verdicts["assumptions"] = "pass"
 
     agree = _step_cross_check(run, problem, x_check)
     report41, report42 = _step_theorems(run, problem, box)
-    run.result["rounds_to_epsilon"] = _n_study(run, target, box)
+    with run.step("rounds_to_epsilon", _n_study_header(target)):
+        run.result["rounds_to_epsilon"] = _n_study(run, target, box)
     run.result.update(theorem_4_1=report41.to_dict(), theorem_4_2=report42.to_dict())
     reason = ""
     if report41.verdict != "pass":
@@ -776,7 +850,12 @@ def _step_cross_check(run, problem, x_check) -> bool:
     compared = ("the exact formula vs finite differences vs the JAX core"
                 if isinstance(problem, MultilevelProblem)
                 else "the JAX core's exact hypergradient vs finite differences")
-    run.console.say(f"[3/6] hypergradient at x1 = {np.round(x_check, 6).tolist()}: {compared}")
+    with run.step("cross_check", f"[3/6] hypergradient at x1 = "
+                  f"{np.round(x_check, 6).tolist()}: {compared}"):
+        return _cross_check_step(run, problem, x_check)
+
+
+def _cross_check_step(run, problem, x_check) -> bool:
     check = _cross_check(problem, x_check, run.args.jax_check)
     run.result["cross_check"] = check
     agree = check["exact_vs_fd"] <= FD_AGREEMENT and (
@@ -803,15 +882,32 @@ def _step_theorems(run, problem, box):
     from . import verify
 
     args, console = run.args, run.console
-    console.say(f"[4/6] Theorem 4.1: projected gradient descent with the exact hypergradient, "
-                f"{args.T} rounds, on the box")
     options = {"certify": True} if args.certify else {}
-    with console.bar(args.T, "implicit-exact") as bar:
-        report41 = verify.theorem_4_1(problem, box=box, T=args.T,
-                                      progress=_rounds_callback(bar), **options)
-    _save_report(run, report41, "4.1")
-    console.say(f"[5/6] Theorem 4.2: single-loop (hierarchical) and ITD runs, {args.T} rounds, "
-                f"{args.inner_steps} inner step(s), in the box")
+    with run.step("theorem_4_1", f"[4/6] Theorem 4.1: projected gradient descent with the "
+                  f"exact hypergradient, {args.T} rounds, on the box"):
+        with console.bar(args.T, "implicit-exact") as bar:
+            report41 = verify.theorem_4_1(problem, box=box, T=args.T,
+                                          progress=_rounds_callback(bar), **options)
+        _save_report(run, report41, "4.1")
+    with run.step("theorem_4_2", f"[5/6] Theorem 4.2: single-loop (hierarchical) and ITD runs, "
+                  f"{args.T} rounds, {args.inner_steps} inner step(s), in the box"):
+        report42 = _theorem_4_2(run, problem, box)
+    traces = {**getattr(report41, "traces", {}), **getattr(report42, "traces", {})}
+    for method, trace in traces.items():
+        trace.save(str(run.out / f"trace-{method}.npz"))
+        run.written.append(f"trace-{method}.npz")
+    run.result["runs"] = {
+        method: {"final_x1": trace.x1[-1].tolist(), "rounds": trace.rounds,
+                 "time_s": float(trace.time[-1])}
+        for method, trace in traces.items()
+    }
+    return report41, report42
+
+
+def _theorem_4_2(run, problem, box):
+    from . import verify
+
+    args, console = run.args, run.console
     bar = console.bar(2 * args.T, "hierarchical, then ITD")
     counter = {"offset": 0}
 
@@ -825,16 +921,7 @@ def _step_theorems(run, problem, box):
         report42 = verify.theorem_4_2(problem, T=args.T, box=box, inner_steps=args.inner_steps,
                                       methods=("hierarchical", "itd"), progress=progress42)
     _save_report(run, report42, "4.2")
-    traces = {**getattr(report41, "traces", {}), **getattr(report42, "traces", {})}
-    for method, trace in traces.items():
-        trace.save(str(run.out / f"trace-{method}.npz"))
-        run.written.append(f"trace-{method}.npz")
-    run.result["runs"] = {
-        method: {"final_x1": trace.x1[-1].tolist(), "rounds": trace.rounds,
-                 "time_s": float(trace.time[-1])}
-        for method, trace in traces.items()
-    }
-    return report41, report42
+    return report42
 
 
 def _not_applicable(run, assumptions) -> int:
@@ -851,6 +938,15 @@ def _not_applicable(run, assumptions) -> int:
     return _finish(run, reason=f"assumption violated: {reason}")
 
 
+def _n_study_header(target) -> str:
+    if target.family is None:
+        return (f"[6/6] T_eps(n) against the number of levels: skipped ("
+                f"{target.family_reason})")
+    ns = sorted(target.members)
+    return (f"[6/6] T_eps(n): rounds of the single-loop scheme to ||grad F_1||^2 <= 1e-10, "
+            f"n = {ns[0]}..{ns[-1]}, on the family, in the box")
+
+
 def _n_study(run, target, box) -> dict:
     """Step 6: T_eps(n) on the family, or why it is skipped."""
     from . import verify
@@ -858,12 +954,8 @@ def _n_study(run, target, box) -> dict:
 
     console = run.console
     if target.family is None:
-        console.say(f"[6/6] T_eps(n) against the number of levels: skipped ("
-                    f"{target.family_reason})")
         return {"skipped": target.family_reason}
     ns = sorted(target.members)
-    console.say(f"[6/6] T_eps(n): rounds of the single-loop scheme to ||grad F_1||^2 <= 1e-10, "
-                f"n = {ns[0]}..{ns[-1]}, on the family, in the box")
     describe = target.describe
     with console.bar(len(ns), "family members", unit="member") as bar:
         def progress(n):
@@ -876,16 +968,20 @@ def _n_study(run, target, box) -> dict:
                 lambda n: target.members[n], ns=tuple(ns), box=box, progress=progress,
                 describe=(lambda n, p: describe(n)) if describe else
                 (lambda n, p: f"family({n}): {p.n} levels, blocks {tuple(p.sizes)}"),
+                time_budget=run.args.study_budget,
             )
         except MlverifyError as err:
             run.verdicts["rounds to epsilon"] = "not-applicable"
             console.say(f"  not applicable: {_one_line(err)}")
             return {"skipped": f"not applicable: {err}", "n": ns}
-    console.say("  n   T_eps   mean ||e_t||   problem")
-    for n, t_eps, err, what in zip(growth["n"], growth["T_eps"], growth["mean_error"],
-                                   growth["problems"], strict=True):
+    console.say("  n   T_eps   mean ||e_t||   time     problem")
+    for n, t_eps, err, seconds, what in zip(growth["n"], growth["T_eps"],
+                                            growth["mean_error"], growth["seconds"],
+                                            growth["problems"], strict=True):
         shown = f"{t_eps}" if np.isfinite(t_eps) else f">{growth['max_rounds']}"
-        console.say(f"  {n:<3} {shown:<7} {err:<14.3e} {what}")
+        console.say(f"  {n:<3} {shown:<7} {err:<14.3e} {seconds:<8.1f} {what}")
+    if growth["stopped"]:
+        console.say(f"  stopped: {growth['stopped']} (--study-budget)")
     if growth["growth_per_level"] is not None:
         console.say(f"  fitted growth: log T_eps rises {growth['growth_per_level']:.3g} per level "
                     f"(T_eps x {np.exp(growth['growth_per_level']):.3g}), "
@@ -924,6 +1020,7 @@ def _finish(run, reason="") -> int:
     reason; returns the exit status."""
     result, console = run.result, run.console
     result["verdicts"] = run.verdicts
+    result["step_times_s"] = dict(run.step_times)
     result["elapsed_s"] = time.perf_counter() - run.start
     result["files"] = ["report.json", *run.written]
     (run.out / "report.json").write_text(json.dumps(_plain(result), indent=1,
@@ -972,8 +1069,10 @@ def _plot_growth(growth, path, label):
     ax[0].set_ylabel(r"rounds $T_\varepsilon(n)$ (single loop)")
     ax[0].legend(fontsize=8, loc="lower right")
     errors = np.asarray(growth["mean_error"], dtype=float)
-    ax[1].semilogy(ns, errors, "o-", color="C1")
     positive = errors[errors > 0]
+    # a log axis needs a positive value (the errors are all 0 where the lower levels are
+    # solved exactly in one step, e.g. quadratic ones)
+    (ax[1].semilogy if positive.size else ax[1].plot)(ns, errors, "o-", color="C1")
     if positive.size:  # at least two decades, so that a small spread is not blown up
         middle = np.sqrt(positive.min() * positive.max())
         ax[1].set_ylim(min(positive.min() / 2, middle / 10), max(positive.max() * 2, middle * 10))

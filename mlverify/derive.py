@@ -65,6 +65,7 @@ class DerivationGraph:
         self._partial_of: dict[sp.Symbol, tuple[int, tuple[int, ...]]] = {}
         self._frozen_kinds = frozenset(frozen_kinds)
         self._expanded: dict[sp.Symbol, sp.Expr] = {}
+        self._expanded_ops: dict[sp.Symbol, int] = {}
 
     # -------------------------------------------------------------- building
     def define(self, expr, kind: str = "tmp") -> sp.Expr:
@@ -201,6 +202,32 @@ class DerivationGraph:
         """Operations in the graph that computes ``outputs`` (what CSE'd code would execute)."""
         deps = self.dependencies(outputs)
         return sum(sp.count_ops(self.defs[s]) for s in deps) + sum(sp.count_ops(e) for e in outputs)
+
+    def expanded_size(self, outputs) -> int:
+        """Operations of ``outputs`` written out as formulas (every intermediate replaced by
+        its definition, as `expand` gives them), counted on the shared graph without
+        expanding it: each intermediate's count is its definition's own operations plus,
+        per occurrence, the count of every intermediate it uses (linear in the graph's size;
+        an exact Python integer however large the formula would be).
+
+        An upper bound of what `expand` prints: sympy may still merge or cancel terms while
+        it substitutes.
+        """
+        counts = self._expanded_ops
+        for sym in self.dependencies(outputs):
+            if sym not in counts:
+                definition = self.defs[sym]
+                counts[sym] = sp.count_ops(definition) + sum(
+                    definition.count(s) * counts[s]
+                    for s in definition.free_symbols if s in self.defs
+                )
+        total = 0
+        for expr in outputs:
+            expr = sp.sympify(expr)
+            total += sp.count_ops(expr) + sum(
+                expr.count(s) * counts[s] for s in expr.free_symbols if s in self.defs
+            )
+        return total
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,10 @@ from .errors import (
     ProblemDefinitionError,
 )
 
+#: Lower solutions from the default start kept per problem (a solve is a pure function of
+#: x1, tol and max_iter there); the oldest is dropped first.
+SOLUTION_MEMORY = 4096
+
 
 @dataclass(frozen=True)
 class LowerSolution:
@@ -42,6 +46,11 @@ class LowerSolution:
     def distance(self) -> float:
         """The largest of ``distances``: Newton's distance estimate at the worst level."""
         return max(self.distances) if self.distances else 0.0
+
+    def copy(self) -> LowerSolution:
+        """The same solution with its own arrays."""
+        return LowerSolution(self.x1.copy(), tuple(x.copy() for x in self.xs), self.residual,
+                             self.residuals, self.distances)
 
     def __iter__(self):
         return iter(self.xs)
@@ -92,6 +101,7 @@ class SymbolicEvaluator:
             key: compile_graph(graph, list(matrix)) for key, matrix in derivation.jacobians.items()
         }
         self._top_partials = None
+        self._solutions: dict = {}  # (x1, tol, max_iter) -> LowerSolution, oldest first
 
     # ------------------------------------------------------------------ evaluation
     # The straight-line code may meet log(-1) or 0/0 at a trial point: it returns NaN or
@@ -168,6 +178,12 @@ class SymbolicEvaluator:
                     seed=0, radius=None) -> LowerSolution:
         r"""Levels $2, \dots, n$ solved nested for $x_1$; see ``MultilevelProblem.solve_lower``."""
         x1 = as_block_value(x1_value, self.sizes[0], level=1)
+        # A solve from the default start is a function of (x1, tol, max_iter): the checks
+        # of Theorems 4.1 and 4.2 ask for it at the same points many times (the same grid
+        # points, finite-difference stencils, L-BFGS-B paths), so it is kept.
+        key = None if (init is not None or starts) else (x1.tobytes(), float(tol), max_iter)
+        if key is not None and key in self._solutions:
+            return self._solutions[key].copy()
         blocks = [x1] + [np.zeros(d) for d in self.sizes[1:]]
         if init is not None:
             if len(init) != self.n - 1:
@@ -190,6 +206,10 @@ class SymbolicEvaluator:
         solution = LowerSolution(x1, tuple(blocks[1:]), max(residuals), residuals, distances)
         if starts:
             self.multistart(blocks, distances, tol, max_iter, int(starts), seed, radius)
+        if key is not None:
+            if len(self._solutions) >= SOLUTION_MEMORY:
+                self._solutions.pop(next(iter(self._solutions)))
+            self._solutions[key] = solution.copy()
         return solution
 
     def _reduced_value(self, k, blocks, tol, max_iter) -> float:

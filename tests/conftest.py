@@ -1,8 +1,15 @@
 """Test configuration: float64 is on because importing mlverify switches it on (the one
 documented place, mlverify/_config.py); here we assert it rather than set it again."""
 
+import os
+import tempfile
+
 import jax
 import pytest
+
+# mlverify verify keeps JAX's compiled programs on disk by default: the tests' runs use a
+# folder of their own, not the user's cache.
+os.environ.setdefault("MLVERIFY_CACHE_DIR", tempfile.mkdtemp(prefix="mlverify-test-cache-"))
 
 import mlverify  # noqa: F401
 

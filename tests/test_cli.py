@@ -207,3 +207,56 @@ def test_default_verify_writes_table_plots_and_json(tmp_path, capsys):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["cross_check"]["symbolic_vs_jax"] < 1e-8
     assert report["theorem_4_1"]["box"] == [[-2.0], [2.0]]
+
+
+# ------------------------------------------------------------------ cost: decided on the graph
+def test_long_jacobians_are_judged_on_the_graph_without_writing_them_out():
+    """A 4-level file with blocks (2, 3, 2, 2) whose D_1 y_2, written out, has about 1.6e7
+    operations: step 1 shows float64 values (equal to the compiled formulas at the lower
+    solution) and never expands that formula; short ones are still shown as formulas."""
+    import runpy
+
+    import numpy as np
+
+    from mlverify.cli import JACOBIAN_OPS_LIMIT, _Console, _jacobians
+
+    problem = runpy.run_path(str(DATA / "four_levels_dense.py"))["problem"]
+    args = build_parser().parse_args(["verify", "--no-progress"])
+    x1 = np.array([0.25, 0.25])
+    out = _jacobians(problem, x1, _Console(args))
+    graph = problem.derivation().graph
+    big = out["D_1 y_2"]
+    assert big["formula_operations"] > 1_000_000 and "formula_characters" not in big
+    lower = problem.solve_lower(x1)
+    expected = problem.numeric().jacobian_frozen(2, 1, [x1, *lower.xs])
+    np.testing.assert_array_equal(np.array(big["value"]), expected)
+    # nothing above the limit was written out: every expanded intermediate is small
+    expanded = [graph._expanded_ops[s] for s in graph._expanded]
+    assert max(expanded, default=0) <= JACOBIAN_OPS_LIMIT
+    assert len(out) == 6
+
+
+def test_step_times_and_cache_in_the_json(tmp_path, capsys):
+    status, out, err = _run(["verify", "--zoo", "quadratic", "--levels", "2", "--T", "5",
+                             "--max-levels", "2", "--json", "--no-progress", "--no-cache",
+                             "--out", str(tmp_path)], capsys)
+    assert status == 0, err
+    report = json.loads(out)
+    times = report["step_times_s"]
+    assert list(times) == ["jacobians", "assumptions", "cross_check", "theorem_4_1",
+                           "theorem_4_2", "rounds_to_epsilon"]
+    assert all(t >= 0 for t in times.values())
+    assert sum(times.values()) <= report["elapsed_s"]
+    assert report["compilation_cache"] == "off (--no-cache)"
+    assert err.count("took ") == 6  # each step's time, on stderr with --json
+
+
+def test_cache_switched_off_by_the_environment(monkeypatch):
+    from mlverify.cli import _compilation_cache
+
+    args = build_parser().parse_args(["verify"])
+    monkeypatch.setenv("MLVERIFY_NO_CACHE", "1")
+    assert _compilation_cache(args) == "off (MLVERIFY_NO_CACHE)"
+    monkeypatch.setenv("MLVERIFY_NO_CACHE", "0")
+    monkeypatch.setenv("MLVERIFY_CACHE_DIR", "/proc/no-such-folder/cache")
+    assert _compilation_cache(args) == "off (the cache folder cannot be created)"

@@ -785,3 +785,18 @@ def test_pytree_blocks_keep_their_shape():
     y = np.asarray(lower[0])
     want = 2 * x1 + (np.asarray(w) + np.cos(y)) * 2.0 / (2.0 + 1.2 * y**2)
     assert rel_err(got, want) <= CLOSED_FORM_RTOL
+
+
+def test_itd_written_out_equals_its_loop(monkeypatch):
+    """Few unrolled steps are straight-line code, more a fori_loop: the same hypergradient."""
+    from mlverify import zoo
+    from mlverify.numeric import itd
+
+    steps = 2
+    problem = zoo.nonquadratic(3, 1, seed=0).lower()
+    x1 = np.array([0.3])
+    written_out = np.asarray(problem.hypergradient(x1, method="itd", steps=steps))
+    monkeypatch.setattr(itd, "UNROLL_STEPS", 0)
+    fresh = zoo.nonquadratic(3, 1, seed=0).lower()  # its own compiled programs
+    looped = np.asarray(fresh.hypergradient(x1, method="itd", steps=steps))
+    np.testing.assert_allclose(written_out, looped, rtol=1e-13, atol=1e-15)

@@ -123,3 +123,28 @@ def test_theorem_4_2_plot_shows_every_method_with_named_sides_and_error_term(tmp
     # the y-axis spans the drawn values, with no empty decade below or above them
     assert low <= drawn.min() and high >= drawn.max()
     assert drawn.min() / low < 10 and high / drawn.max() < 10
+
+
+def test_rounds_to_epsilon_stops_before_a_member_predicted_past_its_budget():
+    calls = []
+
+    def family(n):
+        calls.append(n)
+        return zoo.quadratic(n, (1,) * n, seed=0).symbolic()
+
+    full = verify.rounds_to_epsilon(family, ns=(2, 3), box=(-1, 1))
+    assert full["n"] == [2, 3] and full["stopped"] is None
+    assert len(full["seconds"]) == 2 and min(full["seconds"]) > 0
+    calls.clear()
+    cut = verify.rounds_to_epsilon(family, ns=(2, 3, 4), box=(-1, 1), time_budget=1e-9)
+    assert cut["n"] == [2] and calls == [2]  # the first member always runs
+    assert cut["stopped"].startswith("n = 3 and above not run: n = 3 is predicted to take")
+    assert cut["T_eps"] == full["T_eps"][:1]
+
+
+def test_the_prediction_follows_the_measured_growth():
+    from mlverify.verify.theorems import _predicted_seconds
+
+    assert _predicted_seconds([2.0]) == 2.0
+    assert _predicted_seconds([1.0, 3.0]) == 9.0
+    assert _predicted_seconds([3.0, 1.0]) == 1.0  # never predicted faster than the last

@@ -30,6 +30,10 @@ ARMIJO = 1e-4
 #: a dense reduced Hessian of a block of 100 cost 10x ITD itself; a Lanczos estimate that is
 #: a little low is caught by the divergence check, which halves the step.
 DEFAULT_LANCZOS_STEPS = 10
+#: Up to this many unrolled steps per level are written out as straight-line code instead of
+#: a ``fori_loop``: differentiating a loop nested in loops re-traces every inner body
+#: several times per nesting depth, which dominated ITD's first call at four levels.
+UNROLL_STEPS = 4
 
 
 def _unrolled_tail(core, k, upper, starts, steps, lrs):
@@ -59,7 +63,13 @@ def _unrolled_tail(core, k, upper, starts, steps, lrs):
 
     zero = jnp.zeros((), starts[k].dtype)
     start = (starts[k], jnp.asarray(jnp.inf, starts[k].dtype), zero, no_rise)
-    xk, _, _, rose = jax.lax.fori_loop(0, steps, body, start)
+    if steps <= UNROLL_STEPS:  # a Python loop: no scan to linearise at every nesting depth
+        carry = start
+        for i in range(steps):
+            carry = body(i, carry)
+        xk, _, _, rose = carry
+    else:
+        xk, _, _, rose = jax.lax.fori_loop(0, steps, body, start)
     tail, lower_rose = tail_from(xk)
     return (xk,) + tail, rose | lower_rose
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import numpy as np
 import scipy.optimize
@@ -464,6 +465,7 @@ def rounds_to_epsilon(
     box=None,
     describe=None,
     progress=None,
+    time_budget: float | None = None,
 ) -> dict:
     r"""$T_\varepsilon(n)$: rounds until $\lVert \nabla F_1(x^t) \rVert^2 \le \varepsilon$, and
     the mean $\lVert e_t \rVert$, for each $n$ (Theorem 4.2's dependence on the number of
@@ -476,10 +478,28 @@ def rounds_to_epsilon(
     levels and block sizes); ``progress(n)`` is called before each $n$. The fitted growth is
     the slope of $\log T_\varepsilon$ against $n$ (a geometric growth rate per level);
     ``growth_linear`` is the slope of $T_\varepsilon$ against $n$ (rounds per level).
+
+    ``time_budget`` (seconds): an $n$ whose predicted time would take the study past it is
+    not started, nor any larger one; ``stopped`` then says which and why. The prediction
+    is the last member's time times its growth over the member before (at least the last
+    member's time). ``seconds`` holds each member's wall time.
     """
-    rows = {"n": [], "T_eps": [], "mean_error": [], "first_error": [], "L": [], "problems": []}
+    rows = {"n": [], "T_eps": [], "mean_error": [], "first_error": [], "L": [], "problems": [],
+            "seconds": []}
     region_used = None
+    stopped = None
+    started = time.perf_counter()
     for n in ns:
+        if time_budget is not None and rows["seconds"]:
+            predicted = _predicted_seconds(rows["seconds"])
+            spent = time.perf_counter() - started
+            if spent + predicted > time_budget:
+                stopped = (f"n = {n} and above not run: n = {n} is predicted to take "
+                           f"{predicted:.0f} s (n = {rows['n'][-1]} took "
+                           f"{rows['seconds'][-1]:.1f} s), past the time budget of "
+                           f"{time_budget:g} s with {spent:.0f} s spent")
+                break
+        member_start = time.perf_counter()
         if progress is not None:
             progress(n)
         problem = family(n)
@@ -512,6 +532,7 @@ def rounds_to_epsilon(
             describe(n, problem) if describe is not None
             else f"n={n}, blocks {tuple(int(v) for v in num.sizes)}"
         )
+        rows["seconds"].append(time.perf_counter() - member_start)
     finite = np.isfinite(rows["T_eps"])
     growth = growth_linear = None
     if finite.sum() >= 2:
@@ -524,4 +545,14 @@ def rounds_to_epsilon(
     rows["epsilon"] = epsilon
     rows["max_rounds"] = max_rounds
     rows["box"] = region_used
+    rows["stopped"] = stopped
     return rows
+
+
+def _predicted_seconds(seconds) -> float:
+    """The next member's time: the last one's, times its growth over the one before (at
+    least 1)."""
+    last = seconds[-1]
+    if len(seconds) < 2 or seconds[-2] <= 0:
+        return last
+    return last * max(1.0, last / seconds[-2])
