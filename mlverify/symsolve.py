@@ -23,6 +23,8 @@ from .errors import (
     ProblemDefinitionError,
 )
 
+#: Step halvings of the joint Newton solve before it gives way to the nested solve.
+JOINT_BACKTRACKS = 30
 #: Lower solutions from the default start kept per problem (a solve is a pure function of
 #: x1, tol and max_iter there); the oldest is dropped first.
 SOLUTION_MEMORY = 4096
@@ -102,6 +104,7 @@ class SymbolicEvaluator:
         }
         self._top_partials = None
         self._solutions: dict = {}  # (x1, tol, max_iter) -> LowerSolution, oldest first
+        self._joint = None  # compiled on first use (`joint_system`)
 
     # ------------------------------------------------------------------ evaluation
     # The straight-line code may meet log(-1) or 0/0 at a trial point: it returns NaN or
@@ -120,6 +123,37 @@ class SymbolicEvaluator:
         with np.errstate(all="ignore"):
             values = np.asarray(self._gradient_hessian[k](*self._flat(blocks)), dtype=np.float64)
         return values[:d], values[d:].reshape(d, d)
+
+    def joint_system(self, blocks):
+        r"""The stationarity system of levels $2, \dots, n$ at the given blocks, no solve:
+        ``(G, J, [(g_k, H_k)])`` with $G$ the stacked reduced gradients $D_k F_k$ by the
+        lemmas at the iterates, $J$ its Jacobian in $(x_2, \dots, x_n)$ (all partial
+        derivatives, the iterates as independent variables), and each level's gradient and
+        reduced Hessian $H_k$ (0-based list, level 2 first).
+
+        $G$ vanishes exactly at the nested solution: at the bottom $D_n F_n = D_n f_n$, so
+        where it vanishes the best-response formulas of level $n - 1$ are exact, so its
+        $D_{n-1} F_{n-1}$ is the true gradient of its reduced objective, and so on up.
+        """
+        if self._joint is None:
+            derivation = self.derivation
+            graph = derivation.graph
+            lower = [i for block in derivation.blocks[1:] for i in block]
+            stacked = [e for k in range(1, self.n) for e in derivation.gradients[k]]
+            jacobian = [graph.define(graph.diff(e, i)) for e in stacked for i in lower]
+            hessians = [e for k in range(1, self.n) for e in derivation.hessians[k]]
+            self._joint = compile_graph(graph, stacked + jacobian + hessians)
+        m = sum(self.sizes[1:])
+        with np.errstate(all="ignore"):
+            values = np.asarray(self._joint(*self._flat(blocks)), dtype=np.float64)
+        G, J = values[:m], values[m:m + m * m].reshape(m, m)
+        levels, offset, position = [], m + m * m, 0
+        for d in self.sizes[1:]:
+            h = values[offset:offset + d * d].reshape(d, d)
+            levels.append((G[position:position + d], h))
+            offset += d * d
+            position += d
+        return G, J, levels
 
     def hypergradient_frozen(self, blocks) -> np.ndarray:
         """The hypergradient formula evaluated at the given blocks, without any solve."""
@@ -324,12 +358,92 @@ class SymbolicEvaluator:
 
     # ------------------------------------------------------------------ uniqueness
     def _solve_checked(self, blocks, tol, max_iter):
-        """(blocks, record): levels 2..n solved from ``blocks`` and every $H_k$ checked."""
-        blocks, record = [np.array(b, dtype=np.float64) for b in blocks], {}
+        """(blocks, record): levels 2..n solved from ``blocks`` and every $H_k$ checked.
+
+        The joint Newton solve (`_solve_joint`) runs first; where it does not reach a point
+        that passes every level's stopping test and Hessian check, the nested solve runs
+        from the same start, and its result, or its error naming the level, is the answer.
+        """
+        start = [np.array(b, dtype=np.float64) for b in blocks]
+        joint = self._solve_joint(start, tol, max_iter)
+        if joint is not None:
+            try:
+                for k in range(self.n - 1, 0, -1):
+                    self.check_level(k, joint[0])
+            except MlverifyError:
+                joint = None
+        if joint is not None:
+            return joint
+        blocks, record = [b.copy() for b in start], {}
         self._solve_from(1, blocks, tol, max_iter, record)
         for k in range(self.n - 1, 0, -1):
             self.check_level(k, blocks)
         return blocks, record
+
+    def _solve_joint(self, blocks, tol, max_iter):
+        r"""Newton's method on the stacked stationarity system (`joint_system`) from
+        ``blocks``, damped by backtracking on $\lVert G \rVert^2$: ``(blocks, record)``
+        once every level passes the nested solve's own stopping test (Newton's distance
+        estimate $\lVert H_k^{-1} D_k F_k \rVert \le \mathrm{tol}\,(1 + \lVert x_k
+        \rVert)$, levels below as they are), after one more step as the nested solve
+        takes; None where it fails (a non-finite value, a singular system, no decrease,
+        ``max_iter`` steps), and the caller falls back to the nested solve.
+
+        Its iterations do not multiply with depth: one evaluation of the system per step,
+        where the nested solve re-solves every level below for each trial of the level
+        above.
+        """
+        blocks = [b.copy() for b in blocks]
+        splits = np.cumsum(self.sizes[1:])[:-1]
+
+        def evaluate(z):
+            trial = [blocks[0], *np.split(z, splits)]
+            return trial, self.joint_system(trial)
+
+        def passed(trial, levels):
+            record = {}
+            for k, (g, h) in enumerate(levels, start=1):
+                distance = distance_estimate(g, h)
+                if not checks.solved(distance, trial[k], tol):
+                    return None
+                record[k] = (float(np.linalg.norm(g)), distance)
+            return record
+
+        z = np.concatenate(blocks[1:])
+        trial, (G, J, levels) = evaluate(z)
+        finished = None
+        for _ in range(max_iter + 1):
+            if not (np.all(np.isfinite(G)) and np.all(np.isfinite(J))):
+                return finished
+            record = passed(trial, levels)
+            if finished is not None:  # after the extra step: keep it if it still passes
+                return (trial, record) if record is not None else finished
+            try:
+                step = np.linalg.solve(J, -G)
+            except np.linalg.LinAlgError:
+                return None if record is None else (trial, record)
+            if not np.all(np.isfinite(step)):
+                return None if record is None else (trial, record)
+            if record is not None:
+                finished = (trial, record)
+                z = z + step
+                trial, (G, J, levels) = evaluate(z)
+                continue
+            merit = float(G @ G)
+            if merit == 0.0 or float(np.linalg.norm(step)) == 0.0:
+                return None  # stationary but not a solution (a maximum or a saddle)
+            alpha = 1.0
+            for _ in range(JOINT_BACKTRACKS):
+                moved, system = evaluate(z + alpha * step)
+                G_new = system[0]
+                if np.all(np.isfinite(G_new)) and G_new @ G_new <= (1 - 1e-4 * alpha) * merit:
+                    break
+                alpha *= 0.5
+            else:
+                return None
+            z = z + alpha * step
+            trial, (G, J, levels) = moved, system
+        return None
 
     def multistart(self, blocks, distances, tol, max_iter, starts, seed=0, radius=None) -> None:
         r"""Seeded multistart, bottom-up, around the solution ``blocks``

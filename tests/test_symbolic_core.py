@@ -79,3 +79,85 @@ def test_remembered_lower_solutions_are_copies():
     warm = evaluator.solve_lower([0.3, -0.2], init=kept)
     for a, b in zip(warm.xs, kept, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-10)
+
+
+# ------------------------------------------------------------------ the joint solve
+def _nested(evaluator, x1):
+    """The nested damped Newton solve alone (the reference for the joint one)."""
+    blocks = [np.asarray(x1, dtype=np.float64)] + [np.zeros(d) for d in evaluator.sizes[1:]]
+    evaluator._solve_from(1, blocks, 1e-12, 100, {})
+    return blocks
+
+
+@pytest.mark.parametrize(
+    ("n", "size", "seed"), [(2, 1, 0), (3, 2, 1), (4, 1, 2), (4, 2, 3), (5, 1, 4)]
+)
+def test_joint_solve_reaches_the_nested_solution(n, size, seed):
+    """Newton on the stacked stationarity system lands where the nested solve does (the
+    same stopping test per level), at seeded points of seeded non-quadratic families."""
+    problem = zoo.nonquadratic(n, size, seed=seed)
+    evaluator = problem.numeric()
+    rng = np.random.default_rng(seed)
+    for _ in range(3):
+        x1 = rng.uniform(-1, 1, size)
+        start = [x1] + [np.zeros(d) for d in problem.sizes[1:]]
+        joint = evaluator._solve_joint(start, 1e-12, 100)
+        assert joint is not None
+        blocks, record = joint
+        reference = _nested(evaluator, x1)
+        for k in range(1, n):
+            np.testing.assert_allclose(blocks[k], reference[k], rtol=1e-12, atol=1e-13)
+            assert record[k][1] <= 1e-12 * (1 + np.linalg.norm(blocks[k]))
+
+
+def test_joint_system_vanishes_at_the_solution_and_its_jacobian_is_its_derivative():
+    problem = zoo.nonquadratic(4, 2, seed=5)
+    evaluator = problem.numeric()
+    x1 = np.array([0.3, -0.4])
+    solved = _nested(evaluator, x1)
+    G, _, levels = evaluator.joint_system(solved)
+    assert np.max(np.abs(G)) < 1e-10
+    for k, (g, h) in enumerate(levels, start=1):
+        # the same formulas, printed in another straight-line program: equal to round-off
+        np.testing.assert_allclose(g, evaluator.gradient_hessian(k, solved)[0], atol=1e-14)
+        np.testing.assert_allclose(h, evaluator.gradient_hessian(k, solved)[1], rtol=1e-13)
+    # J against central differences of G, away from the solution
+    rng = np.random.default_rng(0)
+    point = [x1] + [b + 0.1 * rng.standard_normal(b.size) for b in solved[1:]]
+    _, J, _ = evaluator.joint_system(point)
+    flat = np.concatenate(point[1:])
+    splits = np.cumsum(problem.sizes[1:])[:-1]
+    step = 1e-6
+    for i in range(flat.size):
+        e = np.zeros_like(flat)
+        e[i] = step
+        plus = evaluator.joint_system([x1, *np.split(flat + e, splits)])[0]
+        minus = evaluator.joint_system([x1, *np.split(flat - e, splits)])[0]
+        np.testing.assert_allclose(J[:, i], (plus - minus) / (2 * step), rtol=1e-6, atol=1e-8)
+
+
+def test_a_start_at_a_stationary_maximum_falls_back_to_the_nested_solve():
+    """x_2 = 0 is a stationary maximum of (x_2^2 - 1 - x_1^2)^2 / 4 + x_2^3 / 10 for every
+    x_1: the joint Newton solve, a root finder, gives up there (a root that is no minimum)
+    and the nested solve decides, exactly as without the joint solve: HessianError naming
+    level 2 from that start; from a start off the maximum, the minimiser."""
+    import sympy as sp
+
+    import mlverify as mv
+    from mlverify.errors import HessianError
+
+    x1, x2 = sp.symbols("x1 x2")
+    f2 = (x2**2 - 1 - x1**2) ** 2 / 4 + x2**3 / 10
+    problem = mv.MultilevelProblem([mv.Level(x1, (x1 - 1) ** 2 + x2**2), mv.Level(x2, f2)])
+    evaluator = problem.numeric()
+    x = np.array([0.5])
+    assert evaluator._solve_joint([x, np.zeros(1)], 1e-12, 100) is None
+    with pytest.raises(HessianError) as caught:
+        problem.solve_lower(x)
+    assert caught.value.level == 2 and "indefinite" in str(caught.value)
+    solution = problem.solve_lower(x, init=[np.array([-0.2])])
+    blocks = [x, np.array([-0.2])]
+    evaluator._solve_from(1, blocks, 1e-12, 100, {})
+    np.testing.assert_allclose(solution.xs[0], blocks[1], rtol=1e-12)
+    g, h = evaluator.gradient_hessian(1, [x, solution.xs[0]])
+    assert h[0, 0] > 0 and abs(g[0]) < 1e-10 and solution.xs[0][0] < -1
