@@ -51,6 +51,9 @@ VALUE_RATIO = 1e-8
 #: A level whose iterate moved this far, relative to $1 + \lVert x^0_k \rVert$, while its
 #: objective kept falling is reported as unbounded below.
 UNBOUNDED_RATIO = 1e12
+#: A non-Newton step shorter than this, relative to $1 + \lVert x_k \rVert$, is taken at a
+#: stationary point: where $H_k$ has a negative eigenvalue, the solve leaves along it.
+STATIONARY_RATIO = 1e-8
 #: Round-off unit of float64.
 EPS = float(np.finfo(np.float64).eps)
 
@@ -89,9 +92,10 @@ def descent_direction(g: np.ndarray, h: np.ndarray, x=None) -> tuple[np.ndarray,
 
     A non-Newton step is capped at length $1 + \lVert x \rVert$ (where $H$ is nearly zero,
     at an inflection point, the scaled gradient step would be unbounded); the line search
-    shortens it further. A stationary maximum or saddle is not left: which minimiser a
-    solve started there should reach is not the solver's to choose (it raises
-    HessianError; a multistart, ``starts=K``, restarts from seeded points instead)."""
+    shortens it further. At a stationary point with negative curvature (a maximum or a
+    saddle, where that step vanishes) the step is `negative_curvature_step`: a start there
+    is not a solution, so the solve leaves it; which minimiser it reaches is then judged by
+    the multistart (``starts=K``), which names a second one."""
     step, lo = newton_step(g, h)
     if np.all(np.isfinite(step)):
         return step, lo
@@ -101,7 +105,20 @@ def descent_direction(g: np.ndarray, h: np.ndarray, x=None) -> tuple[np.ndarray,
     length = float(np.linalg.norm(step))
     if not np.isfinite(length) or length > size:
         step = -g * (size / max(float(np.linalg.norm(g)), np.finfo(np.float64).tiny))
+    elif lo < 0 and length <= STATIONARY_RATIO * size:
+        step = negative_curvature_step(g, h, size)
     return step, lo
+
+
+def negative_curvature_step(g, h, size, xp=np):
+    r"""The step of length ``size`` along the eigenvector $u$ of the most negative eigenvalue
+    of $H$, signed not to climb ($g \cdot u \le 0$); where $g \cdot u = 0$ (a stationary
+    point), the sign that makes $u$'s largest entry positive, so both backends leave a
+    maximum the same way. ``xp``: ``numpy`` or ``jax.numpy`` (one rule for both)."""
+    _, vectors = xp.linalg.eigh(0.5 * (h + h.T))
+    u = vectors[:, 0]
+    u = u * xp.where(u[xp.argmax(xp.abs(u))] < 0, -1.0, 1.0)
+    return u * size * xp.where(xp.vdot(g, u) > 0, -1.0, 1.0)
 
 
 def distance_estimate(g: np.ndarray, h: np.ndarray) -> float:
@@ -224,12 +241,22 @@ def roundoff_floor(value, top_gradient, hessians) -> float:
 
 
 def non_unique_error(k, x1, reference, other_point, value, other, starts, half_width):
-    """The NonUniqueMinimiserError of level $k + 1$ (0-based $k$), both backends."""
+    """The NonUniqueMinimiserError of level $k + 1$ (0-based $k$), both backends: two
+    minimisers of equal value (to ``VALUE_RATIO``), or a solve that reached a local
+    minimiser while another one is lower (the message says which)."""
+    where = np.array2string(np.asarray(x1), precision=6)
+    first = f"{np.array2string(np.asarray(reference), precision=8)} (F_{k + 1} = {value:.10g})"
+    second = f"{np.array2string(np.asarray(other_point), precision=8)} (F_{k + 1} = {other:.10g})"
+    found = f"found by {starts} seeded starts in x_{k + 1}* +- {half_width:.3g}"
+    scale = max(abs(value), abs(other))
+    if other < value - VALUE_RATIO * scale:
+        text = (f"x_{k + 1} has more than one minimiser at x_1 = {where}: the solve reached "
+                f"the local minimiser {first}, and {second} is lower, {found}")
+    else:
+        text = (f"x_{k + 1} has two minimisers of equal value at x_1 = {where}: {first} and "
+                f"{second}, {found}")
     return NonUniqueMinimiserError(
-        f"x_{k + 1} has two minimisers at x_1 = {np.array2string(np.asarray(x1), precision=6)}: "
-        f"{np.array2string(np.asarray(reference), precision=8)} (F_{k + 1} = {value:.10g}) and "
-        f"{np.array2string(np.asarray(other_point), precision=8)} (F_{k + 1} = {other:.10g}), "
-        f"found by {starts} seeded starts in x_{k + 1}* +- {half_width:.3g}",
+        text,
         level=k + 1,
         x1=np.array(x1),
         minimisers=(np.array(reference), np.array(other_point)),

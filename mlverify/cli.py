@@ -510,7 +510,7 @@ def _unbounded_along_negative_curvature(problem, level: int, x1) -> str | None:
         return None
     evaluator = problem.numeric()
     k = level - 1
-    blocks = [np.asarray(x1, dtype=np.float64)] + [np.zeros(d) for d in problem.sizes[1:]]
+    blocks = [np.asarray(x1, dtype=np.float64)] + [np.array(x) for x in problem.inits[1:]]
     try:
         base = evaluator._reduced_value(k, blocks, 1e-10, 100)
         h = evaluator.gradient_hessian(k, blocks)[1]
@@ -596,8 +596,8 @@ def _classify(problem, err, x1, symbolic: bool) -> tuple[str, str]:
         if unbounded is not None:
             return "unbounded below", unbounded
     elif level is not None:
-        if symbolic and getattr(err, "min_eigenvalue", None) is not None and \
-                err.min_eigenvalue < 0:
+        if symbolic and getattr(err, "everywhere", False) and \
+                getattr(err, "min_eigenvalue", None) is not None and err.min_eigenvalue < 0:
             # The derivation decides definiteness only where D_kk F_k is a constant matrix:
             # then F_k is quadratic in x_k with a negative curvature direction.
             return "unbounded below", (f"level {level} is unbounded below: D_kk F_k is a "
@@ -628,13 +628,16 @@ def _check_assumptions(problem, box, *, samples: int = ASSUMPTION_SAMPLES,
         UnboundedLevelError,
     )
     from .optimize import as_numeric
+    from .verify.assumptions import bottom_level_unbounded
     from .verify.theorems import STRONG_CONVEXITY_FLOOR, _samples
 
     num = as_numeric(problem, "implicit-exact")
     points = _samples(np.asarray(box[0]), np.asarray(box[1]), samples, 0)
     mu = {}
+    d_n = problem.sizes[-1]
     result = {"ok": True, "reason": None, "level": None, "kind": None,
-              "points": len(points), "multistart": starts}
+              "points": len(points), "multistart": starts,
+              "rays": 2 * d_n + (2 if d_n > 1 else 0)}
 
     def fail(kind, level, reason):
         result.update(ok=False, kind=kind, level=level, reason=reason)
@@ -662,6 +665,10 @@ def _check_assumptions(problem, box, *, samples: int = ASSUMPTION_SAMPLES,
                             f"level {k} is not strongly convex at {where}: min eigenvalue of "
                             f"D_kk F_k is {eig[0]:.3g} (at most {STRONG_CONVEXITY_FLOOR:g} "
                             f"times the largest)")
+        flat = [np.asarray(num.flatten(k, x)) for k, x in enumerate(lower, start=1)]
+        unbounded = bottom_level_unbounded(num, x1, flat, np.asarray(hessians[-1]))
+        if unbounded is not None:
+            return fail("unbounded below", problem.n, unbounded)
     result["mu"] = mu
     return result
 
@@ -776,9 +783,10 @@ def _compilation_cache(args) -> str:
     return f"{folder}" if folder is not None else "off (the cache folder cannot be created)"
 
 
-def run_verify(args) -> int:
+def run_verify(args, state: dict | None = None) -> int:
     """The six steps on the problem ``args`` names (see the module docstring); returns the
-    exit status. Raises BadInput before any long work."""
+    exit status. Raises BadInput before any long work. ``state["run"]`` receives the run
+    (its report so far), for the report of an error exit."""
     _check_options(args)
     console = _Console(args)
     start = time.perf_counter()
@@ -787,6 +795,8 @@ def run_verify(args) -> int:
     problem, box = target.problem, target.box
     run = _Run(args, console, Path(args.out),
                [np.asarray(box[0]).tolist(), np.asarray(box[1]).tolist()], start=start)
+    if state is not None:
+        state["run"] = run
     removed = _clean_out(run.out)
     cache = _compilation_cache(args)
     run.result.update(problem=target.label, levels=problem.n, block_sizes=list(problem.sizes),
@@ -819,7 +829,8 @@ def run_verify(args) -> int:
         run.result["assumptions"] = _plain(assumptions)
         if assumptions["ok"]:
             mu = ", ".join(f"mu_{k} = {v:.3g}" for k, v in assumptions["mu"].items())
-            how = f"multistart, {assumptions['multistart']} starts per level"
+            how = (f"multistart, {assumptions['multistart']} starts per level; the bottom "
+                   f"level probed for unboundedness along {assumptions['rays']} rays")
             console.say(f"  hold at every sampled point ({how}); smallest lower-Hessian "
                         f"eigenvalues {mu}")
         else:
@@ -833,14 +844,22 @@ def run_verify(args) -> int:
     with run.step("rounds_to_epsilon", _n_study_header(target)):
         run.result["rounds_to_epsilon"] = _n_study(run, target, box)
     run.result.update(theorem_4_1=report41.to_dict(), theorem_4_2=report42.to_dict())
-    reason = ""
-    if report41.verdict != "pass":
-        reason = f"Theorem 4.1: {report41.reason}"
-    elif report42.verdict != "pass":
-        reason = f"Theorem 4.2: {report42.reason}"
-    elif not agree:
-        reason = "the exact hypergradient disagrees with finite differences or the JAX core"
-    return _finish(run, reason=reason)
+    return _finish(run, reason=_closing_reason(report41, report42, agree))
+
+
+def _closing_reason(report41, report42, agree) -> str:
+    """The one-line reason of the exit: a failing check first (it decides exit 1), then a
+    check that is not applicable (exit 3), each named by its theorem."""
+    named = (("Theorem 4.1", report41), ("Theorem 4.2", report42))
+    for name, report in named:
+        if report.verdict == "fail":
+            return f"{name}: {report.reason}"
+    if not agree:
+        return "the exact hypergradient disagrees with finite differences or the JAX core"
+    for name, report in named:
+        if report.verdict == "not-applicable":
+            return f"{name}: {report.reason}"
+    return ""
 
 
 def _step_cross_check(run, problem, x_check) -> bool:
@@ -1106,34 +1125,57 @@ def main(argv=None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(_protect_box_values(argv))
+    state: dict = {}
     try:
-        return run_verify(args)
+        return run_verify(args, state)
     except BadInput as err:
         if args.debug:
             raise
-        print(f"mlverify: bad input: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _error_exit(args, state, EXIT_BAD_INPUT, "bad input", f"bad input: {err}", err)
     except (HessianError, NonUniqueMinimiserError, UnboundedLevelError) as err:
         if args.debug:
             raise
-        print(f"mlverify: assumption violated: bound not applicable: {_one_line(err)}",
-              file=sys.stderr)
-        return EXIT_NOT_APPLICABLE
+        return _error_exit(args, state, EXIT_NOT_APPLICABLE, "assumption violated",
+                           f"assumption violated: bound not applicable: {_one_line(err)}", err)
     except MlverifyError as err:
         if args.debug:
             raise
-        print(f"mlverify: {_one_line(err)} (rerun with --debug for the traceback)",
-              file=sys.stderr)
-        return EXIT_FAIL
+        return _error_exit(args, state, EXIT_FAIL, type(err).__name__,
+                           f"{_one_line(err)} (rerun with --debug for the traceback)", err)
     except KeyboardInterrupt:
-        print("mlverify: interrupted", file=sys.stderr)
-        return 130
+        return _error_exit(args, state, 130, "interrupted", "interrupted", None)
     except Exception as err:  # noqa: BLE001 - one line, not a traceback, unless --debug
         if args.debug:
             raise
-        print(f"mlverify: unexpected error: {_one_line(err)} (rerun with --debug for the "
-              f"traceback)", file=sys.stderr)
-        return EXIT_FAIL
+        return _error_exit(args, state, EXIT_FAIL, "unexpected error",
+                           f"unexpected error: {_one_line(err)} (rerun with --debug for the "
+                           f"traceback)", err)
+
+
+def _error_exit(args, state, status: int, kind: str, message: str, err) -> int:
+    """An exit on an error: the one-line message on stderr; with --json, the report of the
+    steps that ran and the error (exit code, kind, level, quantity, reason) on stdout, and
+    in report.json where the output folder was set up."""
+    print(f"mlverify: {message}", file=sys.stderr)
+    run = state.get("run")
+    error = {"exit_code": status, "kind": kind,
+             "level": getattr(err, "level", None), "quantity": getattr(err, "quantity", None),
+             "reason": message}
+    result = dict(run.result) if run is not None else {}
+    if run is not None:
+        result.update(verdicts=run.verdicts, step_times_s=dict(run.step_times),
+                      elapsed_s=time.perf_counter() - run.start)
+    result["error"] = error
+    if run is not None:
+        try:
+            (run.out / "report.json").write_text(
+                json.dumps(_plain(result), indent=1, default=_json_default))
+            result["files"] = ["report.json", *run.written]
+        except OSError:
+            pass
+    if args.json:
+        print(json.dumps(_plain(result), default=_json_default), flush=True)
+    return status
 
 
 if __name__ == "__main__":

@@ -354,4 +354,5 @@ def _check_constant_hessian(h: sp.Matrix, level: int) -> None:
             level=level,
             min_eigenvalue=lo,
             condition_number=condition,
+            everywhere=True,
         )

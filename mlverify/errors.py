@@ -21,7 +21,9 @@ class HessianError(MlverifyError, ArithmeticError):
     """A lower-level Hessian $H_k = D_{kk} F_k$ is singular or indefinite at the point.
 
     Attributes ``min_eigenvalue`` and ``condition_number`` hold what was measured (``None``
-    where the check was exact and symbolic).
+    where the check was exact and symbolic); ``everywhere`` is True where $H_k$ is a
+    constant matrix (decided exactly by the derivation), so the fault holds at every point,
+    and False where it was found at one point.
     """
 
     def __init__(
@@ -31,9 +33,11 @@ class HessianError(MlverifyError, ArithmeticError):
         level: int,
         min_eigenvalue: float | None = None,
         condition_number: float | None = None,
+        everywhere: bool = False,
     ):
         self.min_eigenvalue = min_eigenvalue
         self.condition_number = condition_number
+        self.everywhere = everywhere
         super().__init__(message, level=level, quantity="Hessian D_kk F_k")
 
 
@@ -82,3 +86,8 @@ class UnboundedLevelError(MlverifyError, ArithmeticError):
     def __init__(self, message: str, *, level: int, value: float | None = None):
         self.value = value
         super().__init__(message, level=level, quantity="objective (unbounded below)")
+
+
+class UnknownOptionError(ValueError, TypeError):
+    """An option name that a method does not take; the message lists the valid ones. A
+    ValueError (and a TypeError, as Python raises for an unknown keyword)."""

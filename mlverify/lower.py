@@ -56,7 +56,7 @@ def lower_problem(problem, init=None) -> NumericProblem:
         return lambda xs: fk(jnp.concatenate([jnp.ravel(x) for x in xs]))
 
     if init is None:
-        init = [jnp.zeros(d, dtype=jnp.float64) for d in problem.sizes]
+        init = [jnp.asarray(x, dtype=jnp.float64) for x in problem.inits]
     names = tuple(str(b[0]) if len(b) == 1 else f"x{k}" for k, b in enumerate(problem.blocks, 1))
     return NumericProblem([objective(f) for f in lowered], init, names=names)
 

@@ -104,10 +104,13 @@ class Level:
 
     ``var`` is a sympy Symbol (a scalar block) or a Matrix / sequence of Symbols (a vector
     block); ``objective`` is a scalar sympy expression in the variables of any levels.
+    ``init`` (optional) is where the lower solves start this level: a number or a sequence
+    of the block's size (default 0).
     """
 
     var: Any
     objective: Any
+    init: Any = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,6 +124,8 @@ class MultilevelProblem:
     levels: tuple[Level, ...]
     blocks: tuple[tuple[sp.Symbol, ...], ...] = field(init=False, repr=False)
     objectives: tuple[sp.Expr, ...] = field(init=False, repr=False)
+    #: Each level's start for the lower solves (float64 arrays; zeros unless declared).
+    inits: tuple[np.ndarray, ...] = field(init=False, repr=False)
     _cache: dict = field(init=False, repr=False, compare=False)
 
     def __init__(self, levels: Sequence[Level]):
@@ -142,6 +147,9 @@ class MultilevelProblem:
             _as_scalar(level.objective, k) for k, level in enumerate(levels, start=1)
         )
         _check_variables(blocks, objectives)
+        inits = tuple(_as_init(level.init, len(block), k) for k, (level, block)
+                      in enumerate(zip(levels, blocks, strict=True), start=1))
+        object.__setattr__(self, "inits", inits)
         object.__setattr__(self, "levels", levels)
         object.__setattr__(self, "blocks", blocks)
         object.__setattr__(self, "objectives", objectives)
@@ -236,7 +244,8 @@ class MultilevelProblem:
 
     def solve_lower(self, x1_value, *, tol: float = DEFAULT_TOL, init=None, max_iter: int = 100,
                     starts: int | None = None, seed: int = 0, radius: float | None = None):
-        r"""Solve levels $2, \dots, n$ for the given $x_1$ by nested damped Newton.
+        r"""Solve levels $2, \dots, n$ for the given $x_1$, from ``init`` (default: each
+        level's declared ``Level(..., init=...)``, else 0).
 
         Level $k$ stops when Newton's step, the estimated distance to its solution
         $\lVert H_k^{-1} D_k F_k \rVert$, is at most $\mathrm{tol}\,(1 + \lVert x_k \rVert)$
@@ -316,6 +325,25 @@ class MultilevelProblem:
         from .certify import hypergradient_enclosure
 
         return hypergradient_enclosure(self, x1, **options)
+
+
+def _as_init(value, size: int, level: int) -> np.ndarray:
+    """A level's declared start as a float64 vector of its block's size (zeros if None)."""
+    if value is None:
+        return np.zeros(size)
+    try:
+        array = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise ProblemDefinitionError(f"init = {value!r} is not numeric", level=level,
+                                     quantity="init") from exc
+    if array.size == 1 and size > 1:
+        array = np.full(size, array[0])
+    if array.size != size:
+        raise ProblemDefinitionError(f"init has {array.size} entries but the block has {size}",
+                                     level=level, quantity="init")
+    if not np.all(np.isfinite(array)):
+        raise NonFiniteError("init holds NaN or inf", level=level, quantity="init")
+    return array
 
 
 def _check_variables(blocks, objectives) -> None:

@@ -218,7 +218,7 @@ class SymbolicEvaluator:
         key = None if (init is not None or starts) else (x1.tobytes(), float(tol), max_iter)
         if key is not None and key in self._solutions:
             return self._solutions[key].copy()
-        blocks = [x1] + [np.zeros(d) for d in self.sizes[1:]]
+        blocks = [x1] + [np.array(x, dtype=np.float64) for x in self.problem.inits[1:]]
         if init is not None:
             if len(init) != self.n - 1:
                 raise ProblemDefinitionError(
@@ -494,7 +494,7 @@ class SymbolicBackend:
         self.problem = problem
         self.n = problem.n
         self.sizes = problem.sizes
-        self.init = tuple(np.zeros(d) for d in self.sizes)
+        self.init = tuple(np.array(x, dtype=np.float64) for x in problem.inits)
 
     def flatten(self, k, value):
         """Level ``k``'s value (0-based) as a flat float64 array, checked against its size."""

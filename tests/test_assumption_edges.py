@@ -528,3 +528,120 @@ def test_error_estimate_jax(name):
         plain = num.hypergradient(jnp.asarray(x1), "exact", solve_options={"tol": tol})
         np.testing.assert_array_equal(np.asarray(value), np.asarray(plain))
         _check_estimate(value, estimate, exact, (name, tol))
+
+
+# ------------------------------------------------------------------ starts at stationary points
+def _double_well(tilt):
+    """Level 2: (x_2^2 - 1 - x_1^2)^2 / 4 + tilt x_2^3: x_2 = 0 is a stationary maximum for
+    every x_1; the minimisers lie near +-sqrt(1 + x_1^2), the positive one lower for tilt < 0."""
+    import sympy as sp
+
+    import mlverify as mv
+
+    x1, x2, x3 = sp.symbols("x1 x2 x3")
+    f1 = (x1 - 0.5) ** 2 / 2 + x2**2 / 4 + x3**2 / 4
+    f2 = (x2**2 - 1 - x1**2) ** 2 / 4 + tilt * x2**3 + x2 * x3 / 10
+    f3 = (x3 - x2 / 2) ** 2 / 2 + x3**4 / 8
+    return mv.MultilevelProblem([mv.Level(x1, f1), mv.Level(x2, f2), mv.Level(x3, f3)])
+
+
+def test_a_start_at_a_stationary_maximum_is_left_along_the_negative_curvature():
+    """Both backends leave x_2 = 0 the same way and reach the same minimiser (a point with
+    zero gradient and a positive-definite reduced Hessian), not an error."""
+    problem = _double_well(-0.05)
+    x1 = np.array([0.3])
+    symbolic = problem.solve_lower(x1)
+    numeric = problem.lower().solve_lower(x1)
+    np.testing.assert_allclose(np.ravel(numeric.xs[0]), symbolic.xs[0], rtol=1e-10)
+    assert symbolic.xs[0][0] > 1.0  # the positive well: u's largest entry positive
+    g, h = problem.numeric().gradient_hessian(1, [x1, *symbolic.xs])
+    assert abs(g[0]) < 1e-10 and h[0, 0] > 0
+
+
+@pytest.mark.parametrize(("tilt", "verdict"), [(-0.05, None), (0.05, "is lower"),
+                                               (0.0, "two minimisers of equal value")])
+def test_stationary_start_then_judged_by_the_multistart(tilt, verdict):
+    """After leaving the maximum the multistart judges: the global minimiser reached passes;
+    a lower one elsewhere, or an equal one, is named (NonUniqueMinimiserError, level 2)."""
+    from mlverify.errors import NonUniqueMinimiserError
+
+    problem = _double_well(tilt)
+    if verdict is None:
+        solution = problem.solve_lower([0.3], starts=6)
+        assert solution.xs[0][0] > 1.0
+        return
+    with pytest.raises(NonUniqueMinimiserError) as caught:
+        problem.solve_lower([0.3], starts=6)
+    assert caught.value.level == 2 and verdict in str(caught.value)
+
+
+def test_the_cli_does_not_call_a_stationary_maximum_unbounded():
+    """Step 1 shows the Jacobians' values at the minimiser reached from the maximum, and
+    the assumption step names the two minimisers, never 'unbounded below'."""
+    import argparse
+
+    from mlverify.cli import _check_assumptions, _Console, _jacobians
+
+    console = _Console(argparse.Namespace(json=False, no_progress=True))
+    tilted = _double_well(-0.05)
+    out = _jacobians(tilted, np.array([0.3]), console)
+    assert set(out) == {"D_1 y_3", "D_2 y_3", "D_1 y_2"}
+    assert _check_assumptions(tilted, (np.array([-1.0]), np.array([1.0])))["ok"]
+    symmetric = _check_assumptions(_double_well(0.0), (np.array([-1.0]), np.array([1.0])))
+    assert not symmetric["ok"] and symmetric["kind"] == "not unique"
+    assert symmetric["level"] == 2 and "unbounded" not in symmetric["reason"]
+
+
+def test_a_declared_start_is_where_the_solves_begin():
+    import sympy as sp
+
+    import mlverify as mv
+    from mlverify.errors import ProblemDefinitionError
+
+    x1, x2 = sp.symbols("x1 x2")
+    f2 = (x2**2 - 1) ** 2 / 4 + x1 * x2 / 10
+    left = mv.MultilevelProblem([mv.Level(x1, x1**2 + x2**2), mv.Level(x2, f2, init=-0.9)])
+    right = mv.MultilevelProblem([mv.Level(x1, x1**2 + x2**2), mv.Level(x2, f2, init=0.9)])
+    assert left.solve_lower([0.0]).xs[0][0] < -0.9 and right.solve_lower([0.0]).xs[0][0] > 0.9
+    assert np.ravel(right.lower().solve_lower(np.array([0.0])).xs[0])[0] > 0.9
+    with pytest.raises(ProblemDefinitionError, match="init has 2 entries"):
+        mv.MultilevelProblem([mv.Level(x1, x1**2 + x2**2), mv.Level(x2, f2, init=[1, 2])])
+
+
+# ------------------------------------------------------------------ unbounded on part of the box
+def _partly_unbounded(shift):
+    """f_3 = (x_3 - x_2)^2 / 2 + (x_1 - shift) x_3^4 / 8: level 3 has no minimiser where
+    x_1 < shift (the quartic falls), though Newton from 0 finds a local one there."""
+    import sympy as sp
+
+    import mlverify as mv
+
+    x1, x2, x3 = sp.symbols("x1 x2 x3")
+    f1 = (x1 - 0.6) ** 2 / 2 + x2**2 / 2 + x3**2 / 2
+    f2 = (x2 - x1) ** 2 / 2 + x2 * x3 / 10
+    f3 = (x3 - x2) ** 2 / 2 + (x1 - shift) * x3**4 / 8
+    return mv.MultilevelProblem([mv.Level(x1, f1), mv.Level(x2, f2), mv.Level(x3, f3)])
+
+
+@pytest.mark.parametrize("backend", ["symbolic", "jax"])
+def test_a_level_unbounded_on_part_of_the_box_is_named(backend):
+    from mlverify import verify
+    from mlverify.cli import _check_assumptions
+
+    problem = _partly_unbounded(sp.Rational(1, 2))
+    if backend == "jax":
+        problem = problem.lower()
+    box = (np.array([0.2]), np.array([1.0]))
+    found = _check_assumptions(problem, box)
+    assert not found["ok"] and found["kind"] == "unbounded below" and found["level"] == 3
+    assert "unbounded below at x1 = [0.2]" in found["reason"]
+    report = verify.theorem_4_1(problem, box=box, T=5)
+    assert report.verdict == "not-applicable" and "level 3 is unbounded below" in report.reason
+
+
+def test_the_bounded_twin_passes_the_probe():
+    from mlverify.cli import _check_assumptions
+
+    found = _check_assumptions(_partly_unbounded(-sp.Rational(1, 2)),
+                               (np.array([0.2]), np.array([1.0])))
+    assert found["ok"], found["reason"]

@@ -260,3 +260,36 @@ def test_cache_switched_off_by_the_environment(monkeypatch):
     monkeypatch.setenv("MLVERIFY_NO_CACHE", "0")
     monkeypatch.setenv("MLVERIFY_CACHE_DIR", "/proc/no-such-folder/cache")
     assert _compilation_cache(args) == "off (the cache folder cannot be created)"
+
+
+# ------------------------------------------------------------------ error exits with --json
+def test_bad_input_with_json_prints_the_error_as_json(tmp_path, capsys):
+    status, out, err = _run(["verify", "--T", "0", "--json"], capsys)
+    assert status == 2
+    report = json.loads(out)
+    assert report["error"]["exit_code"] == 2 and report["error"]["kind"] == "bad input"
+    assert "--T must be at least 2" in report["error"]["reason"]
+    assert _one_line_error(err) == "mlverify: bad input: --T must be at least 2, got 0"
+
+
+def test_an_error_mid_run_reports_the_steps_that_ran(tmp_path, capsys, monkeypatch):
+    """An error after three steps: exit 1, one line on stderr, and on stdout (and in
+    report.json) the three steps' results and the error naming the level and quantity."""
+    from mlverify import cli
+    from mlverify.errors import ConvergenceError
+
+    def fail(*_args, **_kwargs):
+        raise ConvergenceError("the lower solve stopped short", level=3, residual=1e-3,
+                               tolerance=1e-12)
+
+    monkeypatch.setattr(cli, "_step_theorems", fail)
+    status, out, err = _run(["verify", "--T", "5", "--json", "--no-progress", "--out",
+                             str(tmp_path)], capsys)
+    assert status == 1
+    report = json.loads(out)
+    assert report["error"]["level"] == 3 and report["error"]["exit_code"] == 1
+    assert report["error"]["kind"] == "ConvergenceError"
+    assert list(report["step_times_s"]) == ["jacobians", "assumptions", "cross_check"]
+    assert report["verdicts"]["cross-check"] == "pass"
+    assert json.loads((tmp_path / "report.json").read_text())["error"] == report["error"]
+    assert "level 3: the lower solve stopped short" in _one_line_error(err)

@@ -657,11 +657,17 @@ def test_frozen_hessian_error_reports_the_eigenvalue():
     assert "eigenvalue" in str(info.value) and "-2" in str(info.value)
 
 
-def test_indefinite_lower_level_raises_in_solve_lower():
-    with pytest.raises(mv.HessianError) as info:
-        _indefinite_bilevel().solve_lower(np.zeros(1))
-    assert info.value.level == 2
-    assert info.value.min_eigenvalue == pytest.approx(-2.0)
+def test_a_start_at_a_stationary_maximum_is_left_then_judged():
+    """x_2 = 0 is a stationary maximum of f_2 = -(x_2 - x_1)^2 + 0.1 x_2^4 at x_1 = 0 (H = -2):
+    the solve leaves it along the negative curvature to the minimiser +sqrt(5) (the sign
+    that makes the eigenvector's largest entry positive), and the multistart names the equal
+    minimiser -sqrt(5) at level 2."""
+    problem = _indefinite_bilevel()
+    solution = problem.solve_lower(np.zeros(1))
+    np.testing.assert_allclose(np.ravel(solution.xs[0]), [np.sqrt(5.0)], rtol=1e-12)
+    with pytest.raises(mv.NonUniqueMinimiserError) as info:
+        problem.solve_lower(np.zeros(1), starts=4)
+    assert info.value.level == 2 and "two minimisers of equal value" in str(info.value)
 
 
 def _nan_problem(where):
@@ -800,3 +806,75 @@ def test_itd_written_out_equals_its_loop(monkeypatch):
     fresh = zoo.nonquadratic(3, 1, seed=0).lower()  # its own compiled programs
     looped = np.asarray(fresh.hypergradient(x1, method="itd", steps=steps))
     np.testing.assert_allclose(written_out, looped, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("sizes", [(2, 3, 230), (2, 230, 3)], ids=["big-bottom", "big-middle"])
+def test_a_cg_level_beside_dense_levels_keeps_its_own_solve(sizes):
+    """Blocks over the dense limit resolve to CG and the others to Cholesky, each level its
+    own: a trilevel problem with one large block gives the exact hypergradient (the same as
+    with every level dense, to its error estimate) and the no-curvature and cg methods."""
+    from mlverify.numeric.implicit import DENSE_LIMIT
+
+    d1, d2, d3 = sizes
+    assert max(sizes) > DENSE_LIMIT
+    rng = np.random.default_rng(7)
+    big = max(d2, d3)
+    q, _ = np.linalg.qr(rng.normal(size=(big, big)))
+    a = jnp.asarray((q * np.logspace(-1, 1, big)) @ q.T)
+    b = jnp.asarray(rng.normal(size=(d3, d2)) / np.sqrt(d2))
+    c = jnp.asarray(rng.normal(size=(d2, d1)))
+
+    def f1(xs):
+        x1, x2, x3 = xs
+        return 0.5 * jnp.sum((x1 - 1) ** 2) + 0.5 * jnp.sum(x2**2) + 0.5 * jnp.sum(x3**2)
+
+    def f2(xs):
+        x1, x2, x3 = xs
+        quad = 0.5 * x2 @ a @ x2 if d2 == big else 0.5 * jnp.sum(x2**2)
+        return quad - x2 @ jnp.tanh(c @ x1) + 0.05 * jnp.sum(x2**4) + 0.1 * x2[0] * jnp.sum(x3)
+
+    def f3(xs):
+        x1, x2, x3 = xs
+        quad = 0.5 * x3 @ a @ x3 if d3 == big else 0.5 * jnp.sum(x3**2)
+        return quad - x3 @ (b @ x2) + 0.05 * jnp.sum(jnp.cos(x3))
+
+    problem = NumericProblem([f1, f2, f3], [np.zeros(d1), np.zeros(d2), np.zeros(d3)])
+    x1 = np.array([0.3, -0.2])
+    value, error = problem.hypergradient(x1, "exact", with_error=True)
+    dense, dense_error = problem.hypergradient(x1, "exact", linear_solver="dense",
+                                               with_error=True)
+    # two computations of one number: they differ by at most both error estimates
+    gap = np.abs(np.asarray(value) - np.asarray(dense))
+    assert np.all(gap <= np.asarray(error) + np.asarray(dense_error))
+    assert np.all(np.asarray(error) < 1e-6 * (1 + np.abs(np.asarray(value))))
+    loose = problem.hypergradient(x1, "no-curvature")
+    assert np.all(np.isfinite(np.asarray(loose)))
+    cg_value, cg_error = problem.hypergradient(x1, "cg", with_error=True)
+    assert np.all(np.isfinite(np.asarray(cg_value))) and np.all(np.isfinite(cg_error))
+
+
+def test_unknown_options_are_value_errors_listing_the_valid_ones():
+    from mlverify import zoo
+    from mlverify.errors import UnknownOptionError
+
+    problem = zoo.nonquadratic(2, 1, seed=0).lower()
+    x1 = np.array([0.3])
+    with pytest.raises(ValueError, match="it takes linear_solver, tol"):
+        problem.hypergradient(x1, "exact", foo=1)
+    with pytest.raises(ValueError, match="it takes steps, inner_lr"):
+        problem.hypergradient(x1, "itd", lr=0.1)
+    with pytest.raises(UnknownOptionError, match="the valid keys are tol, max_iter"):
+        problem.hypergradient(x1, "exact", solve_options={"tol": 1e-10, "bogus": 2})
+    with pytest.raises(TypeError):  # also a TypeError, as for an unknown keyword
+        problem.hypergradient(x1, "fd", steps=2)
+
+
+def test_lower_solution_has_xs_on_both_backends():
+    from mlverify import zoo
+
+    declared = zoo.nonquadratic(3, 1, seed=0)
+    numeric = declared.lower().solve_lower(np.array([0.3]))
+    symbolic = declared.solve_lower(np.array([0.3]))
+    assert isinstance(numeric.xs, tuple) and len(numeric.xs) == 2
+    for a, b in zip(numeric.xs, symbolic.xs, strict=True):
+        np.testing.assert_allclose(np.ravel(a), b, rtol=1e-10)

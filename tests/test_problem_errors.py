@@ -75,13 +75,15 @@ def test_constant_singular_hessian_is_rejected_exactly():
     assert err.value.level == 2
 
 
-def test_indefinite_hessian_at_the_point():
+def test_a_stationary_maximum_start_is_left_and_the_wells_are_named():
     # f_3 is concave in x3 for |x3| < 1: the stationary point x3 = 0 (x1 = 0) is a maximum.
+    # The solve leaves it to the well at +1; the multistart names the equal one at -1.
     problem = trilevel(f3=x3**4 / 4 - x3**2 / 2 + x1 * x3 * 0 + x2 * x3 * 0 + x3 * x1**3)
-    with pytest.raises(mv.HessianError, match="indefinite at the point") as err:
-        problem.solve_lower(0.0, init=[0.0, 0.0])
+    solution = problem.solve_lower(0.0, init=[0.0, 0.0])
+    assert solution.xs[1][0] == pytest.approx(1.0, rel=1e-12)
+    with pytest.raises(mv.NonUniqueMinimiserError, match="two minimisers of equal value") as err:
+        problem.solve_lower(0.0, init=[0.0, 0.0], starts=4)
     assert err.value.level == 3
-    assert err.value.min_eigenvalue == pytest.approx(-1.0)
 
 
 def test_singular_vector_hessian_at_the_point():

@@ -139,12 +139,10 @@ def test_joint_system_vanishes_at_the_solution_and_its_jacobian_is_its_derivativ
 def test_a_start_at_a_stationary_maximum_falls_back_to_the_nested_solve():
     """x_2 = 0 is a stationary maximum of (x_2^2 - 1 - x_1^2)^2 / 4 + x_2^3 / 10 for every
     x_1: the joint Newton solve, a root finder, gives up there (a root that is no minimum)
-    and the nested solve decides, exactly as without the joint solve: HessianError naming
-    level 2 from that start; from a start off the maximum, the minimiser."""
+    and the nested solve leaves it along the negative curvature to a minimiser."""
     import sympy as sp
 
     import mlverify as mv
-    from mlverify.errors import HessianError
 
     x1, x2 = sp.symbols("x1 x2")
     f2 = (x2**2 - 1 - x1**2) ** 2 / 4 + x2**3 / 10
@@ -152,12 +150,27 @@ def test_a_start_at_a_stationary_maximum_falls_back_to_the_nested_solve():
     evaluator = problem.numeric()
     x = np.array([0.5])
     assert evaluator._solve_joint([x, np.zeros(1)], 1e-12, 100) is None
-    with pytest.raises(HessianError) as caught:
-        problem.solve_lower(x)
-    assert caught.value.level == 2 and "indefinite" in str(caught.value)
-    solution = problem.solve_lower(x, init=[np.array([-0.2])])
-    blocks = [x, np.array([-0.2])]
-    evaluator._solve_from(1, blocks, 1e-12, 100, {})
-    np.testing.assert_allclose(solution.xs[0], blocks[1], rtol=1e-12)
+    solution = problem.solve_lower(x)
+    np.testing.assert_allclose(solution.xs[0], _nested(evaluator, x)[1], rtol=1e-12)
     g, h = evaluator.gradient_hessian(1, [x, solution.xs[0]])
-    assert h[0, 0] > 0 and abs(g[0]) < 1e-10 and solution.xs[0][0] < -1
+    assert h[0, 0] > 0 and abs(g[0]) < 1e-10 and abs(solution.xs[0][0]) > 0.5
+
+
+def test_a_lower_second_minimiser_is_named_as_lower():
+    """A tilted double well: from x_2 = 0.8 the solve reaches the local minimiser near +1;
+    the multistart finds the lower one near -1 and the error says which is lower."""
+    import sympy as sp
+
+    import mlverify as mv
+    from mlverify.errors import NonUniqueMinimiserError
+
+    x1, x2 = sp.symbols("x1 x2")
+    f2 = (x2**2 - 1) ** 2 + x2 * (3 + x1) / 10
+    problem = mv.MultilevelProblem([mv.Level(x1, (x1 - 1) ** 2 + x2**2), mv.Level(x2, f2)])
+    with pytest.raises(NonUniqueMinimiserError) as caught:
+        problem.solve_lower([0.0], init=[np.array([0.8])], starts=8)
+    error = caught.value
+    assert error.level == 2
+    assert "the solve reached the local minimiser" in str(error) and "is lower" in str(error)
+    reached, lower = error.minimisers
+    assert reached[0] > 0 > lower[0] and error.values[1] < error.values[0]

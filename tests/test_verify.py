@@ -148,3 +148,49 @@ def test_the_prediction_follows_the_measured_growth():
     assert _predicted_seconds([2.0]) == 2.0
     assert _predicted_seconds([1.0, 3.0]) == 9.0
     assert _predicted_seconds([3.0, 1.0]) == 1.0  # never predicted faster than the last
+
+
+# ------------------------------------------------------------------ constants against the run
+def _steep_bilevel():
+    """F_1(x) = 5 x^2 + (x - 1)^2 / 2 exactly (the lower level returns y = x), so
+    grad F_1 = 11 x - 1 and the true L is 11."""
+    import sympy as sp
+
+    import mlverify as mv
+
+    x, y = sp.symbols("x y")
+    return mv.MultilevelProblem([mv.Level(x, 5 * y**2 + (x - 1) ** 2 / 2),
+                                 mv.Level(y, (y - x) ** 2 / 2)])
+
+
+def test_a_secant_rate_above_L_contradicts_it():
+    from mlverify.optimize import as_numeric
+    from mlverify.verify.theorems import _contradicted_L
+
+    num = as_numeric(_steep_bilevel(), "implicit-exact")
+    xs = np.array([[0.0], [0.1], [0.15]])
+    why = _contradicted_L(num, xs, 4.0, "hierarchical")
+    assert why.startswith("the sampled L = 4 is contradicted by the hierarchical run's")
+    assert "changes at rate 11, 2.75 times L" in why
+    assert _contradicted_L(num, xs, 11.5, "hierarchical") is None
+
+
+def test_a_run_that_contradicts_its_L_is_not_a_counterexample(monkeypatch):
+    """With L sampled too small (6 for a true 11) the step 1/L overshoots at every round
+    (x <- (1 - 5 x) / 6); the verdict is 'not-applicable', naming the round and the factor,
+    never a counterexample to the theorem."""
+    from mlverify.verify import theorems
+
+    real = theorems.constants_4_2
+
+    def too_small(problem, region, **kwargs):
+        constants, violation = real(problem, region, **kwargs)
+        constants["L"] = (6.0, "sampled (too small on purpose)")
+        return constants, violation
+
+    monkeypatch.setattr(theorems, "constants_4_2", too_small)
+    report = verify.theorem_4_2(_steep_bilevel(), T=20, box=(-1, 1), x0=0.9,
+                                methods=("hierarchical",))
+    assert report.verdict == "not-applicable"
+    assert "L = 6 is contradicted by the hierarchical run's own iterates" in report.reason
+    assert "between rounds " in report.reason and "1.83 times L" in report.reason

@@ -123,15 +123,19 @@ class ImplicitCore:
 
     def best_response(self, m, upper, anchors, consts, solve, curvature=True):
         """$y_m$ at ``upper``: value the anchor, derivatives by the implicit-function rule."""
-        spec = solve.resolve(self.sizes[m])
         if not curvature:
-            return self._tangent_response(m, tuple(upper), anchors, consts, spec)
-        key = (m, spec)
+            return self._tangent_response(m, tuple(upper), anchors, consts, solve)
+        key = (m, solve)
         if key not in self._responses:
-            self._responses[key] = self._make_response(m, spec)
+            self._responses[key] = self._make_response(m, solve)
         return self._responses[key](tuple(upper), tuple(anchors), consts)
 
-    def _make_response(self, m, spec):
+    # ``solve`` is the problem's choice for every level; each level resolves its own kind
+    # from it (`LinearSolve.resolve`) and hands ``solve`` itself on to the levels below, so
+    # that a dense level above a CG level (or the reverse) keeps each level's own kind.
+    def _make_response(self, m, solve):
+        spec = solve.resolve(self.sizes[m])
+
         @jax.custom_jvp
         def response(upper, anchors, consts):
             return anchors[m]
@@ -142,7 +146,7 @@ class ImplicitCore:
             y = response(upper, anchors, consts)
 
             def g(u, v):
-                return self.reduced_gradient(m, u, v, anchors, consts, spec)
+                return self.reduced_gradient(m, u, v, anchors, consts, solve)
 
             # H_m ydot = -D_x g_m xdot, posed (and solved) at the anchors.
             rhs = -jax.jvp(lambda *u: g(u, y), upper, tangents[0])[1]
@@ -157,13 +161,14 @@ class ImplicitCore:
 
         return response
 
-    def _tangent_response(self, m, upper, anchors, consts, spec):
+    def _tangent_response(self, m, upper, anchors, consts, solve):
+        spec = solve.resolve(self.sizes[m])
         a = anchors[m]
         u0 = tuple(sg(u) for u in upper)
         du = tuple(u - u0_i for u, u0_i in zip(upper, u0, strict=True))
 
         def g(u, v):
-            return self.reduced_gradient(m, u, v, anchors, consts, spec, False)
+            return self.reduced_gradient(m, u, v, anchors, consts, solve, False)
 
         _, dg = jax.jvp(lambda *us: g(us, a), u0, du)
 
@@ -215,8 +220,9 @@ class ImplicitCore:
                 continue
             frozen = tuple(consts)
 
-            def grad_m(v, m=m, frozen=frozen, spec=spec):
-                return self.reduced_gradient(m, anchors[:m], v, anchors, frozen, spec, curvature)
+            def grad_m(v, m=m, frozen=frozen):
+                return self.reduced_gradient(m, anchors[:m], v, anchors, frozen, solve,
+                                             curvature)
 
             if spec.kind == "dense":
                 hessian = jax.jacfwd(grad_m)(anchors[m])

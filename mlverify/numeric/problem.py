@@ -19,6 +19,7 @@ from ..errors import (
     MlverifyError,
     NonFiniteError,
     ProblemDefinitionError,
+    UnknownOptionError,
 )
 from .implicit import DENSE_LIMIT, ImplicitCore, LinearSolve
 from .itd import itd_hypergradient_and_flags
@@ -57,6 +58,11 @@ class LowerSolution(tuple):
         obj.distance = max(distances) if distances else 0.0
         obj.iterations = iterations
         return obj
+
+    @property
+    def xs(self) -> tuple:
+        r"""The blocks $x_2^*, \dots, x_n^*$ (the tuple itself; as on the symbolic side)."""
+        return tuple(self)
 
 
 @dataclass(frozen=True)
@@ -241,6 +247,9 @@ class NumericProblem:
         """
         _check_method(method)
         solve_options = dict(solve_options or {})
+        _check_solve_options(solve_options)
+        if method == "fd":
+            _reject_unknown({k: v for k, v in options.items() if k != "step"}, method)
         if with_error:
             return self._with_error(x1, method, solve_options, options)
         if method == "fd":
@@ -267,6 +276,7 @@ class NumericProblem:
         if method in ("itd", "fd"):
             raise ValueError(f"method {method!r} does not use solved lower levels here")
         solve_options = dict(solve_options or {})
+        _check_solve_options(solve_options)
         tol = solve_options.setdefault("tol", DEFAULT_TOL)
         max_iter = solve_options.setdefault("max_iter", 100)
         start = self._start(x1, solve_options.get("init"))
@@ -663,9 +673,33 @@ def _options_key(options) -> tuple:
     return tuple(sorted((name, hashable(value)) for name, value in options.items()))
 
 
+#: The options each hypergradient method takes (``hypergradient(x1, method, **options)``).
+METHOD_OPTIONS = {
+    "exact": ("linear_solver", "tol"),
+    "no-curvature": ("linear_solver", "tol"),
+    "cg": ("iterations", "step"),
+    "neumann": ("iterations", "step"),
+    "itd": ("steps", "inner_lr"),
+    "fd": ("step",),
+}
+#: The keys ``solve_options`` takes (the keywords of ``NumericProblem.solve_lower``).
+SOLVE_OPTIONS = ("tol", "max_iter", "init", "method", "starts", "seed", "radius")
+
+
 def _reject_unknown(options, method):
     if options:
-        raise TypeError(f"method '{method}' got unknown option(s): {', '.join(sorted(options))}")
+        valid = METHOD_OPTIONS.get(method, ())
+        raise UnknownOptionError(
+            f"method '{method}' got unknown option(s) {', '.join(sorted(options))}; it takes "
+            + (", ".join(valid) if valid else "no options"))
 
 
-__all__ = ["NumericProblem", "LowerSolution", "METHODS", "ConvergenceError"]
+def _check_solve_options(solve_options) -> None:
+    unknown = sorted(set(solve_options) - set(SOLVE_OPTIONS))
+    if unknown:
+        raise UnknownOptionError(
+            f"solve_options got unknown key(s) {', '.join(unknown)}; the valid keys are "
+            f"{', '.join(SOLVE_OPTIONS)}")
+
+
+__all__ = ["NumericProblem", "LowerSolution", "METHODS", "METHOD_OPTIONS", "ConvergenceError"]

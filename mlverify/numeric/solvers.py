@@ -86,7 +86,9 @@ def nested_newton(core, first: int = 1):
                 g, h = core.reduced_gradient_hessian(k, blocks, solve, True)
                 h = 0.5 * (h + h.T)
                 newton = -jax.scipy.linalg.cho_solve((jax.scipy.linalg.cho_factor(h)[0], False), g)
-                fallback = -g / jnp.maximum(jnp.linalg.norm(h), 1e-300)
+                eigenvalues = jnp.linalg.eigvalsh(h)
+                # steepest descent scaled by 1/||H_k||_2, as checks.descent_direction
+                fallback = -g / jnp.maximum(jnp.max(jnp.abs(eigenvalues)), 1e-300)
                 # Capped at 1 + ||x_k|| (checks.descent_direction): at an inflection point
                 # H_k ~ 0 and the scaled step is unbounded.
                 size = 1.0 + jnp.linalg.norm(blocks[k])
@@ -94,6 +96,12 @@ def nested_newton(core, first: int = 1):
                 fallback = jnp.where(jnp.isfinite(cap) & (cap < 1.0),
                                      -g * size / jnp.maximum(jnp.linalg.norm(g), 1e-300),
                                      fallback)
+                # At a stationary maximum or saddle, leave along the negative curvature
+                # (checks.descent_direction, the same rule).
+                stationary = (eigenvalues[0] < 0) & (
+                    jnp.linalg.norm(fallback) <= checks.STATIONARY_RATIO * size)
+                fallback = jnp.where(stationary,
+                                     checks.negative_curvature_step(g, h, size, jnp), fallback)
             else:
                 g, hvp = core.reduced_gradient_hessian(k, blocks, solve, False)
                 newton = jax.scipy.sparse.linalg.cg(hvp, -g, tol=1e-10, maxiter=10 * g.size)[0]

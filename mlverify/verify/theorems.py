@@ -17,6 +17,7 @@ from ..errors import (
 )
 from ..optimize import as_numeric, hessian_F1, optimize, project
 from ..optimize import exact_value_and_gradient as _exact
+from .assumptions import bottom_level_unbounded
 from .report import Report
 
 #: Relative slack for "left $\le$ right": the two sides are float64 sums of up to $T$ terms.
@@ -72,6 +73,10 @@ def _scan_box(num, lo, hi, samples, seed):
                 if eig_k[0] <= STRONG_CONVEXITY_FLOOR * abs(eig_k[-1]):
                     return None, (f"level {k} is not strongly convex at {where}: min eigenvalue "
                                   f"of D_kk F_k is {eig_k[0]:.3g}")
+            flat = [np.asarray(num.flatten(k, b)) for k, b in enumerate(lower, start=1)]
+            unbounded = bottom_level_unbounded(num, x, flat, np.asarray(hessians[-1]))
+            if unbounded is not None:
+                return None, unbounded
             eigs.append(np.linalg.eigvalsh(hessian_F1(num, x)))
         except (HessianError, ConvergenceError) as err:
             return None, f"at {where}: {err}"
@@ -426,6 +431,11 @@ def theorem_4_2(
             "mean_error": np.cumsum(trace.error) / t,
             "ok": ok,
         }
+        contradiction = _contradicted_L(num, trace.x1, constants["L"][0], method)
+        if contradiction is not None:
+            report = not_applicable(contradiction)
+            report.traces = traces
+            return report
         if not np.all(ok):
             verdict = "fail"
             reasons.append(f"{method}: fails at {int(np.sum(~ok))} of {T} values of T")
@@ -445,6 +455,42 @@ def theorem_4_2(
     )
     report.traces = traces  # the runs themselves (not part of the JSON)
     return report
+
+
+#: A secant rate of the gradient of $F_1$ above $L$ by more than this (relative) contradicts
+#: the sampled $L$ (which already carries ``L_MARGIN``).
+L_CONTRADICTION = 1e-2
+
+
+def _contradicted_L(num, xs, L, method):
+    r"""Why the run's own iterates contradict the sampled $L$, or None.
+
+    Between consecutive iterates the secant rate
+    $\lVert \nabla F_1(x^{t+1}) - \nabla F_1(x^t) \rVert / \lVert x^{t+1} - x^t \rVert$ is
+    at most the largest $\lvert\text{eigenvalue}\rvert$ of the Hessian on the segment (the
+    mean-value theorem), so a rate above $L$ proves that $L$ is too small there: the step
+    $1/L$ may be too long and the bound's assumption $\alpha \le 1/L$ fails. Rates over
+    steps too short to resolve them (the exact gradients carry about $10^{-8}$ relative
+    error) are not counted.
+    """
+    grads = [np.asarray(_exact(num, x)[1], dtype=np.float64) for x in xs]
+    worst = None
+    for t in range(len(xs) - 1):
+        step = float(np.linalg.norm(xs[t + 1] - xs[t]))
+        if step <= 1e-9 * (1.0 + float(np.linalg.norm(xs[t]))):
+            continue
+        rate = float(np.linalg.norm(grads[t + 1] - grads[t])) / step
+        noise = 1e-8 * (float(np.linalg.norm(grads[t])) + float(np.linalg.norm(grads[t + 1])))
+        if rate > L * (1 + L_CONTRADICTION) + noise / step and (
+                worst is None or rate > worst[0]):
+            worst = (rate, t)
+    if worst is None:
+        return None
+    rate, t = worst
+    return (f"the sampled L = {L:.6g} is contradicted by the {method} run's own iterates: "
+            f"between rounds {t} and {t + 1} the gradient of F_1 changes at rate {rate:.6g}, "
+            f"{rate / L:.3g} times L, so the step 1/L is longer than the theorem allows there "
+            f"(sample the box more densely, or give a smaller alpha)")
 
 
 def _box_list(region):
