@@ -30,7 +30,7 @@ PROBLEMS = ROOT / "benchmarks" / "problems"
 DATA = ROOT / "tests" / "data"
 CONFIGS = [
     ("4 levels, blocks (2, 3, 2, 2), every level coupled below",
-     [str(PROBLEMS / "four_levels_dense.py")]),
+     [str(DATA / "four_levels_dense.py")]),
     ("4 levels, blocks (2, 3, 2, 2)", [str(PROBLEMS / "four_levels_vector.py")]),
     ("5 levels, blocks (1, 2, 2, 1, 2)", [str(PROBLEMS / "five_levels_vector.py")]),
     ("4 scalar levels (tests/data/four_levels.py)", [str(DATA / "four_levels.py")]),

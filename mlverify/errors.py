@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its type and its message, whitespace collapsed."""
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
 class MlverifyError(Exception):
     """Base class of every error mlverify raises on purpose."""
 

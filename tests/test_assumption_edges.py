@@ -578,16 +578,14 @@ def test_stationary_start_then_judged_by_the_multistart(tilt, verdict):
 def test_the_cli_does_not_call_a_stationary_maximum_unbounded():
     """Step 1 shows the Jacobians' values at the minimiser reached from the maximum, and
     the assumption step names the two minimisers, never 'unbounded below'."""
-    import argparse
+    from mlverify.verify.assumptions import check_assumptions
+    from mlverify.verify.jacobians import jacobian_table
 
-    from mlverify.cli import _check_assumptions, _Console, _jacobians
-
-    console = _Console(argparse.Namespace(json=False, no_progress=True))
     tilted = _double_well(-0.05)
-    out = _jacobians(tilted, np.array([0.3]), console)
+    out = jacobian_table(tilted, np.array([0.3]))
     assert set(out) == {"D_1 y_3", "D_2 y_3", "D_1 y_2"}
-    assert _check_assumptions(tilted, (np.array([-1.0]), np.array([1.0])))["ok"]
-    symmetric = _check_assumptions(_double_well(0.0), (np.array([-1.0]), np.array([1.0])))
+    assert check_assumptions(tilted, (np.array([-1.0]), np.array([1.0])))["ok"]
+    symmetric = check_assumptions(_double_well(0.0), (np.array([-1.0]), np.array([1.0])))
     assert not symmetric["ok"] and symmetric["kind"] == "not unique"
     assert symmetric["level"] == 2 and "unbounded" not in symmetric["reason"]
 
@@ -626,13 +624,13 @@ def _partly_unbounded(shift):
 @pytest.mark.parametrize("backend", ["symbolic", "jax"])
 def test_a_level_unbounded_on_part_of_the_box_is_named(backend):
     from mlverify import verify
-    from mlverify.cli import _check_assumptions
+    from mlverify.verify.assumptions import check_assumptions
 
     problem = _partly_unbounded(sp.Rational(1, 2))
     if backend == "jax":
         problem = problem.lower()
     box = (np.array([0.2]), np.array([1.0]))
-    found = _check_assumptions(problem, box)
+    found = check_assumptions(problem, box)
     assert not found["ok"] and found["kind"] == "unbounded below" and found["level"] == 3
     assert "unbounded below at x1 = [0.2]" in found["reason"]
     report = verify.theorem_4_1(problem, box=box, T=5)
@@ -640,8 +638,8 @@ def test_a_level_unbounded_on_part_of_the_box_is_named(backend):
 
 
 def test_the_bounded_twin_passes_the_probe():
-    from mlverify.cli import _check_assumptions
+    from mlverify.verify.assumptions import check_assumptions
 
-    found = _check_assumptions(_partly_unbounded(-sp.Rational(1, 2)),
-                               (np.array([0.2]), np.array([1.0])))
+    found = check_assumptions(_partly_unbounded(-sp.Rational(1, 2)),
+                              (np.array([0.2]), np.array([1.0])))
     assert found["ok"], found["reason"]

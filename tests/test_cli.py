@@ -82,7 +82,8 @@ def test_bad_options_exit_2_with_one_line(argv, expected, capsys, tmp_path):
 
 
 def test_box_values_per_coordinate_and_negative():
-    from mlverify.cli import _parse_box, _protect_box_values
+    from mlverify.cli import _protect_box_values
+    from mlverify.problem_file import parse_box as _parse_box
 
     argv = _protect_box_values(["verify", "--box", "-1,-2.5", "1,0", "--T", "5"])
     args = build_parser().parse_args(argv)
@@ -218,12 +219,11 @@ def test_long_jacobians_are_judged_on_the_graph_without_writing_them_out():
 
     import numpy as np
 
-    from mlverify.cli import JACOBIAN_OPS_LIMIT, _Console, _jacobians
+    from mlverify.verify.jacobians import JACOBIAN_OPS_LIMIT, jacobian_table
 
     problem = runpy.run_path(str(DATA / "four_levels_dense.py"))["problem"]
-    args = build_parser().parse_args(["verify", "--no-progress"])
     x1 = np.array([0.25, 0.25])
-    out = _jacobians(problem, x1, _Console(args))
+    out = jacobian_table(problem, x1)
     graph = problem.derivation().graph
     big = out["D_1 y_2"]
     assert big["formula_operations"] > 1_000_000 and "formula_characters" not in big

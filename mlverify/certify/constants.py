@@ -32,7 +32,10 @@ from .system import krawczyk
 
 #: Working precision (bits) over boxes: the widths come from the boxes, not the rounding.
 BOX_PRECISION = 64
-#: Same safety factor as the sampled $L$ (`theorems.L_MARGIN`), so the two are comparable.
+#: Safety factor on $L$, the one definition: on the proven upper bound of
+#: $\lambda_{\max}$ here, and on the sampled $\lambda_{\max}$ of Theorems 4.1 and 4.2
+#: (`mlverify.verify.theorems`, `mlverify.verify.batch`, which import it), where sampling can
+#: only under-estimate a maximum; the same factor keeps the two comparable.
 L_MARGIN = 1.01
 
 
@@ -221,9 +224,7 @@ def certify_constants(problem, box, *, max_boxes: int = 4000, time_limit: float 
     `max_boxes` boxes or `time_limit` seconds are spent (then status "failed" with the
     reason, unless every remaining box already had valid, merely loose, bounds).
     """
-    from ..problem import MultilevelProblem
-
-    if not isinstance(problem, MultilevelProblem):
+    if not hasattr(problem, "derivation"):  # a MultilevelProblem (no import: no cycle)
         raise ProblemDefinitionError(
             f"certification needs a declared (sympy) MultilevelProblem, whose lemmas are "
             f"straight-line programs; got {type(problem).__name__}", quantity="problem")

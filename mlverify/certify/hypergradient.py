@@ -4,6 +4,7 @@ $\mathrm{d}F_1/\mathrm{d}x_1$."""
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,12 +41,15 @@ def precision(bits: int):
         ctx.prec = saved
 
 
+#: Each problem's `CertifiedSystem`, kept here (not in the problem) while the problem lives.
+_SYSTEMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def certified_system(problem) -> CertifiedSystem:
-    """The problem's `CertifiedSystem`, compiled once and kept with the problem."""
-    cache = problem._cache
-    if "certified_system" not in cache:
-        cache["certified_system"] = CertifiedSystem(problem)
-    return cache["certified_system"]
+    """The problem's `CertifiedSystem`, compiled once and kept while the problem lives."""
+    if problem not in _SYSTEMS:
+        _SYSTEMS[problem] = CertifiedSystem(problem)
+    return _SYSTEMS[problem]
 
 
 @dataclass(frozen=True)

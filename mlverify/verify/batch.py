@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..certify.constants import L_MARGIN
 from ..numeric.implicit import ImplicitCore, LinearSolve
 
 #: Relative slack on "left $\le$ right" for float64 sums of up to $T$ terms.
@@ -103,7 +104,7 @@ def _instance_check(objectives_of, sizes, box, T, grid, newton_steps, fd_step):
 
         eig = jax.vmap(hessian)(grid)
         lam_min, lam_max = jnp.min(eig[:, 0]), jnp.max(eig[:, -1])
-        L = 1.01 * lam_max
+        L = L_MARGIN * lam_max
 
         def run(x0, rounds):
             def step(x, _):

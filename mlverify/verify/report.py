@@ -199,3 +199,46 @@ class Report:
             curves.append((rf"{name}error term $\frac{{1}}{{T}}\sum_{{t<T}}\Vert e_t\Vert^2$",
                            table["error_term"], color, "-."))
         return curves
+
+
+def plot_rounds_to_epsilon(growth, path, label: str) -> None:
+    r"""Plot a `rounds_to_epsilon` result to ``path``: $T_\varepsilon(n)$ (a cross where it
+    was not reached) and the mean $\lVert e_t \rVert$ against the number of levels, titled
+    with ``label`` (the family)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    ns = np.asarray(growth["n"])
+    t_eps = np.asarray(growth["T_eps"], dtype=float)
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.6))
+    finite = np.isfinite(t_eps)
+    ax[0].plot(ns[finite], t_eps[finite], "o-",
+               label=rf"first round with $\Vert\nabla F_1\Vert^2 \leq$ {growth['epsilon']:.0e}")
+    if (~finite).any():
+        ax[0].plot(ns[~finite], np.full((~finite).sum(), growth["max_rounds"]), "x",
+                   color="C3", label=f"not reached in {growth['max_rounds']} rounds")
+    ax[0].set_ylim(bottom=0, top=1.15 * max(float(np.max(t_eps[finite], initial=1)),
+                                            growth["max_rounds"] if (~finite).any() else 1))
+    ax[0].set_xlabel("levels n")
+    ax[0].set_ylabel(r"rounds $T_\varepsilon(n)$ (single loop)")
+    ax[0].legend(fontsize=8, loc="lower right")
+    errors = np.asarray(growth["mean_error"], dtype=float)
+    positive = errors[errors > 0]
+    # a log axis needs a positive value (the errors are all 0 where the lower levels are
+    # solved exactly in one step, e.g. quadratic ones)
+    (ax[1].semilogy if positive.size else ax[1].plot)(ns, errors, "o-", color="C1")
+    if positive.size:  # at least two decades, so that a small spread is not blown up
+        middle = np.sqrt(positive.min() * positive.max())
+        ax[1].set_ylim(min(positive.min() / 2, middle / 10), max(positive.max() * 2, middle * 10))
+    ax[1].set_xlabel("levels n")
+    ax[1].set_ylabel(r"mean $\Vert e_t\Vert$ over the run (single loop)")
+    for a in ax:
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax[0].yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"Theorem 4.2 against the number of levels: {label}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 
 import numpy as np
 import scipy.optimize
 
+from ..certify.constants import L_MARGIN
 from ..errors import (
     ConvergenceError,
     DivergenceError,
@@ -17,19 +17,11 @@ from ..errors import (
 )
 from ..optimize import as_numeric, hessian_F1, optimize, project
 from ..optimize import exact_value_and_gradient as _exact
-from .assumptions import bottom_level_unbounded
+from .assumptions import STRONG_CONVEXITY_FLOOR, bottom_level_unbounded, sample_points
 from .report import Report
 
 #: Relative slack for "left $\le$ right": the two sides are float64 sums of up to $T$ terms.
 ROUND_OFF = 1e-9
-#: A lower Hessian whose smallest eigenvalue is below this, relative to its largest, at a
-#: sampled point makes the level "not strongly convex": the bounds do not apply. Relative to
-#: the Hessian itself, so that scaling $f_k$ changes no verdict; a Hessian that is small in
-#: every direction (a $1 \times 1$ block too) is caught by the lower solve's degeneracy test
-#: (`mlverify.checks`), which compares it with the level's own curvature scale.
-STRONG_CONVEXITY_FLOOR = 1e-6
-#: Safety factor on the sampled $\lambda_{\max}$: sampling can only under-estimate a maximum.
-L_MARGIN = 1.01
 
 
 def _box(box, d):
@@ -41,16 +33,6 @@ def _box(box, d):
     return lo, hi
 
 
-def _samples(lo, hi, count, seed):
-    d = lo.size
-    per_axis = max(2, int(round(count ** (1.0 / d))))
-    if per_axis**d <= 4 * count:
-        grid = [np.linspace(lo[i], hi[i], per_axis) for i in range(d)]
-        return [np.array(p) for p in itertools.product(*grid)]
-    rng = np.random.default_rng(seed)
-    return [lo + (hi - lo) * rng.random(d) for _ in range(count)]
-
-
 def _scan_box(num, lo, hi, samples, seed):
     """Lower Hessians and the Hessian of F_1 at sampled points of the box.
 
@@ -59,7 +41,7 @@ def _scan_box(num, lo, hi, samples, seed):
     violation names the level and the point where a lower level is not strongly convex or
     a lower solve fails (None when every sampled point passed).
     """
-    points = _samples(lo, hi, samples, seed)
+    points = sample_points(lo, hi, samples, seed)
     mu = np.full(num.n, np.inf)  # per-level strong convexity: min eigenvalue of H_k
     eigs = []
     for x in points:
