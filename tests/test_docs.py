@@ -43,8 +43,9 @@ DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", flags=re.S | re.M)
-#: Pages written by hand (benchmarks.md quotes the benchmark reports verbatim).
-HAND_WRITTEN = [p for p in PAGES if p.name != "benchmarks.md"]
+#: Pages written by hand (benchmarks.md quotes the benchmark reports verbatim; cli.md is
+#: generated from the argument parser, whose help text is plain text for a terminal).
+HAND_WRITTEN = [p for p in PAGES if p.name not in ("benchmarks.md", "cli.md")]
 #: Pages that state the paper's mathematics (each must show formulas).
 FORMULA_PAGES = {"index.md", "getting-started.md", "concepts.md", "algorithms.md", "theorems.md"}
 #: Characters the pages used for formulas in plain text before they were LaTeX.
@@ -90,6 +91,19 @@ def test_benchmarks_page_is_up_to_date():
     assert (DOCS / "benchmarks.md").read_text() == page, (
         "docs/benchmarks.md is stale: run python docs/gen_benchmarks.py"
     )
+
+
+def test_cli_page_is_generated_from_the_parser_and_current():
+    """docs/cli.md is written by docs/gen_cli.py from build_parser(): current, and every
+    option of mlverify verify is on it."""
+    page = runpy.run_path(str(DOCS / "gen_cli.py"), run_name="docs_generator")["render"]()
+    assert (DOCS / "cli.md").read_text() == page, "docs/cli.md is stale: run python docs/gen_cli.py"
+    from mlverify.cli import build_parser
+
+    verify = build_parser()._subparsers._group_actions[0].choices["verify"]
+    for action in verify._actions:
+        for option in action.option_strings:
+            assert f"`{option}" in page, option
 
 
 def _nav_paths(entries) -> list[str]:
