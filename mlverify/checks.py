@@ -110,12 +110,14 @@ def descent_direction(g: np.ndarray, h: np.ndarray, x=None) -> tuple[np.ndarray,
     return step, lo
 
 
-def negative_curvature_step(g, h, size, xp=np):
+def negative_curvature_step(g, h, size, xp=np, vectors=None):
     r"""The step of length ``size`` along the eigenvector $u$ of the most negative eigenvalue
     of $H$, signed not to climb ($g \cdot u \le 0$); where $g \cdot u = 0$ (a stationary
     point), the sign that makes $u$'s largest entry positive, so both backends leave a
-    maximum the same way. ``xp``: ``numpy`` or ``jax.numpy`` (one rule for both)."""
-    _, vectors = xp.linalg.eigh(0.5 * (h + h.T))
+    maximum the same way. ``xp``: ``numpy`` or ``jax.numpy`` (one rule for both);
+    ``vectors``: $H$'s eigenvectors (ascending eigenvalues) where the caller has them."""
+    if vectors is None:
+        _, vectors = xp.linalg.eigh(0.5 * (h + h.T))
     u = vectors[:, 0]
     u = u * xp.where(u[xp.argmax(xp.abs(u))] < 0, -1.0, 1.0)
     return u * size * xp.where(xp.vdot(g, u) > 0, -1.0, 1.0)

@@ -86,7 +86,8 @@ def nested_newton(core, first: int = 1):
                 g, h = core.reduced_gradient_hessian(k, blocks, solve, True)
                 h = 0.5 * (h + h.T)
                 newton = -jax.scipy.linalg.cho_solve((jax.scipy.linalg.cho_factor(h)[0], False), g)
-                eigenvalues = jnp.linalg.eigvalsh(h)
+                # one eigendecomposition per step: the scale and the curvature escape
+                eigenvalues, vectors = jnp.linalg.eigh(h)
                 # steepest descent scaled by 1/||H_k||_2, as checks.descent_direction
                 fallback = -g / jnp.maximum(jnp.max(jnp.abs(eigenvalues)), 1e-300)
                 # Capped at 1 + ||x_k|| (checks.descent_direction): at an inflection point
@@ -101,7 +102,8 @@ def nested_newton(core, first: int = 1):
                 stationary = (eigenvalues[0] < 0) & (
                     jnp.linalg.norm(fallback) <= checks.STATIONARY_RATIO * size)
                 fallback = jnp.where(stationary,
-                                     checks.negative_curvature_step(g, h, size, jnp), fallback)
+                                     checks.negative_curvature_step(g, h, size, jnp, vectors),
+                                     fallback)
             else:
                 g, hvp = core.reduced_gradient_hessian(k, blocks, solve, False)
                 newton = jax.scipy.sparse.linalg.cg(hvp, -g, tol=1e-10, maxiter=10 * g.size)[0]
