@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 from jax.scipy.linalg import cho_factor, cho_solve
 
 sg = jax.lax.stop_gradient
@@ -140,7 +141,6 @@ class ImplicitCore:
         def response(upper, anchors, consts):
             return anchors[m]
 
-        @response.defjvp
         def rule(primals, tangents):
             upper, anchors, consts = primals
             y = response(upper, anchors, consts)
@@ -148,8 +148,15 @@ class ImplicitCore:
             def g(u, v):
                 return self.reduced_gradient(m, u, v, anchors, consts, solve)
 
+            # Moved anchors move the point where the formulas are evaluated: the response's
+            # value moves with its own anchor, and the blocks above move relative to theirs
+            # (`joint_newton` differentiates the lemmas' formulas this way). Without anchor
+            # tangents (every other use) this is the plain rule.
+            anchors_tangent = tangents[1]
+            moved = tuple(_difference(t, s, u) for t, s, u in
+                          zip(tangents[0], anchors_tangent[:m], upper, strict=True))
             # H_m ydot = -D_x g_m xdot, posed (and solved) at the anchors.
-            rhs = -jax.jvp(lambda *u: g(u, y), upper, tangents[0])[1]
+            rhs = -jax.jvp(lambda *u: g(u, y), upper, moved)[1]
 
             def hvp(t):
                 return jax.jvp(lambda v: g(upper, v), (y,), (t,))[1]
@@ -157,8 +164,12 @@ class ImplicitCore:
             ydot = jax.lax.custom_linear_solve(
                 hvp, rhs, self._solver(spec, consts[m]), symmetric=True
             )
+            if not isinstance(anchors_tangent[m], SymbolicZero):
+                ydot = ydot + anchors_tangent[m]
             return y, ydot
 
+        # Symbolic zeros: a rule called without anchor tangents traces exactly the plain rule.
+        response.defjvp(rule, symbolic_zeros=True)
         return response
 
     def _tangent_response(self, m, upper, anchors, consts, solve):
@@ -210,8 +221,16 @@ class ImplicitCore:
         raise ValueError(f"unknown linear solve {spec.kind!r}: use dense, cg or neumann")
 
     # --------------------------------------------------------------- constants
-    def level_constants(self, anchors, solve: LinearSolve, curvature=True, below=0):
-        r"""Per-level solve data at the anchors (bottom-up; levels $\le$ ``below`` left empty)."""
+    def level_constants(self, anchors, solve: LinearSolve, curvature=True, below=0, *,
+                        hessians: dict | None = None, modified: bool = False):
+        r"""Per-level solve data at the anchors (bottom-up; levels $\le$ ``below`` left empty).
+
+        ``hessians``: a dict that receives each dense level's $H_m = D_{mm} F_m$ (so that a
+        caller needing them does not differentiate again). ``modified``: where $H_m$ is not
+        positive definite, factor $V \lvert\Lambda\rvert V^\top$ instead (its eigenvalues'
+        absolute values, floored at $10^{-12} \lVert H_m \rVert$): the joint solve's
+        globalisation, never the formulas' values (their levels are checked positive
+        definite)."""
         anchors = tuple(sg(a) for a in anchors)
         consts = [{"chol": jnp.zeros((0, 0)), "step": jnp.zeros(())} for _ in range(self.n)]
         for m in range(self.n - 1, below, -1):
@@ -226,7 +245,13 @@ class ImplicitCore:
 
             if spec.kind == "dense":
                 hessian = jax.jacfwd(grad_m)(anchors[m])
-                consts[m] = {"chol": sg(cho_factor(hessian)[0]), "step": jnp.zeros(())}
+                if hessians is not None:
+                    hessians[m] = hessian
+                factor = cho_factor(hessian)[0]
+                if modified:
+                    factor = jnp.where(jnp.all(jnp.isfinite(factor)), factor,
+                                       cho_factor(_absolute(hessian))[0])
+                consts[m] = {"chol": sg(factor), "step": jnp.zeros(())}
             else:
                 step = spec.step
                 if step is None:
@@ -280,6 +305,24 @@ class ImplicitCore:
         if dense:
             return jnp.linalg.eigvalsh(0.5 * (second + second.T))[-1]
         return _largest_eigenvalue(second, anchors[k], lanczos_steps or 30)
+
+
+def _absolute(h):
+    r"""$V \max(\lvert\Lambda\rvert, 10^{-12} \lVert H \rVert) V^\top$ of the symmetrised ``h``."""
+    h = 0.5 * (h + h.T)
+    eigenvalues, vectors = jnp.linalg.eigh(h)
+    floor = 1e-12 * jnp.maximum(jnp.max(jnp.abs(eigenvalues)), 1e-300)
+    return (vectors * jnp.maximum(jnp.abs(eigenvalues), floor)) @ vectors.T
+
+
+def _difference(t, s, like):
+    """The tangent ``t - s`` of one block, either of them possibly a symbolic zero."""
+    t_zero, s_zero = isinstance(t, SymbolicZero), isinstance(s, SymbolicZero)
+    if t_zero and s_zero:
+        return jnp.zeros_like(like)
+    if s_zero:
+        return t
+    return -s if t_zero else t - s
 
 
 def _largest_eigenvalue(hvp, a, iterations: int = 30) -> jax.Array:

@@ -294,9 +294,10 @@ class NumericProblem:
         return self.hypergradient_frozen((x1, *lower), method, **options), lower
 
     def _solve_frozen_builder(self, method, options):
-        from .solvers import nested_newton
+        from .solvers import joint_applicable, joint_newton, nested_newton
 
-        solve, frozen = nested_newton(self.core), self._frozen_builder(method, options)
+        lower = joint_newton if joint_applicable(self.core) else nested_newton
+        solve, frozen = lower(self.core), self._frozen_builder(method, options)
 
         def run(start, tol, max_iter):
             blocks, solve_status = solve(start, tol, max_iter)
@@ -485,8 +486,10 @@ class NumericProblem:
         level's own curvature scale (`mlverify.checks`); a failure names the deepest failing
         level.
 
-        ``newton``: nested damped Newton in one compiled call (``solvers.nested_newton``;
-        dense Cholesky steps, or CG on Hessian-vector products for blocks over 200). If it
+        ``newton``: first the joint solve of every level at once (``solvers.joint_newton``;
+        its steps do not multiply with the depth), taken where every level passes the final
+        checks; else nested damped Newton in one compiled call (``solvers.nested_newton``;
+        dense Cholesky steps, or CG on Hessian-vector products for blocks over 200). If that
         stops short of ``tol``, the same solve is re-run step by step from Python, which
         raises the error naming the level (or returns, if that run converges).
         ``newton-eager`` / ``gd``: that Python-driven nested Newton / Armijo gradient descent.
@@ -521,10 +524,19 @@ class NumericProblem:
 
     def _solve_blocks(self, start, tol, max_iter, method, first):
         """(flat blocks with levels first+1..n solved, status), every Hessian checked."""
-        from .solvers import nested_newton, nested_solve
+        from .solvers import joint_applicable, joint_newton, nested_newton, nested_solve
 
         blocks = None
-        if method == "newton":
+        if method == "newton" and joint_applicable(self.core, first):
+            # The joint solve first: its steps do not multiply with the depth. Its result is
+            # taken only where every level passes the nested solve's final checks.
+            solver = self._jit(("joint_newton", first),
+                               lambda: joint_newton(self.core, first), None)
+            solved, status = solver(tuple(start), np.float64(tol), np.int32(max_iter))
+            status = jax.device_get(status)
+            if bool(np.all(status["converged"]) and np.all(status["hessian_ok"])):
+                blocks, checked = list(solved), status["hessian_ok"]
+        if blocks is None and method == "newton":
             # XLA's default optimisation here: the solve is loops and factorisations, whose
             # run time level 0 doubles (blocks of 100), not a deep derivative graph.
             solver = self._jit(("nested_newton", first),

@@ -1,0 +1,187 @@
+"""The JAX path at depth: the exact hypergradient of n levels, blocks of 4, first and second
+call, the lower solve's steps and peak memory, against a git revision in the same run.
+
+The family is the non-quadratic one of ``mlverify.zoo.nonquadratic`` written as JAX
+callables (blocks of 4; tanh couplings, quartic and sine terms; seed 0): no sympy cost
+in the timings. Each (code, n) runs in its own process (a first call is a first call)
+under a memory cap and a time limit; the rows are
+
+- ``first``: ``hypergradient(x1, "exact")`` in a fresh process (tracing, compilation, the
+  lower solve from the declared start, the hypergradient), ``x1 = 0.1``;
+- ``second``: the same at ``x1 = 0.3``, again from the declared start (median of 3);
+- ``warm``: at ``x1 = 0.3``, started from the previous solution (``solve_options={"init":
+  ...}``, what an outer run does; median of 3);
+- ``steps``: the lower solve's steps for the second call (joint steps, or the nested
+  solve's Newton steps over all levels and nested solves);
+- ``FD``: the largest difference from a fourth-order central difference of F_1
+  (step 1e-4, lower levels solved to 1e-13): the exact value, checked independently.
+
+    python benchmarks/bench_deep_jax.py --before 46dc040 --max-n 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _machine import describe, markdown  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def family(n: int, d: int = 4, seed: int = 0, strength: float = 0.3):
+    """The benchmark family as a NumericProblem (see the module docstring)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from mlverify.numeric import NumericProblem
+
+    rng = np.random.default_rng(seed)
+    targets = [jnp.asarray(rng.integers(-3, 4, size=d) / 4.0) for _ in range(n)]
+    weights = {(k, m): jnp.asarray(rng.integers(-2, 3, size=(d, d)) / 2.0)
+               for k in range(n) for m in range(n) if m != k}
+
+    def objective(k):
+        def f(xs):
+            x = xs[k]
+            value = 0.5 * jnp.sum((x - targets[k]) ** 2) + jnp.sum(x**4) / 8
+            for m in range(n):
+                if m != k:
+                    value = value + strength * jnp.tanh(xs[m]) @ weights[(k, m)] @ x
+                if m > k:
+                    value = value + strength / 2 * jnp.sum(jnp.sin(xs[m])) * jnp.sum(x) / d
+            return value
+
+        return f
+
+    return NumericProblem([objective(k) for k in range(n)], [jnp.zeros(d) for _ in range(n)])
+
+
+def worker(n: int) -> dict:
+    """One process's measurements (printed as JSON by ``--worker``)."""
+    import statistics
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    problem = family(n)
+    x1, x2 = jnp.full(4, 0.1), jnp.full(4, 0.3)
+    start = time.perf_counter()
+    jax.block_until_ready(problem.hypergradient(x1, "exact"))
+    first = time.perf_counter() - start
+    seconds = []
+    for _ in range(3):
+        start = time.perf_counter()
+        value = jax.block_until_ready(problem.hypergradient(x2, "exact"))
+        seconds.append(time.perf_counter() - start)
+    previous = problem.solve_lower(x1)
+    warm = []
+    for _ in range(3):
+        start = time.perf_counter()
+        jax.block_until_ready(problem.hypergradient(
+            x2, "exact", solve_options={"init": list(previous.xs)}))
+        warm.append(time.perf_counter() - start)
+    steps = problem.solve_lower(x2).iterations
+    fd = np.asarray(problem.hypergradient(x2, "fd"))
+    return {"n": n, "first": first, "second": statistics.median(seconds),
+            "warm": statistics.median(warm), "steps": int(steps),
+            "fd_error": float(np.max(np.abs(np.asarray(value) - fd))),
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _measure(package_root: pathlib.Path, n: int, limit: float, memory_gb: float) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(package_root))
+    cap = int(memory_gb * 2**30)
+    command = [sys.executable, __file__, "--worker", str(n)]
+
+    def limits():
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=limit,
+                              preexec_fn=limits, check=False)
+    except subprocess.TimeoutExpired:
+        return {"n": n, "timed_out": True}
+    if done.returncode != 0:
+        return {"n": n, "failed": done.stderr.strip().splitlines()[-1:] or ["?"]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    if row.get("timed_out"):
+        return "> limit"
+    if "failed" in row:
+        return "failed"
+    return format(row[key], fmt)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", default="46dc040", help="git revision of the 'before' code")
+    parser.add_argument("--min-n", type=int, default=3)
+    parser.add_argument("--max-n", type=int, default=5)
+    parser.add_argument("--limit", type=float, default=600, help="seconds per process at most")
+    parser.add_argument("--memory", type=float, default=8, help="GB per process at most")
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker is not None:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        print(json.dumps(worker(args.worker)))
+        return
+    info = describe()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        old = pathlib.Path(tmp)
+        archive = subprocess.run(["git", "archive", args.before, "mlverify"], cwd=ROOT,
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        for n in range(args.min_n, args.max_n + 1):
+            for label, root in (("before", old), ("now", ROOT)):
+                row = _measure(root, n, args.limit, args.memory)
+                row["code"] = label
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    command = (f"python benchmarks/bench_deep_jax.py --before {args.before} --min-n "
+               f"{args.min_n} --max-n {args.max_n} --limit {args.limit:g} --memory "
+               f"{args.memory:g}")
+    lines = [
+        "# The exact hypergradient at depth (JAX path)",
+        "",
+        "Blocks of 4, the non-quadratic family (tanh couplings, quartic and sine terms). "
+        "Each row is its own process; 'before' is the code at the revision, 'now' the "
+        "working tree. First call: trace, compile, solve from the declared start, "
+        "hypergradient. Second: another x_1, from the declared start. Warm: from the previous "
+        "solution. FD: largest difference from a fourth-order central difference.",
+        "",
+        markdown(info, command),
+        "",
+        "| n | code | first call (s) | second call (ms) | warm (ms) | lower-solve steps | "
+        "FD difference | peak memory (MB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['n']} | {row['code']} | {_cell(row, 'first', '.1f')} | "
+            + (f"{row['second'] * 1e3:.1f}" if "second" in row else _cell(row, "x", ""))
+            + " | "
+            + (f"{row['warm'] * 1e3:.1f}" if "warm" in row else _cell(row, "x", ""))
+            + f" | {_cell(row, 'steps', 'd')} | {_cell(row, 'fd_error', '.1e')} | "
+            f"{_cell(row, 'peak_mb', '.0f')} |")
+    out = ROOT / "benchmarks" / "results" / "deep_jax.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    main()
