@@ -1,4 +1,4 @@
-"""How long `mlverify verify` takes, before and after issue 11's speed work.
+"""How long `mlverify verify` takes, before and after the speed work of 2026-12.
 
 Each configuration runs as its own process (`python -m mlverify.cli verify ...`, what a user
 starts), so the figures include the imports and every compile. "before" runs the package as
@@ -82,7 +82,7 @@ def main() -> None:
                 print(name, label, runs, flush=True)
             rows.append((name, argv, result))
     lines = [
-        "# `mlverify verify`: time per run, before and after issue 11",
+        "# `mlverify verify`: time per run, before and after the speed work of 2026-12 (compiled programs shared across steps)",
         "",
         f"Command: `python benchmarks/bench_cli.py --before {args.before} --repeats "
         f"{args.repeats}`. Date: {time.strftime('%Y-%m-%d %H:%M')}. Machine: 2-core x86_64, "

@@ -20,13 +20,19 @@ import json
 import sys
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import NonFiniteError
 from .numeric import NumericProblem
+
+if TYPE_CHECKING:
+    from .problem import MultilevelProblem
 
 #: The outer algorithms `optimize` runs (see the Algorithms page of the documentation).
 OUTER_METHODS = ("implicit-exact", "hierarchical", "itd", "aid-cg", "aid-neumann", "no-curvature")
@@ -167,35 +173,70 @@ def estimate_lipschitz(num, x1) -> float:
 
 
 def optimize(
-    problem,
+    problem: MultilevelProblem | NumericProblem,
     method: str = "implicit-exact",
     steps: int = 100,
     *,
-    step_size=None,
+    step_size: float | str | None = None,
     L: float | None = None,
-    box=None,
-    x0=None,
+    box: tuple | None = None,
+    x0: ArrayLike | None = None,
     inner_steps: int = 10,
-    inner_lr=None,
+    inner_lr: float | Sequence[float] | None = None,
     iterations: int = 10,
     track_exact: bool = False,
     progress: bool = False,
     solve_options: dict | None = None,
-    lower_init=None,
+    lower_init: Sequence[ArrayLike] | None = None,
 ) -> Trace:
     r"""Run ``method`` for ``steps`` rounds on a MultilevelProblem or NumericProblem.
 
-    ``step_size``: a float $\alpha$, or ``None`` / ``"1/L"`` for $1/L$ with ``L`` given or
-    estimated at $x^0$ ($\lambda_{\max}$ of the Hessian of $F_1$). ``box``: ``(lo, hi)`` for
-    $x_1$.
-    ``progress``: True prints a line every tenth of the run on stderr; a callable is called
-    as ``progress(rounds_done, steps)`` after every round (e.g. to drive a progress bar).
-    ``lower_init``: blocks $x_2, \dots, x_n$ where the single-loop iterates start and where
-    ITD's unrolled steps start every round (default: the problem's initial point). For a
-    declared problem ITD's inner step, unless ``inner_lr`` is given, is
-    $1/(1.2 \max_k L_k)$ at the start for the whole run ($L_k$ the largest eigenvalue of
-    $D_{kk} F_k$ by the lemmas), so its program holds no nested implicit derivative and
-    compiles once.
+    Every method takes the projected step $x_1 \leftarrow \Pi_X(x_1 - \alpha g_t)$ and
+    differs in $g_t$ (the module's list; Theorem 4.1 bounds the exact case, Theorem 4.2 the
+    single-loop one).
+
+    Args:
+        problem: A declared ``MultilevelProblem`` (its compiled formulas are used) or a
+            ``NumericProblem``.
+        method: One of `OUTER_METHODS`: ``"implicit-exact"``, ``"hierarchical"``,
+            ``"itd"``, ``"aid-cg"``, ``"aid-neumann"`` or ``"no-curvature"``.
+        steps: The number of outer rounds $T$.
+        step_size: A float $\alpha$, or ``None`` / ``"1/L"`` for $1/L$ with ``L`` given or
+            estimated at $x^0$ ($\lambda_{\max}$ of the Hessian of $F_1$).
+        L: The smoothness constant behind ``step_size="1/L"``; estimated when ``None``.
+        box: ``(lo, hi)``, the box $X$ that $x_1$ is projected onto (floats or arrays of
+            $x_1$'s shape); ``None`` for no constraint.
+        x0: The start $x_1^0$; the problem's declared initial point when ``None``.
+        inner_steps: Inner gradient steps per lower level and round, for ``"hierarchical"``
+            (steps on the iterates) and ``"itd"`` (unrolled steps, differentiated through).
+        inner_lr: ITD's inner step size, a float or one per lower level. For a declared
+            problem the default is $1/(1.2 \max_k L_k)$ at the start for the whole run
+            ($L_k$ the largest eigenvalue of $D_{kk} F_k$ by the lemmas), so its program
+            holds no nested implicit derivative and compiles once.
+        iterations: Truncation of the approximate linear solves: CG iterations for
+            ``"aid-cg"``, Neumann terms for ``"aid-neumann"``.
+        track_exact: Also record, every round, the exact hypergradient's norm and the error
+            $\lVert g_t - \nabla F_1(x_1^t) \rVert$ (outside the timed part).
+        progress: True prints a line every tenth of the run on stderr; a callable is called
+            as ``progress(rounds_done, steps)`` after every round (e.g. to drive a progress
+            bar).
+        solve_options: Options of the lower solves (``tol``, ``max_iter``, ``method``, ...;
+            see ``solve_lower``); the solved methods warm-start every round from the last
+            solution.
+        lower_init: Blocks $x_2, \dots, x_n$ where the single-loop iterates start and where
+            ITD's unrolled steps start every round (default: the problem's initial point).
+
+    Returns:
+        The run's `Trace`: per round the iterate, $F_1$, the hypergradient used and its
+        norm, the cumulative time and evaluation count, and with ``track_exact`` the exact
+        norm and the error.
+
+    Raises:
+        ValueError: An unknown ``method`` or ``step_size`` string.
+        UnknownOptionError: A misspelled key in ``solve_options``.
+        NonFiniteError: The run produced NaN or inf (it names the round and the quantity).
+        MlverifyError: A lower solve failed; the error names the level (for example
+            ``ConvergenceError`` or ``HessianError``).
     """
     if method not in OUTER_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(OUTER_METHODS)}")
