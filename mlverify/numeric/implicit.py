@@ -222,11 +222,13 @@ class ImplicitCore:
 
     # --------------------------------------------------------------- constants
     def level_constants(self, anchors, solve: LinearSolve, curvature=True, below=0, *,
-                        hessians: dict | None = None, modified: bool = False):
+                        hessians: dict | None = None, gradients: dict | None = None,
+                        modified: bool = False):
         r"""Per-level solve data at the anchors (bottom-up; levels $\le$ ``below`` left empty).
 
-        ``hessians``: a dict that receives each dense level's $H_m = D_{mm} F_m$ (so that a
-        caller needing them does not differentiate again). ``modified``: where $H_m$ is not
+        ``hessians`` / ``gradients``: dicts that receive each dense level's
+        $H_m = D_{mm} F_m$ and $D_m F_m$ (one linearisation gives both, so that a caller
+        needing them does not differentiate again). ``modified``: where $H_m$ is not
         positive definite, factor $V \lvert\Lambda\rvert V^\top$ instead (its eigenvalues'
         absolute values, floored at $10^{-12} \lVert H_m \rVert$): the joint solve's
         globalisation, never the formulas' values (their levels are checked positive
@@ -244,9 +246,15 @@ class ImplicitCore:
                                              curvature)
 
             if spec.kind == "dense":
-                hessian = jax.jacfwd(grad_m)(anchors[m])
-                if hessians is not None:
-                    hessians[m] = hessian
+                if hessians is None and gradients is None:
+                    hessian = jax.jacfwd(grad_m)(anchors[m])
+                else:
+                    gradient, tangent = jax.linearize(grad_m, anchors[m])
+                    hessian = jax.vmap(tangent, out_axes=1)(jnp.eye(anchors[m].shape[0]))
+                    if hessians is not None:
+                        hessians[m] = hessian
+                    if gradients is not None:
+                        gradients[m] = gradient
                 factor = cho_factor(hessian)[0]
                 if modified:
                     factor = jnp.where(jnp.all(jnp.isfinite(factor)), factor,
@@ -263,10 +271,12 @@ class ImplicitCore:
         return tuple(consts)
 
     # --------------------------------------------------------------- hypergradient
-    def hypergradient_frozen(self, anchors, solve: LinearSolve, curvature=True):
-        """dF_1/dx_1 by the lemmas' formulas evaluated at ``anchors`` (no solve)."""
+    def hypergradient_frozen(self, anchors, solve: LinearSolve, curvature=True, consts=None):
+        """dF_1/dx_1 by the lemmas' formulas evaluated at ``anchors`` (no solve); ``consts``:
+        `level_constants` for the same anchors, solve and curvature, if the caller has them."""
         anchors = tuple(anchors)
-        consts = self.level_constants(anchors, solve, curvature)
+        if consts is None:
+            consts = self.level_constants(anchors, solve, curvature)
         return jax.grad(
             lambda x1: self.reduced(0, (x1,), anchors, consts, solve, curvature)
         )(anchors[0])

@@ -35,6 +35,10 @@ COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expen
 
 #: How often ITD's default inner steps are halved after its unrolled steps diverged.
 ITD_HALVINGS = 10
+#: Up to this many levels `solve_and_hypergradient` runs the solve and the hypergradient in
+#: one compiled call (one dispatch per outer step); deeper, they compile apart: XLA's memory
+#: grows faster than the program (6 levels, blocks of 4: the fused program exhausted 13 GB).
+FUSED_MAX_LEVELS = 4
 
 
 class LowerSolution(tuple):
@@ -267,10 +271,10 @@ class NumericProblem:
         ``solve_lower`` with ``solve_options`` (``tol``, ``max_iter``, ``init``, ``method``) and the
         hypergradient by ``method`` and ``options`` (as ``hypergradient_frozen``) there.
 
-        With the default ``newton`` solver both run in one compiled call (what an outer
-        step of implicit-exact costs); if anything in it fails (a level short of ``tol``, a
-        Hessian not positive definite, a NaN), the two steps are re-run separately, and
-        they raise the error naming the level.
+        With the default ``newton`` solver and up to `FUSED_MAX_LEVELS` levels both run in
+        one compiled call (what an outer step of implicit-exact costs); if anything in it
+        fails (a level short of ``tol``, a Hessian not positive definite, a NaN), the two
+        steps are re-run separately, and they raise the error naming the level.
         """
         _check_method(method)
         if method in ("itd", "fd"):
@@ -280,7 +284,7 @@ class NumericProblem:
         tol = solve_options.setdefault("tol", DEFAULT_TOL)
         max_iter = solve_options.setdefault("max_iter", 100)
         start = self._start(x1, solve_options.get("init"))
-        if solve_options.get("method", "newton") == "newton":
+        if solve_options.get("method", "newton") == "newton" and self.n <= FUSED_MAX_LEVELS:
             key = ("solve+frozen", method, _options_key(options))
             fn = self._jit(key, lambda: self._solve_frozen_builder(method, dict(options)), None)
             value, blocks, status = fn(tuple(start), np.float64(tol), np.int32(max_iter))
@@ -341,18 +345,26 @@ class NumericProblem:
             solve = LinearSolve(options.pop("linear_solver", "auto"), tol=options.pop("tol", 1e-12))
         _reject_unknown(options, method)
 
+        # The status's level constants are the formula's own where every level is dense:
+        # formed once.
+        shared = curvature and (solve.kind == "dense" or (
+            solve.kind == "auto" and all(d <= DENSE_LIMIT for d in self.sizes[1:])))
+
         def run(flat):
-            value = core.hypergradient_frozen(flat, solve, curvature)
-            return value, self._lower_status(flat, value)
+            consts = core.level_constants(tuple(flat), solve, curvature) if shared else None
+            value = core.hypergradient_frozen(flat, solve, curvature, consts)
+            return value, self._lower_status(flat, value, consts)
 
         return run
 
-    def _lower_status(self, flat, value):
-        """Per-level smallest and largest Hessian eigenvalue (dense blocks), and finiteness."""
+    def _lower_status(self, flat, value, consts=None):
+        """Per-level Cholesky success (dense blocks) and finiteness; ``consts``: the level
+        constants of a dense solve at ``flat``, if the caller has them."""
         status = {"finite": jnp.all(jnp.isfinite(value))}
         dense_levels = [k for k in range(1, self.n) if self.sizes[k] <= DENSE_LIMIT]
         if dense_levels:
-            consts = self.core.level_constants(flat, LinearSolve("dense"), True)
+            if consts is None:
+                consts = self.core.level_constants(flat, LinearSolve("dense"), True)
             eig = {}
             for k in dense_levels:
                 eig[k] = jnp.all(jnp.isfinite(consts[k]["chol"]))
@@ -524,16 +536,31 @@ class NumericProblem:
 
     def _solve_blocks(self, start, tol, max_iter, method, first):
         """(flat blocks with levels first+1..n solved, status), every Hessian checked."""
-        from .solvers import joint_applicable, joint_newton, nested_newton, nested_solve
+        from .solvers import (
+            final_status,
+            joint_applicable,
+            joint_newton,
+            nested_newton,
+            nested_solve,
+        )
 
         blocks = None
         if method == "newton" and joint_applicable(self.core, first):
             # The joint solve first: its steps do not multiply with the depth. Its result is
             # taken only where every level passes the nested solve's final checks.
+            # The solve and its final checks compile apart: at depth one program of twice
+            # the size needs far more than twice the memory to compile.
+            # From 4 levels the solve's steps are deep derivative programs, which XLA's
+            # optimisation level 0 compiles about twice as fast, run time unchanged
+            # (blocks of 4); the final checks run once per solve.
             solver = self._jit(("joint_newton", first),
-                               lambda: joint_newton(self.core, first), None)
-            solved, status = solver(tuple(start), np.float64(tol), np.int32(max_iter))
-            status = jax.device_get(status)
+                               lambda: joint_newton(self.core, first, final_checks=False),
+                               COMPILER_OPTIONS if self.n >= 4 else None)
+            solved, info = solver(tuple(start), np.float64(tol), np.int32(max_iter))
+            checker = self._jit(("final_status", first),
+                                lambda: final_status(self.core, first))
+            status = jax.device_get(checker(solved, np.float64(tol)))
+            status["iterations"] = int(info["iterations"])
             if bool(np.all(status["converged"]) and np.all(status["hessian_ok"])):
                 blocks, checked = list(solved), status["hessian_ok"]
         if blocks is None and method == "newton":

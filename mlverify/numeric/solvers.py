@@ -150,7 +150,7 @@ def nested_newton(core, first: int = 1):
     return run
 
 
-def joint_newton(core, first: int = 1, coupling: bool = False):
+def joint_newton(core, first: int = 1, coupling: bool = False, final_checks: bool = True):
     r"""The joint solve: Newton steps on the stationarity conditions of every level below
     level ``first`` at once; a pure function ``(blocks, tol, max_iter) -> (blocks, status)``
     like `nested_newton`, with the same ``status`` (``iterations``: joint steps).
@@ -188,6 +188,10 @@ def joint_newton(core, first: int = 1, coupling: bool = False):
     (converged, $H_k$ surely positive definite) and otherwise falls back to `nested_newton`,
     which also handles negative curvature. Every lower block must be dense (at most
     ``DENSE_LIMIT``); `joint_applicable` says whether it is.
+
+    ``final_checks=False`` returns only ``iterations``: the checks are then `final_status`,
+    compiled apart (a deep problem compiles two programs of half the size, not one: XLA's
+    memory grows faster than the program), or the caller's own (the batched check).
     """
     n = core.n
     solve = LinearSolve("auto")
@@ -195,7 +199,9 @@ def joint_newton(core, first: int = 1, coupling: bool = False):
 
     def step(blocks):
         """(the step per solved level, its size relative to each block, all factors finite)."""
-        consts = core.level_constants(blocks, solve, below=first - 1, modified=True)
+        gradients = {}
+        consts = core.level_constants(blocks, solve, below=first - 1, modified=True,
+                                      gradients=gradients)
         ok = jnp.ones((), bool)
         corrections = {}
 
@@ -212,7 +218,7 @@ def joint_newton(core, first: int = 1, coupling: bool = False):
             return jax.jvp(responses, (jnp.zeros(()),), (jnp.ones(()),))[1]
 
         for m in reversed(levels):
-            phi = core.reduced_gradient(m, blocks[:m], blocks[m], blocks, consts, solve)
+            phi = gradients[m]
             if coupling and m < n - 1:
                 below = chain(m, corrections)
 
@@ -268,7 +274,21 @@ def joint_newton(core, first: int = 1, coupling: bool = False):
                     "fresh": jnp.zeros((), bool), "stop": stop}
 
         state = jax.lax.while_loop(lambda s: ~s["stop"], body, state)
+        if not final_checks:
+            return state["base"], {"iterations": state["count"]}
         return state["base"], _status(core, first, state["base"], tol, solve, state["count"])
+
+    return run
+
+
+def final_status(core, first: int = 1):
+    """A pure function ``(blocks, tol) -> status``: the final checks of a solve of the levels
+    below ``first`` (`nested_newton`'s ``status``, ``iterations`` left to the caller)."""
+
+    def run(blocks, tol):
+        status = _status(core, first, tuple(blocks), tol, LinearSolve("auto"), 0)
+        del status["iterations"]
+        return status
 
     return run
 
@@ -282,11 +302,12 @@ def _status(core, first, blocks, tol, solve, count):
     """The per-level status of a solve (see `nested_newton`), judged at the final ``blocks``:
     one set of level constants (each dense Hessian formed once) serves every level."""
     blocks = tuple(blocks)
-    hessians = {}
-    consts = core.level_constants(blocks, solve, below=first - 1, hessians=hessians)
+    hessians, gradients = {}, {}
+    core.level_constants(blocks, solve, below=first - 1, hessians=hessians,
+                         gradients=gradients)
     residual, distance, hessian_ok = [], [], []
     for k in range(first, core.n):
-        g, d, ok = _final_check(core, k, blocks, solve, consts, hessians.get(k))
+        g, d, ok = _final_check(core, k, blocks, solve, gradients.get(k), hessians.get(k))
         residual.append(jnp.linalg.norm(g))
         distance.append(d)
         hessian_ok.append(ok)
@@ -297,14 +318,14 @@ def _status(core, first, blocks, tol, solve, count):
             "hessian_ok": jnp.stack(hessian_ok), "iterations": count}
 
 
-def _final_check(core, k, blocks, solve, consts, hessian):
-    """(D_k F_k, Newton's distance estimate, H_k surely fine) at the solved ``blocks``, with
-    the level constants there and H_k (None for a matrix-free level)."""
+def _final_check(core, k, blocks, solve, gradient, hessian):
+    """(D_k F_k, Newton's distance estimate, H_k surely fine) at the solved ``blocks``, given
+    D_k F_k and H_k there (None for a matrix-free level)."""
     if core.sizes[k] > DENSE_LIMIT:
         g, hvp = core.reduced_gradient_hessian(k, blocks, solve, False)
         step = jax.scipy.sparse.linalg.cg(hvp, g, tol=1e-10, maxiter=10 * g.size)[0]
         return g, jnp.linalg.norm(step), jnp.ones((), bool)
-    g = core.reduced_gradient(k, blocks[:k], blocks[k], blocks, consts, solve)
+    g = gradient
     h = 0.5 * (hessian + hessian.T)
     factor = jax.scipy.linalg.cho_factor(h)[0]
     step = jax.scipy.linalg.cho_solve((factor, False), g)
