@@ -8,6 +8,7 @@ from . import _config  # noqa: F401  (float64 before anything traces)
 from .cache import enable_compilation_cache
 from .errors import (
     ConvergenceError,
+    CostError,
     DivergenceError,
     HessianError,
     MlverifyError,
@@ -24,6 +25,7 @@ from .optimize import Trace, optimize  # noqa: E402
 
 __all__ = [
     "ConvergenceError",
+    "CostError",
     "DivergenceError",
     "HessianError",
     "Level",

@@ -93,6 +93,18 @@ class UnboundedLevelError(MlverifyError, ArithmeticError):
         super().__init__(message, level=level, quantity="objective (unbounded below)")
 
 
+class CostError(MlverifyError, MemoryError):
+    """An exact program of this many levels is predicted to need more memory than the process
+    may use (``mlverify.numeric.cost``); ``levels``, ``predicted_gb`` and ``limit_gb`` hold
+    the numbers. Raised before anything is built."""
+
+    def __init__(self, message: str, *, levels: int, predicted_gb: float, limit_gb: float):
+        self.levels = levels
+        self.predicted_gb = predicted_gb
+        self.limit_gb = limit_gb
+        super().__init__(message, quantity="memory of the exact program")
+
+
 class UnknownOptionError(ValueError, TypeError):
     """An option name that a method does not take; the message lists the valid ones. A
     ValueError (and a TypeError, as Python raises for an unknown keyword)."""

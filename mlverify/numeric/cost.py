@@ -19,7 +19,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..errors import MlverifyError
+from ..errors import CostError
+
+__all__ = ["CALIBRATION", "CostError", "CostEstimate", "check_affordable", "memory_limit",
+           "predict_exact"]
 
 #: First call of the exact hypergradient (trace, compile, solve, evaluate) against the number
 #: of levels n: (seconds, peak resident memory in GB), blocks of 4, the benchmark's
@@ -29,17 +32,6 @@ CALIBRATION = {3: (1.8, 0.52), 4: (7.4, 0.74), 5: (60.0, 2.31)}
 MEMORY_VARIABLE = "MLVERIFY_MEMORY_LIMIT"
 #: Plan for at most this share of the memory available.
 MEMORY_SHARE = 0.8
-
-
-class CostError(MlverifyError, MemoryError):
-    """The exact hypergradient of this many levels is predicted to need more memory than the
-    process may use. ``predicted_gb`` and ``limit_gb`` hold the two numbers."""
-
-    def __init__(self, message: str, *, levels: int, predicted_gb: float, limit_gb: float):
-        self.levels = levels
-        self.predicted_gb = predicted_gb
-        self.limit_gb = limit_gb
-        super().__init__(message, level=None, quantity="memory of the exact program")
 
 
 @dataclass(frozen=True)

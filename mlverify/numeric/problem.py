@@ -21,6 +21,7 @@ from ..errors import (
     ProblemDefinitionError,
     UnknownOptionError,
 )
+from . import cost
 from .implicit import DENSE_LIMIT, ImplicitCore, LinearSolve
 from .itd import itd_hypergradient_and_flags
 
@@ -322,8 +323,17 @@ class NumericProblem:
         key = ("frozen", method, _options_key(options))
         return self._jit(key, lambda: self._frozen_builder(method, dict(options)))
 
+    def _check_affordable(self):
+        """CostError, naming the depth and the cheaper methods, before a deep exact program
+        (the solve's or the hypergradient's) is built that is predicted not to fit in the
+        memory this process may use (`mlverify.numeric.cost`; from 5 levels on)."""
+        if self.n >= 5:
+            cost.check_affordable(self.n)
+
     def _frozen_builder(self, method, options):
         core = self.core
+        if method != "itd" and method != "no-curvature":
+            self._check_affordable()
         if method == "itd":
             steps = int(options.pop("steps", 10))
             inner_lr = options.pop("inner_lr", None)
@@ -544,6 +554,7 @@ class NumericProblem:
             nested_solve,
         )
 
+        self._check_affordable()
         blocks = None
         if method == "newton" and joint_applicable(self.core, first):
             # The joint solve first: its steps do not multiply with the depth. Its result is

@@ -1,0 +1,53 @@
+"""The cost of a deep exact hypergradient, predicted before the program is built."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import pytest
+
+from mlverify.numeric import NumericProblem, cost
+
+
+def test_prediction_is_the_measurement_where_measured_and_geometric_beyond():
+    deepest = max(cost.CALIBRATION)
+    seconds, memory = cost.CALIBRATION[deepest]
+    estimate = cost.predict_exact(deepest)
+    assert (estimate.seconds, estimate.memory_gb) == (seconds, memory)
+    assert "measured" in estimate.basis
+    previous = cost.CALIBRATION[deepest - 1]
+    growth = memory / previous[1]
+    two_more = cost.predict_exact(deepest + 2)
+    assert two_more.memory_gb == pytest.approx(memory * growth**2, rel=1e-12)
+    assert two_more.seconds == pytest.approx(seconds * (seconds / previous[0]) ** 2, rel=1e-12)
+    assert f"extrapolated from n = {deepest}" in two_more.basis
+
+
+def test_memory_limit_reads_the_environment(monkeypatch):
+    monkeypatch.setenv(cost.MEMORY_VARIABLE, "3.5")
+    assert cost.memory_limit() == 3.5
+    monkeypatch.setenv(cost.MEMORY_VARIABLE, "lots")
+    with pytest.raises(ValueError, match="MLVERIFY_MEMORY_LIMIT"):
+        cost.memory_limit()
+    monkeypatch.delenv(cost.MEMORY_VARIABLE)
+    assert cost.memory_limit() > 0
+
+
+def _five_levels():
+    def objective(k):
+        return lambda xs: 0.5 * jnp.sum(xs[k] ** 2) + 0.1 * jnp.sum(xs[k]) * sum(
+            jnp.sum(jnp.sin(x)) for m, x in enumerate(xs) if m != k)
+
+    return NumericProblem([objective(k) for k in range(5)], [jnp.zeros(2) for _ in range(5)])
+
+
+def test_a_deep_exact_program_past_the_memory_limit_is_refused_before_it_is_built(monkeypatch):
+    monkeypatch.setenv(cost.MEMORY_VARIABLE, "0.01")
+    problem = _five_levels()
+    with pytest.raises(cost.CostError) as info:
+        problem.hypergradient(jnp.zeros(2), "exact")
+    message = str(info.value)
+    assert "5 levels" in message and "no-curvature" in message and "hierarchical" in message
+    assert info.value.levels == 5 and info.value.limit_gb == 0.01
+    assert isinstance(info.value, MemoryError)
+    # nothing was compiled: the refusal came before any program was built
+    assert not problem._jit_cache
