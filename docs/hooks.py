@@ -10,7 +10,7 @@ The site must read offline, so the hook also takes out of each notebook page the
 loaders that nbconvert's template puts there: MathJax (an empty ``<script src="">`` here;
 ``docs/javascripts/katex-init.js`` renders the notebooks' ``$...$`` with the KaTeX served
 from the site) and mermaid.js, imported from a CDN when a notebook has a mermaid diagram
-(ours have none).
+(ours have none). Each notebook page starts with a link that downloads the notebook.
 """
 
 from __future__ import annotations
@@ -66,10 +66,18 @@ def on_files(files, config):
     return files
 
 
+#: The link above every notebook page (mkdocs-jupyter's include_source copies the .ipynb
+#: next to the page, so the link is relative to it).
+DOWNLOAD = ('<p class="notebook-download"><a href="{name}" download>Download this notebook '
+            "({name})</a>: it runs as is in a checkout with the test extras installed "
+            '(<code>pip install -e ".[test]"</code>).</p>\n')
+
+
 def on_page_content(html, page, config, files):
     if not page.file.src_uri.endswith(".ipynb"):
         return html
-    return MERMAID.sub("", MATHJAX.sub("", html))
+    name = pathlib.PurePosixPath(page.file.src_uri).name
+    return DOWNLOAD.format(name=name) + MERMAID.sub("", MATHJAX.sub("", html))
 
 
 def on_serve(server, config, builder):

@@ -69,9 +69,20 @@ def probe_radius(x: np.ndarray) -> float:
     return PROBE_RADIUS * (1.0 + float(np.linalg.norm(x)))
 
 
-def solved(distance: float, x: np.ndarray, tol: float) -> bool:
-    r"""The stopping test: estimated distance $\le \mathrm{tol}\,(1 + \lVert x_k \rVert)$."""
-    return bool(distance <= tol * (1.0 + float(np.linalg.norm(x))))
+def tolerance(x, tol: float, xp=np):
+    r"""The stopping test's limit $\mathrm{tol}\,(1 + \lVert x_k \rVert)$ on the estimated
+    distance to the solution; ``xp`` is NumPy or ``jax.numpy`` (inside compiled solves)."""
+    if xp is np:
+        return tol * (1.0 + float(np.linalg.norm(np.asarray(x))))
+    return tol * (1.0 + xp.linalg.norm(x))
+
+
+def solved(distance, x, tol: float, xp=np):
+    r"""The stopping test of every lower solve, on both backends: estimated distance (Newton's
+    step) $\le \mathrm{tol}\,(1 + \lVert x_k \rVert)$ (`tolerance`). A bool for NumPy, a
+    traced boolean under ``jax.numpy``."""
+    result = distance <= tolerance(x, tol, xp)
+    return bool(result) if xp is np else result
 
 
 def newton_step(g: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, float]:

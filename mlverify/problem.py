@@ -16,13 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sympy as sp
+from numpy.typing import ArrayLike
 
 from .checks import DEFAULT_TOL
 from .errors import NonFiniteError, ProblemDefinitionError
+
+if TYPE_CHECKING:
+    from .symsolve import LowerSolution
 
 
 def _as_block(var: Any, level: int) -> tuple[sp.Symbol, ...]:
@@ -242,10 +246,11 @@ class MultilevelProblem:
             self._cache[key] = SymbolicEvaluator(self, self.derivation(curvature))
         return self._cache[key]
 
-    def solve_lower(self, x1_value, *, tol: float = DEFAULT_TOL, init=None, max_iter: int = 100,
-                    starts: int | None = None, seed: int = 0, radius: float | None = None):
-        r"""Solve levels $2, \dots, n$ for the given $x_1$, from ``init`` (default: each
-        level's declared ``Level(..., init=...)``, else 0).
+    def solve_lower(self, x1_value: ArrayLike, *, tol: float = DEFAULT_TOL,
+                    init: Sequence[ArrayLike] | None = None, max_iter: int = 100,
+                    starts: int | None = None, seed: int = 0,
+                    radius: float | None = None) -> LowerSolution:
+        r"""Solve levels $2, \dots, n$ for the given $x_1$.
 
         Level $k$ stops when Newton's step, the estimated distance to its solution
         $\lVert H_k^{-1} D_k F_k \rVert$, is at most $\mathrm{tol}\,(1 + \lVert x_k \rVert)$
@@ -253,34 +258,70 @@ class MultilevelProblem:
         positive definite and not degenerate against the level's own curvature scale
         (`mlverify.checks`).
 
-        ``starts=K`` adds a seeded multistart, bottom-up: each level $k = n, \dots, 2$ is
-        re-solved from $K$ points uniform in $x_k^* \pm r$ ($r$ = ``radius``, by default
-        $2\,(1 + \lVert x_k^* \rVert_\infty)$) with the levels above held at the solution; a
-        distinct minimiser whose $F_k$ is not above the solution's raises
-        NonUniqueMinimiserError naming the level, $x_1$, both minimisers and their values.
-        Multistart can find a second minimiser, never prove there is none.
+        Args:
+            x1_value: The top-level block $x_1$ (a number for a scalar block).
+            tol: The stopping test's tolerance (above).
+            init: Starting blocks $x_2, \dots, x_n$ (default: each level's declared
+                ``Level(..., init=...)``, else 0).
+            max_iter: Newton steps per level at most.
+            starts: ``K`` adds a seeded multistart, bottom-up: each level $k = n, \dots, 2$
+                is re-solved from $K$ points uniform in $x_k^* \pm r$ with the levels above
+                held at the solution; a distinct minimiser whose $F_k$ is not above the
+                solution's raises NonUniqueMinimiserError. Multistart can find a second
+                minimiser, never prove there is none.
+            seed: The multistart's seed.
+            radius: The multistart's $r$ (default $2\,(1 + \lVert x_k^* \rVert_\infty)$).
 
-        Returns a `mlverify.symsolve.LowerSolution`: ``xs`` ($x_2^*, \dots, x_n^*$ as float64
-        arrays), ``residuals`` (gradient norms) and ``distances`` (Newton's distance
-        estimates) per level. Raises ConvergenceError (with the distance reached),
-        HessianError (indefinite or degenerate, at the deepest such level),
-        UnboundedLevelError or NonFiniteError, each naming the level.
+        Returns:
+            A `mlverify.symsolve.LowerSolution`: ``xs`` ($x_2^*, \dots, x_n^*$ as float64
+                arrays), ``residuals`` (gradient norms) and ``distances`` (Newton's distance
+                estimates) per level.
+
+        Raises:
+            ConvergenceError: A level stopped above its tolerance (with the distance
+                reached).
+            HessianError: Indefinite or degenerate, at the deepest such level.
+            NonUniqueMinimiserError: Multistart found a second minimiser (level, $x_1$, both
+                minimisers and their values).
+            UnboundedLevelError: A level's objective decreases without bound.
+            NonFiniteError: NaN or inf in a level's objective or gradient.
         """
         return self.numeric().solve_lower(x1_value, tol=tol, init=init, max_iter=max_iter,
                                           starts=starts, seed=seed, radius=radius)
 
-    def hypergradient_at(self, x1_value, *, curvature: bool = True, tol: float = DEFAULT_TOL,
-                         init=None, with_error: bool = False, starts: int | None = None,
-                         seed: int = 0):
-        r"""The hypergradient $dF_1/dx_1$ at $x_1$ as a float64 array of shape ``(d_1,)``,
-        lower levels solved (``tol``, ``init``, ``starts``, ``seed`` as in `solve_lower`).
+    def hypergradient_at(self, x1_value: ArrayLike, *, curvature: bool = True,
+                         tol: float = DEFAULT_TOL, init: Sequence[ArrayLike] | None = None,
+                         with_error: bool = False, starts: int | None = None,
+                         seed: int = 0) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        r"""The hypergradient $\mathrm{d}F_1/\mathrm{d}x_1$ at $x_1$ by the derived formulas
+        (Lemmas 2.1, 3.1 and 3.2), the lower levels solved.
 
-        ``with_error=True`` returns ``(value, error_estimate)``: a first-order a-posteriori
-        bound on $\lvert \text{value} - \text{exact} \rvert$ per component, from the lower
-        levels' remaining distance to their solutions (one more nested Newton step, carried
-        through the best-response Jacobians of Lemmas 3.1-3.2) plus round-off. With
-        ``curvature=False`` the estimate is against the exact hypergradient:
-        $\lvert \text{value} - \text{exact} \rvert$ plus the exact value's estimate.
+        Args:
+            x1_value: The top-level block $x_1$ (a number for a scalar block).
+            curvature: False drops the curvature terms of Lemma 3.2 (the approximation most
+                libraries compute).
+            tol: The lower solves' tolerance on Newton's distance (see `solve_lower`).
+            init: Starting blocks $x_2, \dots, x_n$ of the lower solve.
+            with_error: Also return an error estimate (below).
+            starts: Seeded multistart points per level, to search for a second minimiser
+                (see `solve_lower`).
+            seed: The multistart's seed.
+
+        Returns:
+            The hypergradient as a float64 array of shape ``(d_1,)``; with
+                ``with_error=True`` the pair ``(value, error_estimate)``: a first-order
+                a-posteriori bound on $\lvert \text{value} - \text{exact} \rvert$ per
+                component, from the lower levels' remaining distance to their solutions (one
+                more nested Newton step, carried through the best-response Jacobians of
+                Lemmas 3.1-3.2) plus round-off. With ``curvature=False`` the estimate is
+                against the exact hypergradient: $\lvert \text{value} - \text{exact}
+                \rvert$ plus the exact value's estimate.
+
+        Raises:
+            NonFiniteError: The hypergradient holds NaN or inf (level 1).
+            MlverifyError: A lower solve or check failed; the error names the level
+                (``ConvergenceError``, ``HessianError``, ``NonUniqueMinimiserError``,
+                ``UnboundedLevelError``).
         """
         exact = self.numeric()
         solution = exact.solve_lower(x1_value, tol=tol, init=init, starts=starts, seed=seed)

@@ -346,7 +346,7 @@ class SymbolicEvaluator:
         checks.check_bounded(level, blocks[k], start, value, start_value, True)
         if np.all(np.isfinite(h)):
             self.check_level(k, blocks)
-        limit = tol * (1.0 + float(np.linalg.norm(blocks[k])))
+        limit = checks.tolerance(blocks[k], tol)
         raise ConvergenceError(
             f"the lower solve stopped at an estimated distance {distance:.3e} to the solution "
             f"(Newton's step; gradient norm {residual:.3e}) > tolerance {limit:.1e} after "

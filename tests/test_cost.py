@@ -9,15 +9,19 @@ from mlverify.numeric import NumericProblem, cost
 
 
 def test_prediction_is_the_measurement_where_measured_and_geometric_beyond():
-    deepest = max(cost.CALIBRATION)
-    seconds, memory = cost.CALIBRATION[deepest]
-    estimate = cost.predict_exact(deepest)
-    assert (estimate.seconds, estimate.memory_gb) == (seconds, memory)
-    assert "measured" in estimate.basis
-    previous = cost.CALIBRATION[deepest - 1]
-    growth = memory / previous[1]
+    for n, (seconds, memory) in cost.CALIBRATION.items():
+        estimate = cost.predict_exact(n)
+        assert (estimate.seconds, estimate.memory_gb) == (seconds, memory)
+        assert "measured" in estimate.basis
+    for n, (seconds, memory) in cost.LOWER_BOUNDS.items():
+        estimate = cost.predict_exact(n)
+        assert (estimate.seconds, estimate.memory_gb) == (seconds, memory)
+        assert estimate.basis.startswith("at least")
+    points = {**cost.CALIBRATION, **cost.LOWER_BOUNDS}
+    deepest = max(points)
+    (seconds, memory), previous = points[deepest], points[deepest - 1]
     two_more = cost.predict_exact(deepest + 2)
-    assert two_more.memory_gb == pytest.approx(memory * growth**2, rel=1e-12)
+    assert two_more.memory_gb == pytest.approx(memory * (memory / previous[1]) ** 2, rel=1e-12)
     assert two_more.seconds == pytest.approx(seconds * (seconds / previous[0]) ** 2, rel=1e-12)
     assert f"extrapolated from n = {deepest}" in two_more.basis
 

@@ -8,10 +8,12 @@ joint solve of `mlverify.numeric.solvers`); the derivative program does.
 
 `predict_exact` reads the growth off a measured calibration (`CALIBRATION`: the first call
 of ``hypergradient(x1, "exact")`` on the benchmark's non-quadratic family, blocks of 4,
-``benchmarks/results/deep_jax.md``) and extends it past the last measured depth by the
-last measured growth per level. `check_affordable` compares the prediction with the memory
-this process may use (`memory_limit`) and raises `CostError` naming the depth and the
-cheaper methods, instead of letting XLA exhaust the machine.
+``benchmarks/results/deep_jax.md``; `LOWER_BOUNDS`: depths whose run ran out of memory)
+and extends it past the last measured depth by the last measured growth per level. It is
+calibrated on blocks of 4: other block sizes and objectives cost more or less.
+`check_affordable` compares the prediction with the memory this process may use
+(`memory_limit`) and raises `CostError` naming the depth and the cheaper methods, instead
+of letting XLA exhaust the machine.
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ from dataclasses import dataclass
 
 from ..errors import CostError
 
-__all__ = ["CALIBRATION", "CostError", "CostEstimate", "check_affordable", "memory_limit",
-           "predict_exact"]
+__all__ = ["CALIBRATION", "LOWER_BOUNDS", "CostError", "CostEstimate", "check_affordable",
+           "memory_limit", "predict_exact"]
 
 #: First call of the exact hypergradient (trace, compile, solve, evaluate) against the number
 #: of levels n: (seconds, peak resident memory in GB), blocks of 4, the benchmark's
 #: non-quadratic family, 2-core AMD EPYC (benchmarks/results/deep_jax.md, 2026-12-06).
-CALIBRATION = {3: (1.8, 0.52), 4: (7.4, 0.74), 5: (60.0, 2.31)}
+CALIBRATION = {3: (2.1, 0.52), 4: (7.8, 0.74), 5: (57.7, 2.23)}
+#: Depths whose measured first call did not finish: (seconds, GB) when it ran out of memory,
+#: lower bounds of its cost (6 levels: bad_alloc at 11.2 GB after 535 s, same machine).
+LOWER_BOUNDS = {6: (535.0, 11.2)}
 #: The environment variable that sets the memory (GB) a deep exact program may plan for.
 MEMORY_VARIABLE = "MLVERIFY_MEMORY_LIMIT"
 #: Plan for at most this share of the memory available.
@@ -51,16 +56,21 @@ def predict_exact(n: int) -> CostEstimate:
     if n in CALIBRATION:
         seconds, memory = CALIBRATION[n]
         return CostEstimate(n, seconds, memory, "measured (blocks of 4)")
-    known = sorted(CALIBRATION)
+    if n in LOWER_BOUNDS:
+        seconds, memory = LOWER_BOUNDS[n]
+        return CostEstimate(n, seconds, memory, "at least: the measured run (blocks of 4) ran "
+                            f"out of memory at {memory:g} GB")
+    points = {**CALIBRATION, **LOWER_BOUNDS}
+    known = sorted(points)
     if n < known[0]:
-        seconds, memory = CALIBRATION[known[0]]
+        seconds, memory = points[known[0]]
         return CostEstimate(n, seconds, memory, f"at most the measured n = {known[0]}")
     last, before = known[-1], known[-2]
-    time_growth = CALIBRATION[last][0] / CALIBRATION[before][0]
-    memory_growth = CALIBRATION[last][1] / CALIBRATION[before][1]
+    time_growth = points[last][0] / points[before][0]
+    memory_growth = points[last][1] / points[before][1]
     steps = n - last
     return CostEstimate(
-        n, CALIBRATION[last][0] * time_growth**steps, CALIBRATION[last][1] * memory_growth**steps,
+        n, points[last][0] * time_growth**steps, points[last][1] * memory_growth**steps,
         f"extrapolated from n = {last} by x{time_growth:.1f} time and x{memory_growth:.1f} "
         "memory per level (blocks of 4)")
 
@@ -105,7 +115,8 @@ def check_affordable(n: int) -> CostEstimate:
             f"the exact hypergradient of {n} levels is predicted to need about "
             f"{estimate.memory_gb:.1f} GB to compile ({estimate.basis}), more than the "
             f"{limit:.1f} GB this process may use ({MEMORY_VARIABLE} sets it). Cheaper: "
-            "method='no-curvature' (first-order terms only) or the single-loop 'hierarchical' "
-            "outer method with its error estimate (Theorem 4.2), or fewer levels",
+            "the single-loop 'hierarchical' outer method (no lower-solve program: the exact "
+            "formula at the iterates, bounded by Theorem 4.2), method='no-curvature' "
+            "(first-order terms only), or fewer levels",
             levels=n, predicted_gb=estimate.memory_gb, limit_gb=limit)
     return estimate

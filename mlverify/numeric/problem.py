@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from numpy.typing import ArrayLike
 
 from .. import checks
 from ..checks import DEFAULT_TOL, check_lower_hessian
@@ -37,9 +38,11 @@ COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expen
 #: How often ITD's default inner steps are halved after its unrolled steps diverged.
 ITD_HALVINGS = 10
 #: Up to this many levels `solve_and_hypergradient` runs the solve and the hypergradient in
-#: one compiled call (one dispatch per outer step); deeper, they compile apart: XLA's memory
-#: grows faster than the program (6 levels, blocks of 4: the fused program exhausted 13 GB).
-FUSED_MAX_LEVELS = 4
+#: one compiled call (one dispatch per outer step: 5 levels, blocks of 4, 6.6 ms a call
+#: against 13.7 ms apart, 2.2 GB to compile against 1.7 GB); deeper, they compile apart:
+#: XLA's memory grows faster than the program (6 levels, blocks of 4: the fused program
+#: exhausted 13 GB).
+FUSED_MAX_LEVELS = 5
 
 
 class LowerSolution(tuple):
@@ -234,21 +237,42 @@ class NumericProblem:
         flat = None if xs is None else self._flat_all(xs)
         self._check_status(jax.tree_util.tree_map(np.asarray, status), method, flat)
 
-    def hypergradient(self, x1, method: str = "exact", *, solve_options=None,
-                      with_error: bool = False, **options):
-        r"""The hypergradient at $x_1$ with the lower levels solved (``solve_options`` go to
-        ``solve_lower``), by ``method`` (see ``hypergradient_frozen``; ``fd`` is central
-        finite differences of $F_1$ with tightly solved lower levels, ``step=h``). An unknown
-        ``method`` raises ValueError naming the valid ones.
+    def hypergradient(self, x1: ArrayLike, method: str = "exact", *,
+                      solve_options: dict | None = None, with_error: bool = False,
+                      **options: object) -> jax.Array | tuple[np.ndarray, np.ndarray]:
+        r"""The hypergradient $\mathrm{d}F_1/\mathrm{d}x_1$ at $x_1$, the lower levels solved.
 
-        ``with_error=True`` returns ``(value, error_estimate)`` as NumPy arrays of shape
-        ``(d_1,)``. For ``exact``: a first-order a-posteriori bound on the error per
-        component from the lower levels' remaining distance to their solutions (twice the
-        change of the hypergradient under one more nested Newton step at every level, which
-        carries each level's Newton distance through the best-response Jacobians) plus the
-        round-off term of ``checks.roundoff_floor``. For every other method it is against the
-        exact hypergradient: $\lvert \text{value} - \text{exact} \rvert$ plus the exact
-        value's estimate (the approximation's bias is the error).
+        Args:
+            x1: The top-level block $x_1$ (shaped as declared).
+            method: ``"exact"`` (Lemmas 3.1 and 3.2, every curvature term), ``"no-curvature"``,
+                ``"cg"`` / ``"neumann"`` (truncated solves, ``iterations=K``), ``"itd"``
+                (``steps=K`` unrolled inner steps from the declared start, ``inner_lr``) or
+                ``"fd"`` (central finite differences of $F_1$ with tightly solved lower
+                levels, ``step=h``); see ``hypergradient_frozen``.
+            solve_options: Options of ``solve_lower`` (``tol``, ``max_iter``, ``init``,
+                ``method``, ``starts``, ``seed``, ``radius``).
+            with_error: Also return an error estimate (below).
+            **options: The method's own options (``METHOD_OPTIONS`` lists them).
+
+        Returns:
+            The hypergradient, shaped like $x_1$; with ``with_error=True`` the pair
+                ``(value, error_estimate)`` as NumPy arrays of shape ``(d_1,)``. For
+                ``exact`` the estimate is a first-order a-posteriori bound per component
+                from the lower levels' remaining distance to their solutions (twice the
+                change of the hypergradient under one more nested Newton step at every
+                level, which carries each level's Newton distance through the
+                best-response Jacobians) plus the round-off term of
+                ``checks.roundoff_floor``; for every other method it is
+                $\lvert \text{value} - \text{exact} \rvert$ plus the exact value's
+                estimate (the approximation's bias is the error).
+
+        Raises:
+            ValueError: An unknown ``method`` (the message lists the valid ones).
+            UnknownOptionError: An option the method or the solve does not take.
+            CostError: An exact program of this depth predicted not to fit in memory.
+            MlverifyError: A lower solve or check failed; the error names the level
+                (``ConvergenceError``, ``HessianError``, ``NonFiniteError``,
+                ``NonUniqueMinimiserError``, ``UnboundedLevelError``).
         """
         _check_method(method)
         solve_options = dict(solve_options or {})
@@ -301,6 +325,7 @@ class NumericProblem:
     def _solve_frozen_builder(self, method, options):
         from .solvers import joint_applicable, joint_newton, nested_newton
 
+        self._check_affordable()
         lower = joint_newton if joint_applicable(self.core) else nested_newton
         solve, frozen = lower(self.core), self._frozen_builder(method, options)
 
@@ -324,16 +349,15 @@ class NumericProblem:
         return self._jit(key, lambda: self._frozen_builder(method, dict(options)))
 
     def _check_affordable(self):
-        """CostError, naming the depth and the cheaper methods, before a deep exact program
-        (the solve's or the hypergradient's) is built that is predicted not to fit in the
-        memory this process may use (`mlverify.numeric.cost`; from 5 levels on)."""
+        """CostError, naming the depth and the cheaper methods, before a deep lower-solve
+        program (the solve with its final checks, alone or with the hypergradient: the
+        largest programs of a run) is built that is predicted not to fit in the memory this
+        process may use (`mlverify.numeric.cost`; from 5 levels on)."""
         if self.n >= 5:
             cost.check_affordable(self.n)
 
     def _frozen_builder(self, method, options):
         core = self.core
-        if method != "itd" and method != "no-curvature":
-            self._check_affordable()
         if method == "itd":
             steps = int(options.pop("steps", 10))
             inner_lr = options.pop("inner_lr", None)

@@ -195,6 +195,35 @@ def classify_failure(problem, err, x1, symbolic: bool) -> tuple[str, str]:
     return "solve failed", one_line(err)
 
 
+def lower_curvature_at(num, x1, lower):
+    r"""The per-point assumptions every verdict rests on, at $x_1$ with the lower levels
+    solved (``lower``: $x_2^*, \dots, x_n^*$): each $H_k = D_{kk} F_k$ strongly convex (its
+    smallest eigenvalue above `STRONG_CONVEXITY_FLOOR` times its largest) and the bottom
+    level bounded below (`bottom_level_unbounded`). One definition for the assumption scan
+    and the theorem checks.
+
+    Returns ``(hessians, mu, violation)``: the dense $H_k$, their smallest eigenvalues by
+    level (2-based keys), and None or ``(kind, level, message)`` with ``kind``
+    "degenerate or indefinite" or "unbounded below".
+    """
+    where = f"x1 = {np.round(np.asarray(x1), 6).tolist()}"
+    hessians = num.lower_hessians([num.unflatten(0, np.asarray(x1)), *lower])
+    mu = {}
+    for k, h in enumerate(hessians, start=2):
+        eig = np.linalg.eigvalsh(0.5 * (np.asarray(h) + np.asarray(h).T))
+        mu[k] = float(eig[0])
+        if eig[0] <= STRONG_CONVEXITY_FLOOR * abs(eig[-1]):
+            return hessians, mu, (
+                "degenerate or indefinite", k,
+                f"level {k} is not strongly convex at {where}: min eigenvalue of D_kk F_k is "
+                f"{eig[0]:.3g} (at most {STRONG_CONVEXITY_FLOOR:g} times the largest)")
+    flat = [np.asarray(num.flatten(k, x)) for k, x in enumerate(lower, start=1)]
+    unbounded = bottom_level_unbounded(num, x1, flat, np.asarray(hessians[-1]))
+    if unbounded is not None:
+        return hessians, mu, ("unbounded below", num.n, unbounded)
+    return hessians, mu, None
+
+
 def check_assumptions(problem, box, *, samples: int = ASSUMPTION_SAMPLES,
                       starts: int = MULTISTARTS, progress=None) -> dict:
     """The assumptions every check shares, on the box: at sampled x1, each lower level has a
@@ -233,7 +262,7 @@ def check_assumptions(problem, box, *, samples: int = ASSUMPTION_SAMPLES,
         where = f"x1 = {np.round(x1, 6).tolist()}"
         try:
             lower = problem.solve_lower(x1, starts=starts)
-            hessians = num.lower_hessians([np.asarray(x1), *lower])
+            _, at_point, violation = lower_curvature_at(num, x1, lower)
         except (UnboundedLevelError, NonUniqueMinimiserError, HessianError,
                 ConvergenceError) as err:
             kind, reason = classify_failure(problem, err, x1, symbolic=False)
@@ -241,18 +270,10 @@ def check_assumptions(problem, box, *, samples: int = ASSUMPTION_SAMPLES,
                         reason if kind == "unbounded below" else f"at {where}: {reason}")
         except MlverifyError as err:
             return fail("solve failed", err.level, f"at {where}: {one_line(err)}")
-        for k, h in enumerate(hessians, start=2):
-            eig = np.linalg.eigvalsh(0.5 * (np.asarray(h) + np.asarray(h).T))
-            mu[k] = min(mu.get(k, np.inf), float(eig[0]))
-            if eig[0] <= STRONG_CONVEXITY_FLOOR * abs(eig[-1]):
-                return fail("degenerate or indefinite", k,
-                            f"level {k} is not strongly convex at {where}: min eigenvalue of "
-                            f"D_kk F_k is {eig[0]:.3g} (at most {STRONG_CONVEXITY_FLOOR:g} "
-                            f"times the largest)")
-        flat = [np.asarray(num.flatten(k, x)) for k, x in enumerate(lower, start=1)]
-        unbounded = bottom_level_unbounded(num, x1, flat, np.asarray(hessians[-1]))
-        if unbounded is not None:
-            return fail("unbounded below", problem.n, unbounded)
+        for k, value in at_point.items():
+            mu[k] = min(mu.get(k, np.inf), value)
+        if violation is not None:
+            return fail(*violation)
     result["mu"] = mu
     return result
 

@@ -17,7 +17,7 @@ from ..errors import (
 )
 from ..optimize import as_numeric, hessian_F1, optimize, project
 from ..optimize import exact_value_and_gradient as _exact
-from .assumptions import STRONG_CONVEXITY_FLOOR, bottom_level_unbounded, sample_points
+from .assumptions import lower_curvature_at, sample_points
 from .report import Report
 
 #: Relative slack for "left $\le$ right": the two sides are float64 sums of up to $T$ terms.
@@ -48,17 +48,11 @@ def _scan_box(num, lo, hi, samples, seed):
         where = f"x1 = {np.round(x, 6).tolist()}"
         try:
             lower = _exact(num, x)[2]
-            hessians = num.lower_hessians([num.unflatten(0, x), *lower])
-            for k, h in enumerate(hessians, start=2):
-                eig_k = np.linalg.eigvalsh(0.5 * (np.asarray(h) + np.asarray(h).T))
-                mu[k - 1] = min(mu[k - 1], eig_k[0])
-                if eig_k[0] <= STRONG_CONVEXITY_FLOOR * abs(eig_k[-1]):
-                    return None, (f"level {k} is not strongly convex at {where}: min eigenvalue "
-                                  f"of D_kk F_k is {eig_k[0]:.3g}")
-            flat = [np.asarray(num.flatten(k, b)) for k, b in enumerate(lower, start=1)]
-            unbounded = bottom_level_unbounded(num, x, flat, np.asarray(hessians[-1]))
-            if unbounded is not None:
-                return None, unbounded
+            _, at_point, violation = lower_curvature_at(num, x, lower)
+            for k, value in at_point.items():
+                mu[k - 1] = min(mu[k - 1], value)
+            if violation is not None:
+                return None, violation[2]
             eigs.append(np.linalg.eigvalsh(hessian_F1(num, x)))
         except (HessianError, ConvergenceError) as err:
             return None, f"at {where}: {err}"
