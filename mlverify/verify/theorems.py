@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.optimize
+from numpy.typing import ArrayLike
 
 from ..certify.constants import L_MARGIN
 from ..errors import (
@@ -19,6 +21,10 @@ from ..optimize import as_numeric, hessian_F1, optimize, project
 from ..optimize import exact_value_and_gradient as _exact
 from .assumptions import lower_curvature_at, sample_points
 from .report import Report
+
+if TYPE_CHECKING:
+    from ..numeric import NumericProblem
+    from ..problem import MultilevelProblem
 
 #: Relative slack for "left $\le$ right": the two sides are float64 sums of up to $T$ terms.
 ROUND_OFF = 1e-9
@@ -181,13 +187,13 @@ def _fit_slope(t, values):
 
 
 def theorem_4_1(
-    problem,
-    box,
+    problem: MultilevelProblem | NumericProblem,
+    box: tuple,
     *,
     T: int = 200,
     L: float | None = None,
     F_star: float | None = None,
-    x0=None,
+    x0: ArrayLike | None = None,
     samples: int = 25,
     seed: int = 0,
     progress: bool = False,
@@ -210,6 +216,25 @@ def theorem_4_1(
     ``time_limit`` in ``certify_options``): then ``constants["L"]`` is $L_{\text{cert}}$,
     ``report.certified`` says whether everything was proven, and ``report.label`` reads
     "pass (certified)", "pass (sampled)" or "not applicable (certified)".
+
+    Args:
+        problem: A declared ``MultilevelProblem`` or a ``NumericProblem``.
+        box: ``(lo, hi)``, the box $X$ for $x_1$ (floats or arrays of $x_1$'s size).
+        T: The number of rounds run (the bound is checked at every $T$ up to it).
+        L: The smoothness constant; estimated on $X$ when None (sampled points plus an
+            L-BFGS-B refinement, times 1.01).
+        F_star: $\min_X F_1$; estimated when None (L-BFGS-B with the exact hypergradient).
+        x0: The start $x^0$; the box's lower corner when None.
+        samples: Sampled points of $X$ for the assumptions and $L$.
+        seed: The sampling's seed.
+        progress: Print progress on stderr.
+        certify: Prove the assumptions and $L$ in ball arithmetic first (above).
+        certify_options: Options of `mlverify.certify.certify_constants`.
+
+    Returns:
+        A `Report`: the verdict ("pass", "fail" or "not-applicable", with the reason and
+            the level where an assumption fails), the constants with how each was
+            obtained, and the table of both sides against $T$.
     """
     num = as_numeric(problem, "implicit-exact")
     lo, hi = _box(box, num.sizes[0])
