@@ -330,15 +330,15 @@ def theorem_4_1(
 
 
 def theorem_4_2(
-    problem,
+    problem: MultilevelProblem | NumericProblem,
     *,
     T: int = 100,
-    methods=("hierarchical", "itd"),
+    methods: tuple[str, ...] = ("hierarchical", "itd"),
     inner_steps: int = 1,
     alpha: float | None = None,
-    box=None,
+    box: tuple | None = None,
     F_star: float | None = None,
-    x0=None,
+    x0: ArrayLike | None = None,
     samples: int = 9,
     seed: int = 0,
     progress: bool = False,
@@ -360,6 +360,24 @@ def theorem_4_2(
     $x_1$), projected into the box, with the lower iterates (single loop) and ITD's inner
     starts at the lower solution there. A run that leaves the box, or diverges, makes the
     verdict "not-applicable": $L$ and $F_1^*$ hold only on the box.
+
+    Args:
+        problem: A declared ``MultilevelProblem`` or a ``NumericProblem``.
+        T: The number of rounds of each run.
+        methods: The outer methods run (any of `mlverify.optimize.OUTER_METHODS`).
+        inner_steps: Inner steps per level and round of the single-loop scheme and of ITD.
+        alpha: The outer step; $1/L$ when None.
+        box: The region ``(lo, hi)`` (above; default $x^0 \pm 2$).
+        F_star: $\min F_1$ on the box; estimated when None.
+        x0: The start $x^0$ (default: the problem's initial $x_1$).
+        samples: Sampled points of the box for $L$ and the assumptions.
+        seed: The sampling's seed.
+        progress: Print progress on stderr.
+
+    Returns:
+        A `Report`: the verdict ("pass", "fail" or "not-applicable", with the reason),
+            the constants with how each was obtained, and per method the table of both
+            sides and the error term against $T$.
     """
     num = as_numeric(problem, "implicit-exact")
     d = num.sizes[0]
