@@ -352,9 +352,19 @@ class NumericProblem:
         """CostError, naming the depth and the cheaper methods, before a deep lower-solve
         program (the solve with its final checks, alone or with the hypergradient: the
         largest programs of a run) is built that is predicted not to fit in the memory this
-        process may use (`mlverify.numeric.cost`; from 5 levels on)."""
+        process may use (`mlverify.numeric.cost`; from 5 levels on). Called where such a
+        program is built, once per program, not on every solve."""
         if self.n >= 5:
             cost.check_affordable(self.n)
+
+    def _affordable(self, build):
+        """``build``, for `_jit`, checked by `_check_affordable` when it is called."""
+
+        def checked():
+            self._check_affordable()
+            return build()
+
+        return checked
 
     def _frozen_builder(self, method, options):
         core = self.core
@@ -578,7 +588,6 @@ class NumericProblem:
             nested_solve,
         )
 
-        self._check_affordable()
         blocks = None
         if method == "newton" and joint_applicable(self.core, first):
             # The joint solve first: its steps do not multiply with the depth. Its result is
@@ -589,7 +598,8 @@ class NumericProblem:
             # optimisation level 0 compiles about twice as fast, run time unchanged
             # (blocks of 4); the final checks run once per solve.
             solver = self._jit(("joint_newton", first),
-                               lambda: joint_newton(self.core, first, final_checks=False),
+                               self._affordable(
+                                   lambda: joint_newton(self.core, first, final_checks=False)),
                                COMPILER_OPTIONS if self.n >= 4 else None)
             solved, info = solver(tuple(start), np.float64(tol), np.int32(max_iter))
             checker = self._jit(("final_status", first),
@@ -602,7 +612,7 @@ class NumericProblem:
             # XLA's default optimisation here: the solve is loops and factorisations, whose
             # run time level 0 doubles (blocks of 100), not a deep derivative graph.
             solver = self._jit(("nested_newton", first),
-                               lambda: nested_newton(self.core, first), None)
+                               self._affordable(lambda: nested_newton(self.core, first)), None)
             solved, status = solver(tuple(start), np.float64(tol), np.int32(max_iter))
             status = jax.device_get(status)
             if bool(np.all(status["converged"])):

@@ -150,7 +150,8 @@ def nested_newton(core, first: int = 1):
     return run
 
 
-def joint_newton(core, first: int = 1, coupling: bool = False, final_checks: bool = True):
+def joint_newton(core, first: int = 1, coupling: bool = False, final_checks: bool = True,
+                 solve: LinearSolve | None = None):
     r"""The joint solve: Newton steps on the stationarity conditions of every level below
     level ``first`` at once; a pure function ``(blocks, tol, max_iter) -> (blocks, status)``
     like `nested_newton`, with the same ``status`` (``iterations``: joint steps).
@@ -188,15 +189,16 @@ def joint_newton(core, first: int = 1, coupling: bool = False, final_checks: boo
     stops unconverged at a non-finite step or when halving fails; the caller accepts its
     result only where every level passes the same final checks as the nested solve
     (converged, $H_k$ surely positive definite) and otherwise falls back to `nested_newton`,
-    which also handles negative curvature. Every lower block must be dense (at most
-    ``DENSE_LIMIT``); `joint_applicable` says whether it is.
+    which also handles negative curvature. Every lower block must be factored densely: at
+    most ``DENSE_LIMIT`` with the default ``solve`` (`joint_applicable` says whether it is),
+    any size with ``solve=LinearSolve("dense")``.
 
     ``final_checks=False`` returns only ``iterations``: the checks are then `final_status`,
     compiled apart (a deep problem compiles two programs of half the size, not one: XLA's
     memory grows faster than the program), or the caller's own (the batched check).
     """
     n = core.n
-    solve = LinearSolve("auto")
+    solve = LinearSolve("auto") if solve is None else solve
     levels = tuple(range(first, n))
 
     def step(blocks):

@@ -202,9 +202,9 @@ def lower_curvature_at(num, x1, lower):
     level bounded below (`bottom_level_unbounded`). One definition for the assumption scan
     and the theorem checks.
 
-    Returns ``(hessians, mu, violation)``: the dense $H_k$, their smallest eigenvalues by
-    level (2-based keys), and None or ``(kind, level, message)`` with ``kind``
-    "degenerate or indefinite" or "unbounded below".
+    Returns ``(mu, violation)``: the smallest eigenvalue of each $H_k$ by level (2-based
+    keys), and None or ``(kind, level, message)`` with ``kind`` "degenerate or indefinite"
+    or "unbounded below".
     """
     where = f"x1 = {np.round(np.asarray(x1), 6).tolist()}"
     hessians = num.lower_hessians([num.unflatten(0, np.asarray(x1)), *lower])
@@ -213,15 +213,15 @@ def lower_curvature_at(num, x1, lower):
         eig = np.linalg.eigvalsh(0.5 * (np.asarray(h) + np.asarray(h).T))
         mu[k] = float(eig[0])
         if eig[0] <= STRONG_CONVEXITY_FLOOR * abs(eig[-1]):
-            return hessians, mu, (
+            return mu, (
                 "degenerate or indefinite", k,
                 f"level {k} is not strongly convex at {where}: min eigenvalue of D_kk F_k is "
                 f"{eig[0]:.3g} (at most {STRONG_CONVEXITY_FLOOR:g} times the largest)")
     flat = [np.asarray(num.flatten(k, x)) for k, x in enumerate(lower, start=1)]
     unbounded = bottom_level_unbounded(num, x1, flat, np.asarray(hessians[-1]))
     if unbounded is not None:
-        return hessians, mu, ("unbounded below", num.n, unbounded)
-    return hessians, mu, None
+        return mu, ("unbounded below", num.n, unbounded)
+    return mu, None
 
 
 def check_assumptions(problem, box, *, samples: int = ASSUMPTION_SAMPLES,
@@ -262,7 +262,7 @@ def check_assumptions(problem, box, *, samples: int = ASSUMPTION_SAMPLES,
         where = f"x1 = {np.round(x1, 6).tolist()}"
         try:
             lower = problem.solve_lower(x1, starts=starts)
-            _, at_point, violation = lower_curvature_at(num, x1, lower)
+            at_point, violation = lower_curvature_at(num, x1, lower)
         except (UnboundedLevelError, NonUniqueMinimiserError, HessianError,
                 ConvergenceError) as err:
             kind, reason = classify_failure(problem, err, x1, symbolic=False)

@@ -54,7 +54,7 @@ def _scan_box(num, lo, hi, samples, seed):
         where = f"x1 = {np.round(x, 6).tolist()}"
         try:
             lower = _exact(num, x)[2]
-            _, at_point, violation = lower_curvature_at(num, x, lower)
+            at_point, violation = lower_curvature_at(num, x, lower)
             for k, value in at_point.items():
                 mu[k - 1] = min(mu[k - 1], value)
             if violation is not None:
