@@ -252,122 +252,6 @@ def hg_function(num, method, K=None):
     return lambda flat: core.hypergradient_frozen(flat, solve, curvature)
 
 
-def ensure_solver(num, x1, emit):
-    """Use the library's nested solver as it is. If its matrix-free path (blocks over
-    ``DENSE_LIMIT``) raises AttributeError/TypeError (the API mismatch between
-    ``solvers._step_function`` and ``ImplicitCore.reduced_gradient_hessian`` at the time of
-    writing; a ConvergenceError is a different matter and is not touched), replace
-    ``_step_function`` in this process by the same Newton-CG step written against the
-    current API (``reduced_gradient_hessian(..., dense=False)`` returns ``(g, hvp)``), and
-    record that this was done."""
-    import mlverify.numeric.solvers as solvers
-
-    if max(num.sizes[1:]) <= solvers.DENSE_LIMIT:
-        return False
-    try:
-        num.solve_lower(x1, tol=1e-2)
-        return False
-    except (AttributeError, TypeError) as exc:
-        error = _err_text(exc)
-    except Exception:  # noqa: BLE001 - e.g. ConvergenceError: not ours to change
-        return False
-    import jax
-
-    from mlverify.numeric import LinearSolve
-
-    original = solvers._step_function
-
-    def step_function(problem, k, method):
-        if problem.sizes[k] <= solvers.DENSE_LIMIT:
-            return original(problem, k, method)
-        core = problem.core
-
-        def build():
-            def step(blocks):
-                g, hvp = core.reduced_gradient_hessian(k, blocks, LinearSolve("cg"), False)
-                if method == "gd":
-                    return g, -g
-                direction, _ = jax.scipy.sparse.linalg.cg(hvp, -g, tol=1e-10, maxiter=10 * g.size)
-                return g, direction
-
-            return step
-
-        return problem._jit(("solver_step_patched", k, method), build)
-
-    solvers._step_function = step_function
-    num._jit_cache.clear()
-    try:
-        num.solve_lower(x1, tol=1e-2)
-    except (AttributeError, TypeError) as exc:
-        raise RuntimeError(f"the in-process fix did not help: {_err_text(exc)}") from exc
-    except Exception:  # noqa: BLE001
-        pass
-    emit(
-        "row",
-        kind="workaround",
-        error=error,
-        note="solve_lower failed on its matrix-free path (blocks > 200); its Newton-CG step "
-        "was re-written against the current core API in this process (monkeypatch of "
-        "mlverify.numeric.solvers._step_function, no file edited)",
-    )
-    return True
-
-
-def robust_solve(num, x1, tol, init=None, max_iter=50):
-    """The benchmark's own nested Newton for the reference when the library's solver raises:
-    the library's step functions (gradient and Hessian / Newton-CG direction of D_k F_k by the
-    lemmas), but each level's inner levels solved 100x tighter than the level itself (floor
-    1e-14) and a step accepted when ||D_k F_k|| decreases (no Armijo test on F_k values, which
-    carry the inner levels' error). Never raises; returns (blocks, residuals)."""
-    import jax.numpy as jnp
-    import numpy as np
-
-    import mlverify.numeric.solvers as solvers
-
-    n = num.n
-    start = init if init is not None else num.init[1:]
-    blocks = [jnp.asarray(num.flatten(0, x1))] + [jnp.asarray(b) for b in start]
-    residuals = [float("inf")] * (n - 1)
-
-    def gradient(k, with_direction):
-        g, second = solvers._step_function(num, k, "newton")(tuple(blocks))
-        g = np.asarray(g)
-        if not with_direction:
-            return g, None
-        if num.sizes[k] <= solvers.DENSE_LIMIT:
-            h = np.asarray(second)
-            return g, -np.linalg.solve(0.5 * (h + h.T), g)
-        return g, np.asarray(second)
-
-    def solve_from(k, tol_k):
-        if k >= n:
-            return
-        inner = max(tol_k * 1e-2, 1e-14)
-        solve_from(k + 1, inner)
-        r = float("inf")
-        for _ in range(max_iter):
-            g, direction = gradient(k, True)
-            r = float(np.linalg.norm(g))
-            if r <= tol_k:
-                break
-            base, alpha, accepted = np.asarray(blocks[k]), 1.0, False
-            for _ in range(30):
-                blocks[k] = jnp.asarray(base + alpha * direction)
-                solve_from(k + 1, inner)
-                if np.linalg.norm(gradient(k, False)[0]) <= (1 - 1e-4 * alpha) * r:
-                    accepted = True
-                    break
-                alpha *= 0.5
-            if not accepted:
-                blocks[k] = jnp.asarray(base)
-                solve_from(k + 1, inner)
-                break
-        residuals[k - 1] = float(np.linalg.norm(gradient(k, False)[0]))
-
-    solve_from(1, tol)
-    return tuple(blocks[1:]), residuals
-
-
 def _err_text(exc) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
@@ -405,8 +289,6 @@ def job_prep(emit, n, d, cfg, state_dir):
     import numpy as np
 
     num, x1, x1_near = family(n, d)
-    emit("start", item="solver check")
-    ensure_solver(num, x1, emit)
     emit("start", item="reference")
     ref_tol, ref_lower, ref_info, failures = None, None, {}, []
     t0 = time.perf_counter()
@@ -420,13 +302,6 @@ def job_prep(emit, n, d, cfg, state_dir):
         ref_info = {"residuals": list(low.residuals), "iterations": low.iterations}
         break
     ref_solver = "library"
-    if ref_lower is None:
-        blocks, residuals = robust_solve(num, x1, 1e-12)
-        if max(residuals) <= 1e-9:
-            ref_lower, ref_tol, ref_solver = blocks, 1e-12, "robust"
-            ref_info = {"residuals": residuals, "iterations": None}
-        else:
-            failures.append({"tol": "robust", "error": f"residuals {residuals}"})
     emit(
         "row",
         kind="reference_solve",
@@ -439,25 +314,6 @@ def job_prep(emit, n, d, cfg, state_dir):
     if ref_lower is None:
         raise RuntimeError("no reference: the lower solve failed at every tolerance")
     ref_flat = flat_at(x1, ref_lower)
-    if ref_solver == "library":
-        # the benchmark's own solver against the library's, where both work
-        try:
-            blocks, residuals = robust_solve(num, x1, 1e-12)
-            emit(
-                "row",
-                kind="robust_vs_library",
-                residuals=residuals,
-                rel_diff_solution=max(
-                    float(
-                        np.linalg.norm(np.asarray(a) - np.asarray(b))
-                        / max(np.linalg.norm(np.asarray(b)), 1e-300)
-                    )
-                    for a, b in zip(blocks, ref_lower, strict=True)
-                ),
-            )
-        except Exception as exc:  # noqa: BLE001
-            emit("row", kind="robust_vs_library", error=_err_text(exc))
-
     emit("start", item="exact:compile")
     exact, lo_s, co_s = compile_fn(hg_function(num, "exact"), ref_flat)
     g_ref = np.asarray(exact(ref_flat))
@@ -517,18 +373,9 @@ def job_prep(emit, n, d, cfg, state_dir):
             )
             break
     if near_lower is None:
-        blocks, residuals = robust_solve(num, x1_near, 1e-12, init=ref_lower)
-        if max(residuals) > 1e-9:
-            raise RuntimeError(f"the lower solve at the nearby point failed ({residuals})")
-        near_lower = blocks
-        emit("row", kind="warm_start", tol=1e-12, solver="robust", residuals=residuals)
-    try:
-        again = num.solve_lower(x1, tol=ref_tol, init=near_lower)
-        how = "library"
-    except Exception as exc:  # noqa: BLE001
-        emit("row", kind="reference_noise_library", error=_err_text(exc))
-        again, _ = robust_solve(num, x1, 1e-12, init=near_lower)
-        how = "robust"
+        raise RuntimeError("the lower solve at the nearby point failed at every tolerance")
+    again = num.solve_lower(x1, tol=ref_tol, init=near_lower)
+    how = "library"
     g_again = np.asarray(exact(flat_at(x1, again)))
     emit("row", kind="reference_noise", solver=how, rel_diff=rel_err(g_again, g_ref))
 
@@ -699,8 +546,6 @@ def job_h2h(emit, n, d, cfg, state_dir, tol, K, eta, eps):
     ref_flat = flat_at(x1, [st[f"ref_{k}"] for k in range(1, n)])
     cold = flat_at(x1, [np.asarray(b) for b in num.init[1:]])
     lrs = jnp.full(n - 1, eta)
-    emit("start", item="solver check")
-    ensure_solver(num, x1, emit)
     emit("start", item="compile")
     exact, _, c1 = compile_fn(hg_function(num, "exact"), ref_flat)
     itd, _, c2 = compile_fn(_itd_fn(num, K), cold, lrs)

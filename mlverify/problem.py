@@ -26,7 +26,11 @@ from .checks import DEFAULT_TOL
 from .errors import NonFiniteError, ProblemDefinitionError
 
 if TYPE_CHECKING:
-    from .symsolve import LowerSolution
+    from .certify import HypergradientEnclosure
+    from .derive import Derivation
+    from .nested import LowerSolution
+    from .numeric import NumericProblem
+    from .symsolve import SymbolicEvaluator
 
 
 def _as_block(var: Any, level: int) -> tuple[sp.Symbol, ...]:
@@ -123,6 +127,18 @@ class MultilevelProblem:
 
     The derivations (Lemmas 2.1, 3.1, 3.2) are computed on first use and kept: the object is
     immutable, so they never go stale.
+
+    Args:
+        levels: The levels, top first ($f_1$ first): at least two `Level` objects.
+
+    Raises:
+        ProblemDefinitionError: Fewer than two levels, an entry that is not a `Level`, or a
+            malformed level: a variable block that is not one or more plain Symbols, or a
+            Symbol declared twice; an objective that is not a real scalar expression, uses
+            undeclared symbols or, at a lower level, does not depend on the level's own
+            variables; a constant top objective; an ``init`` of the wrong size or not
+            numeric.
+        NonFiniteError: An ``init`` holds NaN or inf.
     """
 
     levels: tuple[Level, ...]
@@ -176,7 +192,17 @@ class MultilevelProblem:
         return tuple(v for block in self.blocks for v in block)
 
     def block(self, k: int) -> sp.Matrix:
-        """The variable block $x_k$ as a column Matrix ($k$ is 1-based)."""
+        r"""The variable block $x_k$ as a column Matrix ($k$ is 1-based).
+
+        Args:
+            k: The level, 1-based: $1 \le k \le n$.
+
+        Returns:
+            The level's symbols as a $d_k \times 1$ sympy Matrix, in declaration order.
+
+        Raises:
+            ProblemDefinitionError: ``k`` is not an integer in $1, \dots, n$.
+        """
         self._check_level(k, lowest=1)
         return sp.Matrix(self.blocks[k - 1])
 
@@ -187,8 +213,25 @@ class MultilevelProblem:
             )
 
     # ------------------------------------------------------------------ derivations
-    def derivation(self, curvature: bool = True):
-        """The memoised derivation graph of the lemmas (see `mlverify.derive`)."""
+    def derivation(self, curvature: bool = True) -> Derivation:
+        r"""The memoised derivation graph of the lemmas (see `mlverify.derive`).
+
+        Computed on first use for each value of ``curvature`` and kept.
+
+        Args:
+            curvature: False derives without the second derivatives of the lower best
+                responses (the curvature terms $\sum_i (f_z)_i\, D^2 g_i$ of Lemma 3.2), at
+                every level.
+
+        Returns:
+            A `mlverify.derive.Derivation`: every best-response Jacobian, reduced gradient
+                and reduced Hessian of Lemmas 2.1, 3.1 and 3.2 as matrices of graph atoms,
+                keyed by 0-based level indices.
+
+        Raises:
+            HessianError: A reduced Hessian $H_k$ is a constant matrix that is not positive
+                definite (decided exactly), or is exactly singular in the elimination.
+        """
         key = ("derivation", bool(curvature))
         if key not in self._cache:
             from .derive import derive
@@ -203,6 +246,21 @@ class MultilevelProblem:
         Exact, in terms of $x_1, \dots, x_n$, valid where $x_k, \dots, x_n$ are the lower-level
         solutions. Lemma 2.1 for $n = 2$, Lemma 3.1 (a)(b) for the bottom of a trilevel
         problem, Lemma 3.2 above it. Levels are 1-based: $2 \le k \le n$, $1 \le j < k$.
+
+        Args:
+            k: The lower level whose best response $y_k$ is differentiated, 1-based:
+                $2 \le k \le n$.
+            j: The level differentiated in, 1-based: $1 \le j < k$.
+            curvature: False drops the curvature terms of Lemma 3.2 (the second derivatives
+                of the best responses below level $k$).
+
+        Returns:
+            $D_j y_k$ as a $d_k \times d_j$ sympy Matrix in the symbols of all levels.
+
+        Raises:
+            ProblemDefinitionError: ``k`` or ``j`` is out of range.
+            HessianError: A reduced Hessian is a constant matrix that is not positive
+                definite (see `derivation`).
         """
         self._check_level(k, lowest=2)
         if not isinstance(j, (int, np.integer)) or not 1 <= j < k:
@@ -214,13 +272,41 @@ class MultilevelProblem:
 
     def reduced_gradient(self, k: int, curvature: bool = True) -> sp.Matrix:
         r"""$D_k F_k$: the gradient of the reduced objective of level $k$ in $x_k$
-        ($d_k \times 1$)."""
+        ($d_k \times 1$).
+
+        Args:
+            k: The level, 1-based: $1 \le k \le n$ ($k = 1$ gives the hypergradient, as
+                `hypergradient`).
+            curvature: False drops the curvature terms of Lemma 3.2.
+
+        Returns:
+            $D_k F_k$ as a $d_k \times 1$ sympy Matrix in the symbols of all levels, valid
+                where the levels below $k$ are at their solutions.
+
+        Raises:
+            ProblemDefinitionError: ``k`` is not an integer in $1, \dots, n$.
+            HessianError: A reduced Hessian is a constant matrix that is not positive
+                definite (see `derivation`).
+        """
         self._check_level(k, lowest=1)
         d = self.derivation(curvature)
         return d.graph.expand_matrix(d.gradients[k - 1])
 
     def reduced_hessian(self, k: int, curvature: bool = True) -> sp.Matrix:
-        r"""$H_k = D_{kk} F_k$, the matrix each lemma inverts ($d_k \times d_k$), for $k \ge 2$."""
+        r"""$H_k = D_{kk} F_k$, the matrix each lemma inverts ($d_k \times d_k$), for $k \ge 2$.
+
+        Args:
+            k: The lower level, 1-based: $2 \le k \le n$.
+            curvature: False drops the curvature terms of Lemma 3.2.
+
+        Returns:
+            $H_k$ as a $d_k \times d_k$ sympy Matrix in the symbols of all levels.
+
+        Raises:
+            ProblemDefinitionError: ``k`` is not an integer in $2, \dots, n$.
+            HessianError: A reduced Hessian is a constant matrix that is not positive
+                definite (see `derivation`).
+        """
         self._check_level(k, lowest=2)
         d = self.derivation(curvature)
         return d.graph.expand_matrix(d.hessians[k - 1])
@@ -232,13 +318,38 @@ class MultilevelProblem:
         Valid where $x_2, \dots, x_n$ are the lower solutions. ``curvature=False`` drops the
         second derivatives of the lower best responses, the terms $\sum_i (f_z)_i\, D^2 g_i$
         of Lemma 3.2, at every level: the approximation most libraries compute.
+
+        Args:
+            curvature: False drops the curvature terms (above).
+
+        Returns:
+            $\mathrm{d}F_1/\mathrm{d}x_1$ as a $d_1 \times 1$ sympy Matrix.
+
+        Raises:
+            HessianError: A reduced Hessian is a constant matrix that is not positive
+                definite (see `derivation`).
         """
         d = self.derivation(curvature)
         return d.graph.expand_matrix(d.gradients[0])
 
     # ------------------------------------------------------------------ numbers
-    def numeric(self, curvature: bool = True):
-        """Compiled float64 NumPy evaluators of the derivation (see `mlverify.symsolve`)."""
+    def numeric(self, curvature: bool = True) -> SymbolicEvaluator:
+        r"""Compiled float64 NumPy evaluators of the derivation (see `mlverify.symsolve`).
+
+        Compiled on first use for each value of ``curvature`` and kept.
+
+        Args:
+            curvature: False compiles the derivation without the curvature terms of
+                Lemma 3.2 (see `derivation`).
+
+        Returns:
+            The `mlverify.symsolve.SymbolicEvaluator` of `derivation(curvature)`: the
+                nested lower solve and the formulas at float64 points.
+
+        Raises:
+            HessianError: A reduced Hessian is a constant matrix that is not positive
+                definite (see `derivation`).
+        """
         key = ("numeric", bool(curvature))
         if key not in self._cache:
             from .symsolve import SymbolicEvaluator
@@ -273,7 +384,7 @@ class MultilevelProblem:
             radius: The multistart's $r$ (default $2\,(1 + \lVert x_k^* \rVert_\infty)$).
 
         Returns:
-            A `mlverify.symsolve.LowerSolution`: ``xs`` ($x_2^*, \dots, x_n^*$ as float64
+            A `mlverify.nested.LowerSolution`: ``xs`` ($x_2^*, \dots, x_n^*$ as float64
                 arrays), ``residuals`` (gradient norms) and ``distances`` (Newton's distance
                 estimates) per level.
 
@@ -337,16 +448,46 @@ class MultilevelProblem:
             error = error + np.abs(value - exact.hypergradient_frozen(blocks))
         return value, error
 
-    def lower(self, **options):
-        """This problem as a `mlverify.numeric.NumericProblem` on the JAX core."""
+    def lower(self, **options: Any) -> NumericProblem:
+        r"""This problem as a `mlverify.numeric.NumericProblem` on the JAX core.
+
+        Each objective $f_k$ is lowered to a JAX function of the tuple of blocks
+        (`mlverify.lower.lower_problem`); a new NumericProblem on every call.
+
+        Args:
+            **options: Passed to `mlverify.lower.lower_problem`: ``init``, the start of each
+                level (default: the declared starts, `inits`).
+
+        Returns:
+            The lowered `mlverify.numeric.NumericProblem`, its blocks named after the
+                problem's symbols.
+
+        Raises:
+            TypeError: An option other than ``init``.
+        """
         from .lower import lower_problem
 
         return lower_problem(self, **options)
 
     # ------------------------------------------------------------------ display
     def latex_jacobian(self, k: int, j: int, abstract: bool = True) -> str:
-        """LaTeX of $D_j y_k$, in the lemmas' notation when ``abstract``
-        (see `mlverify.latex`)."""
+        r"""LaTeX of $D_j y_k$, in the lemmas' notation when ``abstract``
+        (see `mlverify.latex`).
+
+        Args:
+            k: The lower level of the best response $y_k$, 1-based: $2 \le k \le n$.
+            j: The level differentiated in, 1-based: $1 \le j < k$.
+            abstract: True gives the formula of the lemma that applies at level $k$
+                (Lemma 2.1, 3.1 or 3.2), written with the problem's level indices; False
+                gives the derived matrix `best_response_jacobian(k, j)`.
+
+        Returns:
+            A LaTeX string ``D_{j} y_{k} = ...`` (no math delimiters).
+
+        Raises:
+            ProblemDefinitionError: With ``abstract=False``, ``k`` or ``j`` is out of range
+                (the abstract formula does not check them).
+        """
         from .latex import latex_best_response_jacobian
 
         return latex_best_response_jacobian(self, k, j, abstract=abstract)
@@ -355,13 +496,33 @@ class MultilevelProblem:
         sizes = ", ".join(str(s) for s in self.sizes)
         return f"MultilevelProblem(n={self.n}, block sizes=({sizes}))"
 
-    def hypergradient_enclosure(self, x1, **options):
-        """An interval proven to contain dF_1/dx_1 at ``x1`` (Lemmas 2.1, 3.1, 3.2), in ball
-        arithmetic: ``enc.lower <= dF_1/dx_1 <= enc.upper`` (float64, rounded outward).
+    def hypergradient_enclosure(self, x1: ArrayLike, **options: Any) -> HypergradientEnclosure:
+        r"""An interval proven to contain $\mathrm{d}F_1/\mathrm{d}x_1$ at ``x1`` (Lemmas 2.1,
+        3.1, 3.2), in ball arithmetic: $\text{enc.lower} \le \mathrm{d}F_1/\mathrm{d}x_1 \le
+        \text{enc.upper}$ componentwise (float64, rounded outward).
 
-        See :func:`mlverify.certify.hypergradient_enclosure` for what is proven and the
-        options; raises :class:`mlverify.certify.CertificationError` naming the level when
-        the proof cannot be completed.
+        See [`hypergradient_enclosure`][mlverify.certify.hypergradient.hypergradient_enclosure]
+        in `mlverify.certify` for what is proven.
+
+        Args:
+            x1: The top-level block $x_1$ (a number for a scalar block).
+            **options: Passed to that function: ``init`` (starting blocks of the float lower
+                solve that gives the centre), ``pad`` (relative padding of
+                ``lower``/``upper``) and ``bits`` (working precision of the ball arithmetic).
+
+        Returns:
+            A `mlverify.certify.HypergradientEnclosure`: ``proven_lower``/``proven_upper``
+                (the proven interval), ``lower``/``upper`` (the same, padded), the
+                enclosures of the lower solutions and proven lower bounds of
+                $\lambda_{\min}(H_k)$.
+
+        Raises:
+            CertificationError: The proof could not be completed (the lower solutions not
+                enclosed, an $H_k$ not proven positive definite, or a non-finite
+                enclosure); the error names the level.
+            ProblemDefinitionError: ``x1`` is not numeric or not of the block's size.
+            MlverifyError: The float lower solve that gives the centre failed otherwise (for
+                example ``ConvergenceError``), naming the level.
         """
         from .certify import hypergradient_enclosure
 

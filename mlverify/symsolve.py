@@ -9,59 +9,23 @@ response of the levels above (the reduced objectives $F_k$, bottom-up), never a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from . import checks
-from .checks import DEFAULT_TOL, check_lower_hessian, descent_direction, distance_estimate
+from . import checks, nested
+from .checks import DEFAULT_TOL, check_lower_hessian
 from .codegen import compile_graph
 from .errors import (
-    ConvergenceError,
     MlverifyError,
     NonFiniteError,
     ProblemDefinitionError,
 )
+from .nested import LowerSolution
 
 #: Step halvings of the joint Newton solve before it gives way to the nested solve.
 JOINT_BACKTRACKS = 30
 #: Lower solutions from the default start kept per problem (a solve is a pure function of
 #: x1, tol and max_iter there); the oldest is dropped first.
 SOLUTION_MEMORY = 4096
-
-
-@dataclass(frozen=True)
-class LowerSolution:
-    r"""$x_2^*, \dots, x_n^*$ for one $x_1$, with, per level, the gradient norm
-    $\lVert D_k F_k \rVert$ reached (``residuals``; ``residual`` is their max) and Newton's
-    estimate of the distance to the solution $\lVert H_k^{-1} D_k F_k \rVert$
-    (``distances``), which the stopping test bounds by $\mathrm{tol}\,(1 + \lVert x_k
-    \rVert)$."""
-
-    x1: np.ndarray
-    xs: tuple[np.ndarray, ...]
-    residual: float
-    residuals: tuple[float, ...]
-    distances: tuple[float, ...] = ()
-
-    @property
-    def distance(self) -> float:
-        """The largest of ``distances``: Newton's distance estimate at the worst level."""
-        return max(self.distances) if self.distances else 0.0
-
-    def copy(self) -> LowerSolution:
-        """The same solution with its own arrays."""
-        return LowerSolution(self.x1.copy(), tuple(x.copy() for x in self.xs), self.residual,
-                             self.residuals, self.distances)
-
-    def __iter__(self):
-        return iter(self.xs)
-
-    def __len__(self):
-        return len(self.xs)
-
-    def __getitem__(self, item):
-        return self.xs[item]
 
 
 def as_block_value(value, size: int, level: int, name: str = "x") -> np.ndarray:
@@ -200,7 +164,7 @@ class SymbolicEvaluator:
             scale = checks.curvature_scale(h, self.curvature_probes(k, blocks))
         check_lower_hessian(h, level=k + 1, scale=scale)
 
-    def _diagnose_below(self, k: int, blocks) -> None:
+    def diagnose_below(self, k: int, blocks) -> None:
         """Before blaming level k + 1: raise for the deepest level below it whose Hessian is
         not finite, indefinite or degenerate at the current blocks (its failure spoils every
         level above it)."""
@@ -235,9 +199,9 @@ class SymbolicEvaluator:
             blocks, record = checks.restart(
                 blocks, self.sizes, int(starts), seed, radius,
                 lambda trial: self._solve_checked(trial, tol, max_iter), error)
-        residuals = tuple(record[k][0] for k in range(1, self.n))
-        distances = tuple(record[k][1] for k in range(1, self.n))
-        solution = LowerSolution(x1, tuple(blocks[1:]), max(residuals), residuals, distances)
+        distances = record["distances"]
+        solution = LowerSolution(tuple(blocks[1:]), record["residuals"], record["iterations"],
+                                 distances, x1=x1)
         if starts:
             self.multistart(blocks, distances, tol, max_iter, int(starts), seed, radius)
         if key is not None:
@@ -246,115 +210,14 @@ class SymbolicEvaluator:
             self._solutions[key] = solution.copy()
         return solution
 
-    def _reduced_value(self, k, blocks, tol, max_iter) -> float:
-        """F_k at blocks[k] (levels below re-solved in place)."""
-        self._solve_from(k + 1, blocks, tol, max_iter, None)
-        return self.objective(k, blocks)
-
-    def _trial_value(self, k, blocks, tol, max_iter) -> float:
-        """F_k at a line-search trial point; inf where the levels below cannot be solved
-        there (the search then backtracks towards the last good point)."""
-        try:
-            value = self._reduced_value(k, blocks, tol, max_iter)
-        except MlverifyError:
-            return float("inf")
-        return value if np.isfinite(value) else float("inf")
-
-    def _solve_from(self, k, blocks, tol, max_iter, record, strict=True) -> None:
-        """Solve levels k..n-1 (0-based) in place, for the blocks above fixed. ``record``
-        (a dict) receives (residual, distance) per level; ``strict=False`` takes at most
-        ``max_iter`` steps and raises nothing for stopping short (a refinement sweep)."""
-        if k >= self.n:
-            return
-        with np.errstate(all="ignore"):  # overflow in a trial is judged, not warned about
-            self._solve_level(k, blocks, tol, max_iter, record, strict)
-
-    def _solve_level(self, k, blocks, tol, max_iter, record, strict) -> None:
-        """The body of `_solve_from` for level ``k``."""
-        level = k + 1
-        start = blocks[k].copy()
-        if strict:
-            value = self._reduced_value(k, blocks, tol, max_iter)
-        else:
-            self._solve_from(k + 1, blocks, tol, max_iter, None, strict)
-            value = self.objective(k, blocks)
-        start_value = value
-        for _ in range(max_iter):
-            g, h = self.gradient_hessian(k, blocks)
-            if not (np.all(np.isfinite(g)) and np.all(np.isfinite(h)) and np.isfinite(value)):
-                if not strict:
-                    return
-                self._diagnose_below(k, blocks)
-                raise NonFiniteError(
-                    "NaN or inf in the reduced objective F_k, its gradient or its Hessian at "
-                    f"x_{level} = {np.array2string(blocks[k], precision=6)}",
-                    level=level,
-                    quantity="lower solve iterate",
-                )
-            step, lowest = descent_direction(g, h, blocks[k])
-            distance = float(np.linalg.norm(step)) if lowest > 0 else float("inf")
-            # The last Newton step is still taken (it costs one trial and leaves the point
-            # quadratically closer); the test is judged again at the final point below.
-            last = checks.solved(distance, blocks[k], tol)
-            slope = float(g @ step)
-            base = blocks[k].copy()
-            accepted, alpha, residual = False, 1.0, float(np.linalg.norm(g))
-            off_domain = False
-            for _ in range(60):
-                blocks[k] = base + alpha * step
-                if strict:
-                    trial = self._trial_value(k, blocks, tol, max_iter)
-                else:
-                    self._solve_from(k + 1, blocks, tol, max_iter, None, strict)
-                    trial = self.objective(k, blocks)
-                off_domain |= not np.isfinite(trial)
-                # Near the solution F_k stops resolving the decrease (round-off), so the full
-                # Newton step is also taken when the gradient shrinks.
-                if np.isfinite(trial) and (
-                    trial <= value + 1e-4 * alpha * slope
-                    or (
-                        alpha == 1.0
-                        and lowest > 0
-                        and np.linalg.norm(self.gradient_hessian(k, blocks)[0]) < residual
-                    )
-                ):
-                    accepted, value = True, trial
-                    break
-                alpha *= 0.5
-            if not accepted:
-                blocks[k] = base
-                self._solve_from(k + 1, blocks, tol, max_iter, None, strict)
-                if strict and off_domain and value < start_value and lowest <= 0:
-                    self._diagnose_below(k, blocks)
-                    checks.raise_domain_edge(level, blocks[k], value, start_value)
-                break
-            if strict:
-                checks.check_bounded(level, blocks[k], start, value, start_value, False)
-            if last:
-                break
-        if not strict:
-            return
+    def step(self, k: int, blocks, method: str = "newton") -> nested.Step:
+        """Level ``k``'s Newton step at the blocks (`mlverify.nested.Levels`)."""
         g, h = self.gradient_hessian(k, blocks)
-        distance = distance_estimate(g, h)
-        residual = float(np.linalg.norm(g))
-        if checks.solved(distance, blocks[k], tol):
-            if record is not None:
-                record[k] = (residual, distance)
-                self._solve_from(k + 1, blocks, tol, max_iter, record)
-            return
-        self._diagnose_below(k, blocks)
-        checks.check_bounded(level, blocks[k], start, value, start_value, True)
-        if np.all(np.isfinite(h)):
-            self.check_level(k, blocks)
-        limit = checks.tolerance(blocks[k], tol)
-        raise ConvergenceError(
-            f"the lower solve stopped at an estimated distance {distance:.3e} to the solution "
-            f"(Newton's step; gradient norm {residual:.3e}) > tolerance {limit:.1e} after "
-            f"{max_iter} iterations",
-            level=level,
-            residual=distance,
-            tolerance=limit,
-        )
+        return nested.newton_step(g, h, blocks[k], method)
+
+    def reduced_value(self, k: int, blocks, tol: float, max_iter: int) -> float:
+        """$F_k$ at ``blocks[k]`` (0-based $k$; the levels below re-solved in place)."""
+        return nested.reduced_value(self, k, blocks, tol, max_iter)
 
     # ------------------------------------------------------------------ uniqueness
     def _solve_checked(self, blocks, tol, max_iter):
@@ -374,11 +237,12 @@ class SymbolicEvaluator:
                 joint = None
         if joint is not None:
             return joint
-        blocks, record = [b.copy() for b in start], {}
-        self._solve_from(1, blocks, tol, max_iter, record)
+        blocks = [b.copy() for b in start]
+        residuals, distances, iterations = nested.solve(self, blocks, tol, max_iter)
         for k in range(self.n - 1, 0, -1):
             self.check_level(k, blocks)
-        return blocks, record
+        return blocks, {"residuals": residuals, "distances": distances,
+                        "iterations": iterations}
 
     def _solve_joint(self, blocks, tol, max_iter):
         r"""Newton's method on the stacked stationarity system (`joint_system`) from
@@ -400,13 +264,16 @@ class SymbolicEvaluator:
             trial = [blocks[0], *np.split(z, splits)]
             return trial, self.joint_system(trial)
 
+        steps = 0
+
         def passed(trial, levels):
-            record = {}
+            record = {"residuals": [], "distances": [], "iterations": steps}
             for k, (g, h) in enumerate(levels, start=1):
-                distance = distance_estimate(g, h)
+                distance = checks.distance_estimate(g, h)
                 if not checks.solved(distance, trial[k], tol):
                     return None
-                record[k] = (float(np.linalg.norm(g)), distance)
+                record["residuals"].append(float(np.linalg.norm(g)))
+                record["distances"].append(distance)
             return record
 
         z = np.concatenate(blocks[1:])
@@ -427,6 +294,7 @@ class SymbolicEvaluator:
             if record is not None:
                 finished = (trial, record)
                 z = z + step
+                steps += 1
                 trial, (G, J, levels) = evaluate(z)
                 continue
             merit = float(G @ G)
@@ -442,6 +310,7 @@ class SymbolicEvaluator:
             else:
                 return None
             z = z + alpha * step
+            steps += 1
             trial, (G, J, levels) = moved, system
         return None
 
@@ -452,10 +321,10 @@ class SymbolicEvaluator:
 
         def solve_level(k, point):
             trial = [np.array(b, dtype=np.float64) for b in blocks]
-            trial[k], record = point, {}
-            self._solve_from(k, trial, tol, max_iter, record)
+            trial[k] = point
+            _, distances, _ = nested.solve(self, trial, tol, max_iter, first=k)
             self.check_level(k, trial)
-            return trial, record[k][1]
+            return trial, distances[0]
 
         def curvature(k):
             _, h = self.gradient_hessian(k, blocks)
@@ -475,7 +344,7 @@ class SymbolicEvaluator:
         blocks = [np.array(b, dtype=np.float64) for b in blocks]
         value = self.hypergradient_frozen(blocks)
         refined = [b.copy() for b in blocks]
-        self._solve_from(1, refined, 0.0, 1, None, strict=False)
+        nested.solve(self, refined, 0.0, 1, strict=False)
         change = np.abs(self.hypergradient_frozen(refined) - value)
         if not np.all(np.isfinite(change)):
             change = np.full_like(value, np.inf)
@@ -506,8 +375,7 @@ class SymbolicBackend:
 
     def solve_lower(self, x1, *, tol=DEFAULT_TOL, init=None, max_iter=100):
         """The lower solutions at ``x1`` (``MultilevelProblem.solve_lower``), with residuals."""
-        solution = self.problem.numeric().solve_lower(x1, tol=tol, init=init, max_iter=max_iter)
-        return _Solved(solution.xs, solution.residuals)
+        return self.problem.numeric().solve_lower(x1, tol=tol, init=init, max_iter=max_iter)
 
     def hypergradient_frozen(self, xs, method="exact", **options):
         """The hypergradient formula at the blocks ``xs``, no solve (``exact``: with the
@@ -539,12 +407,3 @@ class SymbolicBackend:
     def objective_value(self, k, flat_blocks):
         """The objective $f_k$ (0-based ``k``) at the blocks."""
         return self.problem.numeric().objective(k, flat_blocks)
-
-
-class _Solved(tuple):
-    def __new__(cls, blocks, residuals):
-        obj = super().__new__(cls, blocks)
-        obj.residuals = tuple(residuals)
-        obj.residual = max(residuals)
-        obj.iterations = 1
-        return obj

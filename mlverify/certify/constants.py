@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +30,12 @@ from ..errors import MlverifyError, ProblemDefinitionError
 from .bounds import float_down, float_up, symmetric_eigen_bounds
 from .hypergradient import CENTRE_TOL, certified_system, precision
 from .system import krawczyk
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from ..problem import MultilevelProblem
+    from .system import CertifiedSystem
 
 #: Working precision (bits) over boxes: the widths come from the boxes, not the rounding.
 BOX_PRECISION = 64
@@ -113,19 +120,9 @@ def _describe(z, names):
 
 
 def _centre(problem, system, x1, parent):
-    r"""A float64 zero of $G(x_1, \cdot)$ on the parent box's branch, or a message saying
-    why not.
-
-    Newton from the parent's centre is accepted when it stays in the parent's enclosure
-    (there the zero is unique for every $x_1$ of the parent box, so it is the same branch);
-    otherwise the nested float lower solve runs, warm-started from the parent's centre.
-    """
-    if parent is not None:
-        start, hull = parent
-        if hull is not None:
-            z = system.newton(x1, start)
-            if z is not None and np.all(z >= hull[0]) and np.all(z <= hull[1]):
-                return z
+    r"""A float64 zero of $G(x_1, \cdot)$ (the lower solutions, every $H_k$ checked), or a
+    message saying why not: the lower solve of `MultilevelProblem.solve_lower`,
+    warm-started from the parent box's centre, which keeps it on the parent's branch."""
     init = None
     if parent is not None:
         splits = np.cumsum(system.sizes[1:])[:-1]
@@ -172,10 +169,31 @@ def _violation_at(system, x1, z, bounds) -> dict | None:
     return None
 
 
-def search_violation(system, x1, hint=None, *, seed: int = 0) -> dict | None:
+def search_violation(system: CertifiedSystem, x1: ArrayLike, hint: ArrayLike | None = None, *,
+                     seed: int = 0) -> dict | None:
     """Look for a proven violation at ``x1``: Newton on the stationarity system from several
     starts, each zero found enclosed and its Hessians bounded (untrusted search, proven
-    findings)."""
+    findings).
+
+    The starts are ``hint``, 0, and 12 seeded Gaussian perturbations of ``hint`` (3 at
+    each scale 0.5, 1, 2 and 4). A zero is a violation when, at it, a lower $H_k$ (the
+    deepest first) or the Hessian of $F_1$ has a proven negative eigenvalue, or when two
+    disjoint enclosures of zeros have every $H_k$ proven positive definite (two strict
+    local lower solutions). Finding none proves nothing.
+
+    Args:
+        system: The problem's `CertifiedSystem`.
+        x1: The point $x_1$, $d_1$ floats.
+        hint: Where to centre the starts, the stacked lower blocks (``dim`` floats); None
+            for 0.
+        seed: The seed of the perturbed starts.
+
+    Returns:
+        None when no violation was proven; else a dict with ``x1``, ``level`` (1-based;
+            1 for the Hessian of $F_1$, None for two lower solutions), ``kind``
+            (``"indefinite lower Hessian"``, ``"indefinite Hessian of F_1"`` or ``"two lower
+            solutions"``) and ``message``.
+    """
     rng = np.random.default_rng(seed)
     base = np.zeros(system.dim) if hint is None else np.asarray(hint, dtype=np.float64)
     starts = [base, np.zeros(system.dim)]
@@ -211,8 +229,8 @@ def search_violation(system, x1, hint=None, *, seed: int = 0) -> dict | None:
     return None
 
 
-def certify_constants(problem, box, *, max_boxes: int = 4000, time_limit: float = 120.0,
-                      rtol: float = 0.02, min_width: float = 1e-9,
+def certify_constants(problem: MultilevelProblem, box: tuple, *, max_boxes: int = 4000,
+                      time_limit: float = 120.0, rtol: float = 0.02, min_width: float = 1e-9,
                       bits: int = BOX_PRECISION) -> BoxCertificate:
     r"""Certify the assumptions and constants of Theorem 4.1 on the box
     $X = [\mathrm{lo}, \mathrm{hi}]$.
@@ -223,6 +241,29 @@ def certify_constants(problem, box, *, max_boxes: int = 4000, time_limit: float 
     values attained at box centres; or until an assumption is proven to fail; or until
     `max_boxes` boxes or `time_limit` seconds are spent (then status "failed" with the
     reason, unless every remaining box already had valid, merely loose, bounds).
+
+    Args:
+        problem: A declared ``MultilevelProblem``.
+        box: ``(lo, hi)``, the box $X$ for $x_1$ (floats or arrays of length $d_1$).
+        max_boxes: The most sub-boxes processed.
+        time_limit: The most wall-clock seconds spent (checked before each sub-box).
+        rtol: Relative tolerance of the bounds on the extreme eigenvalues of the Hessian of
+            $F_1$ against the values attained at box centres; a looser box is bisected.
+        min_width: The narrowest sub-box (relative width $w_i / (1 + \lvert m_i \rvert)$,
+            $m$ its centre) that is still bisected; one not certified below it makes the
+            status "failed".
+        bits: Working precision of the ball arithmetic, in bits.
+
+    Returns:
+        A `BoxCertificate`: status "certified" with the proven intervals of
+            $\lambda_{\max}$ and $\lambda_{\min}$ of the Hessian of $F_1$ and of each
+            $\mu_k$ (and $L_{\mathrm{cert}}$), "violated" with the proven violation, or
+            "failed" with the reason; with the number of boxes processed and the time.
+
+    Raises:
+        ProblemDefinitionError: ``problem`` is not a declared (sympy) problem, or an
+            objective has no rigorous enclosure (see `certified_system`).
+        ValueError: ``lo < hi`` fails in some coordinate.
     """
     if not hasattr(problem, "derivation"):  # a MultilevelProblem (no import: no cycle)
         raise ProblemDefinitionError(

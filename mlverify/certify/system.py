@@ -23,7 +23,9 @@ Every enclosure is computed in ball arithmetic
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import sympy as sp
@@ -31,13 +33,28 @@ import sympy as sp
 from ..codegen import compile_graph
 from .programs import Program, _as_arb
 
+if TYPE_CHECKING:
+    from flint import arb
+    from numpy.typing import ArrayLike
+
+    from ..derive import Derivation, DerivationGraph
+    from ..problem import MultilevelProblem
+
 #: Attempts of $\varepsilon$-inflation before the Krawczyk test gives up on a box.
 INFLATIONS = 6
 
 
-def total_hessian_F1(graph, derivation) -> sp.Matrix:
-    """The Hessian of $F_1$ as graph atoms: $T^1_0$ applied to the hypergradient (see
-    [`mlverify.derive`][mlverify.derive])."""
+def total_hessian_F1(graph: DerivationGraph, derivation: Derivation) -> sp.Matrix:
+    r"""The Hessian of $F_1$ as graph atoms: $T^1_0$ applied to the hypergradient (see
+    [`mlverify.derive`][mlverify.derive]).
+
+    Args:
+        graph: The derivation's graph, which the new atoms are added to.
+        derivation: The problem's derivation with the curvature terms.
+
+    Returns:
+        The $d_1 \times d_1$ Hessian of $F_1$ as a sympy Matrix of graph atoms.
+    """
     blocks = derivation.blocks
     n = len(blocks)
     z_cache: dict = {}
@@ -63,9 +80,23 @@ class CertifiedSystem:
     `residual`: $G$; `jacobian`: $D_z G$; `hessians`: each $H_k$ ($k = 2, \dots, n$) and the
     Hessian of $F_1$, flattened; `hypergradient`: $\mathrm{d}F_1/\mathrm{d}x_1$; `objective`:
     $f_1$. Float64 copies of $G$ and $D_z G$ serve the (untrusted) searches for centres.
+
+    $z$ stacks the lower blocks $x_2, \dots, x_n$ into one vector of length ``dim``;
+    ``level_of`` gives the (1-based) level of each of its components.
+
+    Args:
+        problem: A declared ``MultilevelProblem`` (its derivation with the curvature
+            terms is compiled).
+        arithmetic: The rigorous arithmetic of the programs, a key of
+            `mlverify.certify.programs.ARITHMETICS`: ``"flint"`` (ball arithmetic, what
+            `hessian_blocks` and the Krawczyk test use) or ``"mpmath"``.
+
+    Raises:
+        ProblemDefinitionError: An objective uses a function that has no rigorous
+            enclosure in the arithmetic.
     """
 
-    def __init__(self, problem, arithmetic: str = "flint"):
+    def __init__(self, problem: MultilevelProblem, arithmetic: str = "flint"):
         derivation = problem.derivation(True)
         graph = derivation.graph
         self.problem = problem
@@ -94,18 +125,48 @@ class CertifiedSystem:
         self._jacobian_float = compile_graph(graph, list(jacobian))
 
     # ------------------------------------------------------------------ float helpers
-    def residual_float(self, x1, z) -> np.ndarray:
-        """$G(x_1, z)$ in float64 (for the untrusted searches only)."""
+    def residual_float(self, x1: ArrayLike, z: ArrayLike) -> np.ndarray:
+        """$G(x_1, z)$ in float64 (for the untrusted searches only).
+
+        Args:
+            x1: The top-level block $x_1$, $d_1$ numbers.
+            z: The stacked lower blocks, ``dim`` numbers.
+
+        Returns:
+            $G(x_1, z)$, a float64 array of length ``dim`` (NaN or inf where the formulas
+                overflow).
+        """
         return np.asarray(self._residual_float(*x1, *z), dtype=np.float64)
 
-    def jacobian_float(self, x1, z) -> np.ndarray:
-        """$D_z G(x_1, z)$ in float64, (dim, dim) (for the untrusted searches only)."""
+    def jacobian_float(self, x1: ArrayLike, z: ArrayLike) -> np.ndarray:
+        """$D_z G(x_1, z)$ in float64, (dim, dim) (for the untrusted searches only).
+
+        Args:
+            x1: The top-level block $x_1$, $d_1$ numbers.
+            z: The stacked lower blocks, ``dim`` numbers.
+
+        Returns:
+            $D_z G(x_1, z)$ as a float64 array of shape ``(dim, dim)``.
+        """
         values = np.asarray(self._jacobian_float(*x1, *z), dtype=np.float64)
         return values.reshape(self.dim, self.dim)
 
-    def newton(self, x1, z0, iterations: int = 60) -> np.ndarray | None:
-        r"""A zero of $G(x_1, \cdot)$ by plain Newton from `z0` (any stationary point), or
-        None."""
+    def newton(self, x1: ArrayLike, z0: ArrayLike, iterations: int = 60) -> np.ndarray | None:
+        r"""A zero of $G(x_1, \cdot)$ by plain Newton from `z0`, or None: any stationary
+        point, maxima and saddles included, for the search for proven violations (the lower
+        solve, which seeks minimisers, is `mlverify.nested` and its joint variant).
+
+        Args:
+            x1: The top-level block $x_1$, $d_1$ numbers.
+            z0: The start, the stacked lower blocks (``dim`` numbers).
+            iterations: The most Newton steps taken.
+
+        Returns:
+            The float64 zero (untrusted: nothing is proven), once a step is at most
+                $10^{-15} (1 + \lVert z \rVert)$, or after ``iterations`` steps when
+                $\lVert G \rVert < 10^{-9}$ there; None when a value is not finite, a
+                Jacobian is singular or the residual stays larger.
+        """
         z = np.asarray(z0, dtype=np.float64).copy()
         for _ in range(iterations):
             with np.errstate(all="ignore"):
@@ -125,9 +186,20 @@ class CertifiedSystem:
         return z if np.all(np.isfinite(g)) and np.linalg.norm(g) < 1e-9 else None
 
     # ------------------------------------------------------------------ enclosures
-    def hessian_blocks(self, x1, z):
+    def hessian_blocks(self, x1: Sequence[arb], z: Sequence[arb]) -> list[list[list[arb]]]:
         r"""$[H_2, \dots, H_n, \text{Hessian of } F_1]$ as lists of lists of balls, over the
-        given balls."""
+        given balls.
+
+        Args:
+            x1: Balls for $x_1$ ($d_1$ of them: a point or a box).
+            z: Balls for the stacked lower blocks (``dim`` of them), for example a Krawczyk
+                enclosure.
+
+        Returns:
+            $n$ square matrices as lists of rows of balls: $H_k$ ($d_k \times d_k$) for
+                $k = 2, \dots, n$, then the Hessian of $F_1$ ($d_1 \times d_1$), each
+                enclosing its values over every point of the balls.
+        """
         values = self.hessians([*x1, *z])
         out, start = [], 0
         for d in self.hessian_shapes:
@@ -151,14 +223,30 @@ def _inside(inner, outer) -> bool:
     return inner.is_finite() and inner.lower() > outer.lower() and inner.upper() < outer.upper()
 
 
-def krawczyk(system: CertifiedSystem, x1, center, *, tighten: int = 2,
-             where: str = "") -> Enclosure:
+def krawczyk(system: CertifiedSystem, x1: Sequence[arb], center: ArrayLike, *,
+             tighten: int = 2, where: str = "") -> Enclosure:
     r"""Prove a unique zero of $G(x_1, \cdot)$ near `center` for every $x_1$ in the balls
     `x1`.
 
     `center` is a float64 approximation of the zero at the midpoint of `x1`. The box $Z$
     is grown by $\varepsilon$-inflation from the first Newton correction; on success $Z$ is
     replaced by $K(B, Z) \cap Z$ `tighten` times (each is again an enclosure).
+
+    Args:
+        system: The problem's `CertifiedSystem`.
+        x1: Balls for $x_1$ ($d_1$ of them): the box $B$, or a point.
+        center: The float64 centre $c$, the stacked lower blocks (``dim`` numbers).
+        tighten: How many times the proven enclosure is intersected with its Krawczyk
+            image.
+        where: Text appended to a failure's reason (for example the box, as
+            ``" on x1 in [...]"``).
+
+    Returns:
+        An `Enclosure`: on success ``ok`` and the balls ``z`` ($Z$, holding exactly one
+            zero for every $x_1$ in the balls); otherwise ``ok`` False, the ``reason`` and
+            (where one is at fault) the ``level``: the Jacobian singular at the centre or
+            not finite over the box, the residual not finite, or no contraction after
+            `INFLATIONS` inflations.
     """
     from flint import arb
 

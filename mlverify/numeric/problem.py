@@ -22,6 +22,7 @@ from ..errors import (
     ProblemDefinitionError,
     UnknownOptionError,
 )
+from ..nested import LowerSolution
 from . import cost
 from .implicit import DENSE_LIMIT, ImplicitCore, LinearSolve
 from .itd import itd_hypergradient_and_flags
@@ -43,34 +44,6 @@ ITD_HALVINGS = 10
 #: XLA's memory grows faster than the program (6 levels, blocks of 4: the fused program
 #: exhausted 13 GB).
 FUSED_MAX_LEVELS = 5
-
-
-class LowerSolution(tuple):
-    r"""The lower-level solutions $x_2^*, \dots, x_n^*$ (a tuple of blocks, shaped as
-    declared), with ``residuals`` (the gradient norm $\lVert D_k F_k \rVert$ reached per
-    level; ``residual`` their max) and ``distances`` (Newton's estimate
-    $\lVert H_k^{-1} D_k F_k \rVert$ of the distance to the solution, which the stopping test
-    bounds by $\mathrm{tol}\,(1 + \lVert x_k \rVert)$; ``distance`` their max)."""
-
-    residuals: tuple[float, ...]
-    residual: float
-    distances: tuple[float, ...]
-    distance: float
-    iterations: int
-
-    def __new__(cls, blocks, residuals, iterations, distances=()):
-        obj = super().__new__(cls, blocks)
-        obj.residuals = tuple(residuals)
-        obj.residual = max(residuals) if residuals else 0.0
-        obj.distances = tuple(distances)
-        obj.distance = max(distances) if distances else 0.0
-        obj.iterations = iterations
-        return obj
-
-    @property
-    def xs(self) -> tuple:
-        r"""The blocks $x_2^*, \dots, x_n^*$ (the tuple itself; as on the symbolic side)."""
-        return tuple(self)
 
 
 @dataclass(frozen=True)
@@ -311,7 +284,8 @@ class NumericProblem:
         start = self._start(x1, solve_options.get("init"))
         if solve_options.get("method", "newton") == "newton" and self.n <= FUSED_MAX_LEVELS:
             key = ("solve+frozen", method, _options_key(options))
-            fn = self._jit(key, lambda: self._solve_frozen_builder(method, dict(options)), None)
+            fn = self._jit(key, lambda: self._solve_frozen_builder(method, dict(options)),
+                           COMPILER_OPTIONS if self.n >= 4 else None)
             value, blocks, status = fn(tuple(start), np.float64(tol), np.int32(max_iter))
             status = jax.device_get(status)
             solved, frozen = status["solve"], status["frozen"]
@@ -323,15 +297,30 @@ class NumericProblem:
         return self.hypergradient_frozen((x1, *lower), method, **options), lower
 
     def _solve_frozen_builder(self, method, options):
-        from .solvers import joint_applicable, joint_newton, nested_newton
+        from .solvers import final_status, joint_applicable, joint_newton, nested_newton
 
         self._check_affordable()
-        lower = joint_newton if joint_applicable(self.core) else nested_newton
-        solve, frozen = lower(self.core), self._frozen_builder(method, options)
+        # The final checks form every level's constants at the solution (default solve,
+        # curvature): the exact hypergradient's own there, formed once for both.
+        shared = method == "exact" and not options
+        frozen = self._frozen_builder(method, options)
+        if not joint_applicable(self.core):
+            solve = nested_newton(self.core)
+
+            def run(start, tol, max_iter):
+                blocks, solve_status = solve(start, tol, max_iter)
+                value, status = frozen(blocks)
+                return value, blocks, {"solve": solve_status, "frozen": status}
+
+            return run
+        solve = joint_newton(self.core, final_checks=False)
+        checks_and_constants = final_status(self.core, with_constants=True)
 
         def run(start, tol, max_iter):
-            blocks, solve_status = solve(start, tol, max_iter)
-            value, status = frozen(blocks)
+            blocks, info = solve(start, tol, max_iter)
+            solve_status, consts = checks_and_constants(blocks, tol)
+            solve_status["iterations"] = info["iterations"]
+            value, status = frozen(blocks, consts) if shared else frozen(blocks)
             return value, blocks, {"solve": solve_status, "frozen": status}
 
         return run
@@ -394,8 +383,9 @@ class NumericProblem:
         shared = curvature and (solve.kind == "dense" or (
             solve.kind == "auto" and all(d <= DENSE_LIMIT for d in self.sizes[1:])))
 
-        def run(flat):
-            consts = core.level_constants(tuple(flat), solve, curvature) if shared else None
+        def run(flat, consts=None):
+            if consts is None and shared:
+                consts = core.level_constants(tuple(flat), solve, curvature)
             value = core.hypergradient_frozen(flat, solve, curvature, consts)
             return value, self._lower_status(flat, value, consts)
 
@@ -683,6 +673,7 @@ class NumericProblem:
             [float(r) for r in status["residual"]],
             int(status["iterations"]),
             [float(d) for d in status["distance"]],
+            x1=self.unflatten(0, blocks[0]),
         )
 
     def _start(self, x1, init) -> list:

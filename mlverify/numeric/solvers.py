@@ -1,18 +1,17 @@
-r"""Inner solvers: levels $n, \dots, 2$ solved nested, for the blocks above held fixed.
+r"""Inner solvers: the lower levels solved for the blocks above held fixed, compiled.
 
-Each level $k$ runs damped Newton (or gradient descent) on its reduced objective $F_k$, whose
-gradient and Hessian come from the implicit core at the current lower solutions; every
-trial point re-solves the levels below it (warm-started from their last solution), so the
-iterates are true best responses of the levels above. Newton's system is solved densely
-for small blocks and by conjugate gradients on Hessian-vector products for large ones.
+- `joint_newton` steps every lower level at once: each level's Newton step on the lemmas'
+  formulas at the current iterates, the levels below following by their best-response
+  tangents (Lemma 3.1). Its steps do not multiply with the depth.
+- `nested_newton` is the nested solve (`mlverify.nested`) as pure JAX (nested
+  ``lax.while_loop``s): level $k$ runs damped Newton on $F_k$, and every trial point
+  re-solves the levels below it. Newton's system is solved densely for small blocks and by
+  conjugate gradients on Hessian-vector products for large ones.
+- `nested_solve` runs the one Python driver of `mlverify.nested` on this core's compiled
+  steps. It serves ``method="gd"``, and it re-runs a failed compiled solve so that the
+  error names the level and the quantity at fault.
 
-Two drivers run this one algorithm:
-
-- `nested_newton` is pure JAX (nested ``lax.while_loop``s): one compiled call solves
-  every level, with no Python between iterations. ``NumericProblem.solve_lower`` uses it.
-- `nested_solve` drives the same steps from Python, one jitted step per iteration. It
-  serves ``method="gd"``, and it re-runs a failed compiled solve eagerly so that the error
-  names the level and the quantity at fault.
+All of them stop on `mlverify.checks.solved` and judge the final point by `final_status`.
 """
 
 from __future__ import annotations
@@ -21,14 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import checks
-from ..errors import ConvergenceError, MlverifyError, NonFiniteError
+from .. import checks, nested
 from .implicit import DENSE_LIMIT, LinearSolve
 
-_ARMIJO = 1e-4
-#: Step halvings before a line search gives up (the Python driver allows 60; 2^-40 is
-#: already below float64 resolution of any step that matters).
-_HALVINGS = 40
+_ARMIJO = nested.ARMIJO
+_HALVINGS = nested.HALVINGS
 #: Step halvings of the joint solve before it hands over to the nested solve.
 _JOINT_HALVINGS = 10
 
@@ -286,14 +282,18 @@ def joint_newton(core, first: int = 1, coupling: bool = False, final_checks: boo
     return run
 
 
-def final_status(core, first: int = 1):
+def final_status(core, first: int = 1, with_constants: bool = False):
     """A pure function ``(blocks, tol) -> status``: the final checks of a solve of the levels
-    below ``first`` (`nested_newton`'s ``status``, ``iterations`` left to the caller)."""
+    below ``first`` (`nested_newton`'s ``status``, ``iterations`` left to the caller).
+    ``with_constants``: ``(blocks, tol) -> (status, consts)``, with the level constants
+    (`ImplicitCore.level_constants`, default solve, curvature) the checks formed, which are
+    the exact hypergradient's own at these blocks (``first = 1``)."""
 
     def run(blocks, tol):
-        status = _status(core, first, tuple(blocks), tol, LinearSolve("auto"), 0)
+        status, consts = _status(core, first, tuple(blocks), tol, LinearSolve("auto"), 0,
+                                 with_constants=True)
         del status["iterations"]
-        return status
+        return (status, consts) if with_constants else status
 
     return run
 
@@ -303,13 +303,14 @@ def joint_applicable(core, first: int = 1) -> bool:
     return all(size <= DENSE_LIMIT for size in core.sizes[first:])
 
 
-def _status(core, first, blocks, tol, solve, count):
+def _status(core, first, blocks, tol, solve, count, with_constants=False):
     """The per-level status of a solve (see `nested_newton`), judged at the final ``blocks``:
-    one set of level constants (each dense Hessian formed once) serves every level."""
+    one set of level constants (each dense Hessian formed once) serves every level;
+    ``with_constants``: ``(status, those constants)``."""
     blocks = tuple(blocks)
     hessians, gradients = {}, {}
-    core.level_constants(blocks, solve, below=first - 1, hessians=hessians,
-                         gradients=gradients)
+    consts = core.level_constants(blocks, solve, below=first - 1, hessians=hessians,
+                                  gradients=gradients)
     residual, distance, hessian_ok = [], [], []
     for k in range(first, core.n):
         g, d, ok = _final_check(core, k, blocks, solve, gradients.get(k), hessians.get(k))
@@ -318,9 +319,10 @@ def _status(core, first, blocks, tol, solve, count):
         hessian_ok.append(ok)
     converged = jnp.stack([checks.solved(d, blocks[k], tol, jnp)
                            for d, k in zip(distance, range(first, core.n), strict=True)])
-    return {"residual": jnp.stack(residual), "distance": jnp.stack(distance),
-            "converged": converged,
-            "hessian_ok": jnp.stack(hessian_ok), "iterations": count}
+    status = {"residual": jnp.stack(residual), "distance": jnp.stack(distance),
+              "converged": converged,
+              "hessian_ok": jnp.stack(hessian_ok), "iterations": count}
+    return (status, consts) if with_constants else status
 
 
 def _final_check(core, k, blocks, solve, gradient, hessian):
@@ -342,7 +344,9 @@ def _final_check(core, k, blocks, solve, gradient, hessian):
 def curvature_probe_scale(core, k, blocks, g0, solve):
     r"""The largest finite probe of the curvature scale of `mlverify.checks`:
     $u^\top H_k u$ and the secant slope $\lVert D_k F_k(x + r u) - D_k F_k(x) \rVert / r$ at
-    $x_k \pm r u$ (levels below frozen)."""
+    $x_k \pm r u$ (levels below frozen). Each side re-forms the level constants of every
+    level below at its point: at depth the largest part of the final checks (batching the
+    two sides with ``vmap`` made the program larger, not smaller)."""
     x = blocks[k]
     u = jnp.asarray(checks.probe_direction(x.shape[0]))
     r = checks.PROBE_RADIUS * (1.0 + jnp.linalg.norm(x))
@@ -382,127 +386,43 @@ def _step_function(problem, k, method):
     return problem._jit(("solver_step", k, method), build)
 
 
-def _value_function(problem, k):
-    return problem._jit(("value", k), lambda: problem.core.fs[k])
+class _Levels:
+    """A NumericProblem's lower levels for the nested driver (`mlverify.nested.Levels`):
+    one jitted step (gradient and dense Hessian, or the Newton-CG direction of a
+    matrix-free level) and one jitted objective per level."""
 
+    def __init__(self, problem):
+        self.problem, self.n = problem, problem.n
 
-def _direction(g, second, dense, method, x=None):
-    r"""(direction, Newton's distance estimate or inf). Newton's direction where $H$ is
-    positive definite (``checks.descent_direction``), else steepest descent scaled by
-    $1/\lVert H \rVert$; ``gd`` steps along the scaled (dense) or plain (matrix-free) negative
-    gradient but stops on the same Newton distance. For matrix-free blocks ``second`` is
-    already Newton's direction (CG)."""
-    if not dense:
-        newton = np.asarray(second)
+    def objective(self, k, blocks):
+        fn = self.problem._jit(("value", k), lambda: self.problem.core.fs[k])
+        return float(fn(tuple(blocks)))
+
+    def step(self, k, blocks, method):
+        g, second = _step_function(self.problem, k, method)(tuple(blocks))
+        g = np.asarray(g)
+        if self.problem.sizes[k] <= DENSE_LIMIT:
+            return nested.newton_step(g, second, blocks[k], method)
+        newton = np.asarray(second)  # CG's Newton direction
         ok = np.all(np.isfinite(newton)) and g @ newton < 0
         distance = float(np.linalg.norm(newton)) if ok else float("inf")
-        return (-g if method == "gd" else newton), distance
-    h = np.asarray(second)
-    direction, lowest = checks.descent_direction(g, h, x)
-    distance = float(np.linalg.norm(direction)) if lowest > 0 else float("inf")
-    if method == "gd":
-        scale = float(np.max(np.abs(np.linalg.eigvalsh(0.5 * (h + h.T)))))
-        return -g / max(scale, 1e-300), checks.distance_estimate(g, h)
-    return direction, distance
+        return nested.Step(g, -g if method == "gd" else newton, distance, None)
+
+    def check_level(self, k, blocks):
+        self.problem.check_level(k, blocks)
+
+    def diagnose_below(self, k, blocks):
+        self.problem.diagnose_below(k, blocks)
 
 
 def nested_solve(problem, start, tol, max_iter, method, first=1):
-    """The Python-driven nested solve (``method`` ``"newton"`` or ``"gd"``) of the levels
-    below level ``first``; raises ConvergenceError, NonFiniteError, HessianError or
-    UnboundedLevelError naming the level where it fails (for a failure of level $k$, the
-    levels below it are checked first: a degenerate lower level spoils every level above).
-    Returns ``(blocks, residuals, distances, iterations)``."""
-    n = problem.n
-    blocks = [jnp.asarray(b) for b in start]
-    residuals, distances = [0.0] * (n - 1), [0.0] * (n - 1)
-    iterations = [0]
-
-    def value(k):
-        solve_from(k + 1, record=False)
-        return float(_value_function(problem, k)(tuple(blocks)))
-
-    def trial_value(k):
-        """F_k at a line-search trial; inf where the levels below fail there."""
-        try:
-            v = value(k)
-        except MlverifyError:
-            return float("inf")
-        return v if np.isfinite(v) else float("inf")
-
-    def fail(k, error):
-        problem.diagnose_below(k, blocks)
-        raise error
-
-    def solve_from(k, record):
-        if k >= n:
-            return
-        dense = problem.sizes[k] <= DENSE_LIMIT
-        step = _step_function(problem, k, method)
-        first_point = np.asarray(blocks[k])
-        current = value(k)
-        start_value = current
-        distance = np.inf
-        for _ in range(max_iter):
-            iterations[0] += 1
-            g, second = step(tuple(blocks))
-            g = np.asarray(g)
-            if not (np.all(np.isfinite(g)) and np.isfinite(current)):
-                fail(k, NonFiniteError(
-                    "NaN or inf in the reduced objective F_k or its gradient D_k F_k during "
-                    "the lower solve", level=k + 1, quantity="reduced gradient"))
-            direction, distance = _direction(g, second, dense, method, np.asarray(blocks[k]))
-            # The last Newton step is still taken; the test is judged again after the loop.
-            last = checks.solved(distance, np.asarray(blocks[k]), tol)
-            residual = float(np.linalg.norm(g))
-            slope = float(g @ direction)
-            base = np.asarray(blocks[k])
-            alpha, accepted, off_domain = 1.0, False, False
-            for _ in range(60):
-                blocks[k] = jnp.asarray(base + alpha * direction)
-                trial = trial_value(k)
-                off_domain |= not np.isfinite(trial)
-                # Near the solution F_k carries the noise of the lower solves (solved to tol),
-                # larger than the decrease Armijo asks for: the full step is then also taken
-                # when the gradient norm drops.
-                if np.isfinite(trial) and (trial <= current + _ARMIJO * alpha * slope or (
-                    alpha == 1.0
-                    and float(np.linalg.norm(np.asarray(step(tuple(blocks))[0]))) < residual
-                )):
-                    current, accepted = trial, True
-                    break
-                alpha *= 0.5
-            if not accepted:
-                blocks[k] = jnp.asarray(base)
-                solve_from(k + 1, record=False)
-                if off_domain and current < start_value and not np.isfinite(distance):
-                    problem.diagnose_below(k, blocks)
-                    checks.raise_domain_edge(k + 1, blocks[k], current, start_value)
-                break
-            checks.check_bounded(k + 1, blocks[k], first_point, current, start_value, False)
-            if last:
-                break
-        g, second = step(tuple(blocks))
-        g = np.asarray(g)
-        direction, distance = _direction(g, second, dense, method)
-        residual = float(np.linalg.norm(g))
-        if not checks.solved(distance, np.asarray(blocks[k]), tol):
-            problem.diagnose_below(k, blocks)
-            checks.check_bounded(k + 1, blocks[k], first_point, current, start_value, True)
-            if dense and np.all(np.isfinite(np.asarray(second))):
-                problem.check_level(k, blocks)
-            limit = checks.tolerance(blocks[k], tol)
-            raise ConvergenceError(
-                f"the lower solve stopped at an estimated distance {distance:.3e} to the "
-                f"solution (Newton's step; gradient norm {residual:.3e}) > tolerance "
-                f"{limit:.1e}",
-                level=k + 1,
-                residual=distance,
-                tolerance=limit,
-            )
-        if record:
-            residuals[k - 1], distances[k - 1] = residual, distance
-            solve_from(k + 1, record=True)
-
-    with np.errstate(all="ignore"):  # overflow in a trial is judged, not warned about
-        solve_from(first, record=True)
-    return blocks, residuals, distances, iterations[0]
+    r"""The Python-driven nested solve (``method`` ``"newton"`` or ``"gd"``) of the levels
+    below level ``first``: `mlverify.nested.solve` on the problem's compiled steps. Raises
+    ConvergenceError, NonFiniteError, HessianError or UnboundedLevelError naming the level
+    where it fails. Returns ``(blocks, residuals, distances, iterations)``, residuals and
+    distances for levels $2, \dots, n$ (zero above ``first``)."""
+    blocks = [np.asarray(b, dtype=np.float64) for b in start]
+    residuals, distances, iterations = nested.solve(
+        _Levels(problem), blocks, tol, max_iter, method=method, first=first)
+    pad = [0.0] * (first - 1)
+    return blocks, pad + residuals, pad + distances, iterations

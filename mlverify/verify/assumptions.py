@@ -93,7 +93,7 @@ def unbounded_along_negative_curvature(problem, level: int, x1) -> str | None:
     k = level - 1
     blocks = [np.asarray(x1, dtype=np.float64)] + [np.array(x) for x in problem.inits[1:]]
     try:
-        base = evaluator._reduced_value(k, blocks, 1e-10, 100)
+        base = evaluator.reduced_value(k, blocks, 1e-10, 100)
         h = evaluator.gradient_hessian(k, blocks)[1]
         eigenvalues, vectors = np.linalg.eigh(0.5 * (h + h.T))
         if eigenvalues[0] >= 0:
@@ -103,7 +103,7 @@ def unbounded_along_negative_curvature(problem, level: int, x1) -> str | None:
             for s in 10.0 ** np.arange(0, 9):
                 trial = list(blocks)
                 trial[k] = blocks[k] + sign * s * vectors[:, 0]
-                values.append(evaluator._reduced_value(k, trial, 1e-10, 100))
+                values.append(evaluator.reduced_value(k, trial, 1e-10, 100))
             values = np.asarray(values)
             if np.all(np.isfinite(values)) and np.all(np.diff(values) < 0) and (
                 values[-1] < base - 1e6
