@@ -32,12 +32,15 @@ from .errors import NonFiniteError
 from .numeric import NumericProblem
 
 if TYPE_CHECKING:
+    from .nested import LowerSolution
     from .problem import MultilevelProblem
+    from .symsolve import SymbolicBackend
 
 #: The outer algorithms `optimize` runs (see the Algorithms page of the documentation).
 OUTER_METHODS = ("implicit-exact", "hierarchical", "itd", "aid-cg", "aid-neumann", "no-curvature")
-#: Lower-solve tolerance (gradient norm) of the solved methods, of the reference values and
-#: hypergradients a run tracks, and of exact_value_and_gradient, on either backend: the JAX
+#: Lower-solve tolerance (``solve_lower``'s ``tol``, on Newton's relative distance estimate)
+#: of the solved methods, of the reference values and hypergradients a run tracks, and of
+#: exact_value_and_gradient, on either backend: the JAX
 #: core's solve_and_hypergradient default (the symbolic solver's own default, 1e-12, is not
 #: reachable in float64 on every box).
 REFERENCE_TOL = 1e-10
@@ -76,7 +79,16 @@ class Trace:
         return len(self.grad_norm)
 
     def save(self, path: str) -> None:
-        """Save as ``.npz`` or ``.json`` (by the file's suffix)."""
+        """Save as ``.npz`` or ``.json`` (by the file's suffix).
+
+        JSON holds every field as plain lists and values; ``.npz`` holds the arrays, with the
+        other fields (``method``, ``F1_exact``, ``options``) as JSON in its ``meta`` entry.
+        Fields that are None are left out. `load` reads either back.
+
+        Args:
+            path: The file to write; a name ending in ``.json`` is written as JSON, any
+                other as ``.npz`` (NumPy appends ``.npz`` to a name without that suffix).
+        """
         data = {k: v for k, v in asdict(self).items() if v is not None}
         if str(path).endswith(".json"):
             serial = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in data.items()}
@@ -89,7 +101,15 @@ class Trace:
 
     @classmethod
     def load(cls, path: str) -> Trace:
-        """A trace saved by `save` (``.npz`` or ``.json``, by the file's suffix)."""
+        """A trace saved by `save` (``.npz`` or ``.json``, by the file's suffix).
+
+        Args:
+            path: The file written by `save`; a name ending in ``.json`` is read as JSON,
+                any other as ``.npz``.
+
+        Returns:
+            The `Trace`, its arrays as float64 NumPy arrays.
+        """
         if str(path).endswith(".json"):
             with open(path) as fh:
                 data = json.load(fh)
@@ -102,18 +122,42 @@ class Trace:
         return cls(**meta, **arrays)
 
 
-def project(x, box):
-    """Pi_X for a box X = [lo, hi] (scalars or arrays); identity when ``box`` is None."""
+def project(x: ArrayLike, box: tuple | None) -> ArrayLike:
+    r"""$\Pi_X$ for a box $X = [\mathrm{lo}, \mathrm{hi}]$ (scalars or arrays); identity when
+    ``box`` is None.
+
+    Args:
+        x: The point (or points: the box broadcasts against the last axis).
+        box: ``(lo, hi)``, floats or arrays of the point's shape; None for no constraint.
+
+    Returns:
+        ``x`` clipped to the box componentwise (a new array), or ``x`` itself when ``box`` is
+            None.
+    """
     if box is None:
         return x
     lo, hi = box
     return np.clip(x, lo, hi)
 
 
-def as_numeric(problem, method: str = "itd"):
+def as_numeric(
+    problem: MultilevelProblem | NumericProblem, method: str = "itd"
+) -> NumericProblem | SymbolicBackend:
     """The numeric backend: a NumericProblem as given; a declared problem runs on its compiled
     symbolic formulas for the exact, no-curvature and hierarchical methods (no JAX compile)
-    and is lowered to the JAX core for the others."""
+    and is lowered to the JAX core for the others.
+
+    Args:
+        problem: A declared ``MultilevelProblem`` or a ``NumericProblem``.
+        method: The outer method the backend serves (one of `OUTER_METHODS`; any other name
+            gets the JAX core).
+
+    Returns:
+        ``problem`` itself when it is a NumericProblem; for a declared problem, a
+            `mlverify.symsolve.SymbolicBackend` for ``"implicit-exact"``,
+            ``"no-curvature"`` and ``"hierarchical"``, else its JAX lowering
+            (`MultilevelProblem.lower`, made once per problem and kept while it lives).
+    """
     if isinstance(problem, NumericProblem):
         return problem
     if method in ("implicit-exact", "no-curvature", "hierarchical"):
@@ -138,9 +182,32 @@ def _lowered(problem):
         return problem.lower()
 
 
-def exact_value_and_gradient(num, x1, init=None):
+def exact_value_and_gradient(
+    num: NumericProblem | SymbolicBackend,
+    x1: ArrayLike,
+    init: Sequence[ArrayLike] | None = None,
+) -> tuple[float, np.ndarray, LowerSolution]:
     r"""$(F_1, \nabla F_1, \text{lower solution})$ at $x_1$, lower levels solved, on either
-    backend."""
+    backend.
+
+    The lower levels are solved to `REFERENCE_TOL`; the gradient is the exact hypergradient
+    (with the curvature terms of Lemma 3.2) at that solution.
+
+    Args:
+        num: The backend, as `as_numeric` gives it.
+        x1: The top-level block $x_1$ as a flat vector of length $d_1$.
+        init: Starting blocks $x_2, \dots, x_n$ of the lower solve (default: the problem's
+            initial point).
+
+    Returns:
+        The triple ``(value, gradient, lower)``: $F_1(x_1)$ as a float, $\nabla F_1(x_1)$ as
+            a flat float64 array of length $d_1$, and the lower solution (a
+            `mlverify.nested.LowerSolution`).
+
+    Raises:
+        MlverifyError: The lower solve or its checks failed; the error names the level
+            (for example ``ConvergenceError`` or ``HessianError``).
+    """
     options = {"tol": REFERENCE_TOL} if init is None else {"tol": REFERENCE_TOL, "init": init}
     lower = num.solve_lower(num.unflatten(0, jnp.asarray(x1)), **options)
     flat = [jnp.asarray(x1)] + [num.flatten(k, x) for k, x in enumerate(lower, 1)]
@@ -153,8 +220,26 @@ def exact_value_and_gradient(num, x1, init=None):
     return value, grad, lower
 
 
-def hessian_F1(num, x1, step: float = 1e-5) -> np.ndarray:
-    """Hessian of $F_1$ at $x_1$: central differences of the exact hypergradient (symmetrised)."""
+def hessian_F1(
+    num: NumericProblem | SymbolicBackend, x1: ArrayLike, step: float = 1e-5
+) -> np.ndarray:
+    r"""Hessian of $F_1$ at $x_1$: central differences of the exact hypergradient (symmetrised).
+
+    Each column costs two lower solves (`exact_value_and_gradient`, from the problem's
+    initial point).
+
+    Args:
+        num: The backend, as `as_numeric` gives it.
+        x1: The top-level block $x_1$ as a flat vector of length $d_1$.
+        step: The difference step $h$ in each coordinate: column $i$ is
+            $(\nabla F_1(x_1 + h e_i) - \nabla F_1(x_1 - h e_i)) / (2h)$.
+
+    Returns:
+        The symmetrised $d_1 \times d_1$ float64 matrix $(H + H^\top)/2$.
+
+    Raises:
+        MlverifyError: A lower solve failed; the error names the level.
+    """
     x1 = np.asarray(x1, dtype=np.float64)
     columns = []
     for i in range(x1.size):
@@ -167,8 +252,20 @@ def hessian_F1(num, x1, step: float = 1e-5) -> np.ndarray:
     return 0.5 * (h + h.T)
 
 
-def estimate_lipschitz(num, x1) -> float:
-    r"""$\lambda_{\max}$ of the Hessian of $F_1$ at $x_1$ (a local estimate of $L$)."""
+def estimate_lipschitz(num: NumericProblem | SymbolicBackend, x1: ArrayLike) -> float:
+    r"""$\lambda_{\max}$ of the Hessian of $F_1$ at $x_1$ (a local estimate of $L$).
+
+    Args:
+        num: The backend, as `as_numeric` gives it.
+        x1: The top-level block $x_1$ (shaped as declared, or flat).
+
+    Returns:
+        The largest eigenvalue of `hessian_F1` at ``x1`` (signed: negative where $F_1$ is
+            concave there).
+
+    Raises:
+        MlverifyError: A lower solve failed; the error names the level.
+    """
     return float(np.linalg.eigvalsh(hessian_F1(num, np.asarray(num.flatten(0, x1))))[-1])
 
 

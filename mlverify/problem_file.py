@@ -8,10 +8,14 @@ import ast
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import one_line
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 
 class BadInput(Exception):
@@ -32,9 +36,27 @@ class Target:
     family_label: str = ""
 
 
-def parse_box(lo, hi, d: int, origin: str) -> tuple[np.ndarray, np.ndarray]:
+def parse_box(
+    lo: ArrayLike | str, hi: ArrayLike | str, d: int, origin: str
+) -> tuple[np.ndarray, np.ndarray]:
     """(lo, hi) as float64 vectors of length d (numbers, sequences, or comma-separated
-    strings), or BadInput naming ``origin``."""
+    strings), or BadInput naming ``origin``.
+
+    Args:
+        lo: The lower corner: a number (the same in every coordinate), a sequence of $d$
+            numbers, or a string of one or $d$ comma-separated numbers (``"-1,0"``).
+        hi: The upper corner, in the same forms.
+        d: The size $d_1$ of the top-level block $x_1$.
+        origin: Where the box came from (``"--box"``, ``"file.py:3: box"``), to start
+            each error message.
+
+    Returns:
+        The pair ``(lo, hi)`` of float64 arrays of length ``d``.
+
+    Raises:
+        BadInput: A side is not numeric, has neither 1 nor ``d`` entries, or holds NaN or
+            inf, or ``lo < hi`` fails in some coordinate.
+    """
     sides = []
     for name, side in (("lo", lo), ("hi", hi)):
         if isinstance(side, str):
@@ -91,11 +113,35 @@ def _is_problem(value) -> bool:
     return isinstance(value, (MultilevelProblem, NumericProblem))
 
 
-def load_file(path_text: str, box_option, max_levels) -> Target:
-    """The problem file at ``path_text`` as a run's target: its ``problem``, its ``box``
-    (``box_option`` overrides it; default [-2, 2] per coordinate) and, where it defines
-    ``family(n)``, every member n = 2..``max_levels`` (default 4), each checked now. Any
-    mistake raises BadInput naming file:line."""
+def load_file(path_text: str, box_option: tuple | None, max_levels: int | None) -> Target:
+    r"""The problem file at ``path_text`` as a run's target: its ``problem``, its ``box``
+    (``box_option`` overrides it; default $[-2, 2]$ per coordinate) and, where it defines
+    ``family(n)``, every member $n = 2, \dots, \text{max\_levels}$ (default 4), each checked
+    now. Any mistake raises BadInput naming file:line.
+
+    The file is run as Python (it may import anything); it must assign a
+    ``MultilevelProblem`` or ``NumericProblem`` to ``problem``, and may assign ``box = (lo,
+    hi)`` and define ``family(n)`` returning an $n$-level problem whose $x_1$ has the size
+    of ``problem``'s.
+
+    Args:
+        path_text: The problem file's path.
+        box_option: ``(lo, hi)`` from ``--box`` (each side as `parse_box` reads it), which
+            replaces the file's ``box``; None to use the file's ``box`` or the default.
+        max_levels: The largest $n$ of the family members built (default 4 when None);
+            must be None when the file defines no ``family``.
+
+    Returns:
+        The run's `Target`: the problem, its box, the file as label, and where the file
+            defines ``family(n)`` the family and its members by $n$ (else
+            ``family_reason`` says there is none).
+
+    Raises:
+        BadInput: The file is missing, does not compile or raises when run; ``problem`` is
+            missing or not a problem; ``box`` is not a valid ``(lo, hi)``; ``max_levels``
+            is given without a family; ``family`` is not callable, raises, or returns
+            something other than a problem with $n$ levels and the same $x_1$ size.
+    """
     path = Path(path_text)
     if not path.is_file():
         raise BadInput(f"{path}: no such file")
@@ -159,11 +205,34 @@ def load_file(path_text: str, box_option, max_levels) -> Target:
     return target
 
 
-def load_zoo(name: str | None, *, levels=None, size=None, seed=None, box_option=None,
-             max_levels=None) -> Target:
-    """The zoo problem ``name`` (default ``default``) as a run's target: a family's member
-    with ``levels`` levels (default 3) and its members n = 2..``max_levels`` (default 4),
-    or the single problem; its box from ``box_option`` or the zoo's default box."""
+def load_zoo(name: str | None, *, levels: int | None = None, size: int | None = None,
+             seed: int | None = None, box_option: tuple | None = None,
+             max_levels: int | None = None) -> Target:
+    r"""The zoo problem ``name`` (default ``default``) as a run's target: a family's member
+    with ``levels`` levels (default 3) and its members $n = 2, \dots, \text{max\_levels}$
+    (default 4), or the single problem; its box from ``box_option`` or the zoo's default box.
+
+    Args:
+        name: A zoo problem, one of `mlverify.zoo.registry.BOXES`; None for ``"default"``.
+        levels: The number of levels of a family's problem (default 3); unused for a single
+            problem.
+        size: The block size of the ``quadratic`` and ``nonquadratic`` families (default 1).
+        seed: The problem's seed (default 0; `mlverify.zoo.registry.RIDGE_SEED` for
+            ``ridge``).
+        box_option: ``(lo, hi)`` from ``--box`` (each side as `parse_box` reads it); None
+            for the zoo's default box (`mlverify.zoo.registry.BOXES`).
+        max_levels: The largest $n$ of a family's members (default 4 when None); unused for
+            a single problem.
+
+    Returns:
+        The run's `Target`: the problem, its box and label, and for a family the family,
+            its description and its members by $n$ (else ``family_reason`` says there is
+            none).
+
+    Raises:
+        ValueError: An unknown ``name``.
+        BadInput: ``box_option`` is not a valid box for $x_1$.
+    """
     from .zoo import registry
 
     name = name or "default"

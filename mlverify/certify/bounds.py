@@ -16,11 +16,16 @@ Rayleigh quotients $v^\top A_c v / v^\top v$, also in ball arithmetic.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .programs import _as_arb, arb_power
+
+if TYPE_CHECKING:
+    from flint import arb
 
 
 @dataclass(frozen=True)
@@ -34,8 +39,16 @@ class EigenBounds:
     max_upper: float
 
 
-def float_down(value) -> float:
-    r"""The largest float64 $\le$ the ball's lower end (exact comparison, then one step down)."""
+def float_down(value: arb | float) -> float:
+    r"""The largest float64 $\le$ the ball's lower end (exact comparison, then one step down).
+
+    Args:
+        value: A ball (python-flint ``arb``), or a number made into an exact ball.
+
+    Returns:
+        A float64 at or below every point of the ball; ``-inf`` when the lower end is not
+            finite.
+    """
     from flint import arb
 
     low = _as_arb(value).lower()
@@ -47,8 +60,16 @@ def float_down(value) -> float:
     return f
 
 
-def float_up(value) -> float:
-    r"""The smallest float64 $\ge$ the ball's upper end."""
+def float_up(value: arb | float) -> float:
+    r"""The smallest float64 $\ge$ the ball's upper end.
+
+    Args:
+        value: A ball (python-flint ``arb``), or a number made into an exact ball.
+
+    Returns:
+        A float64 at or above every point of the ball; ``inf`` when the upper end is not
+            finite.
+    """
     from flint import arb
 
     high = _as_arb(value).upper()
@@ -96,12 +117,21 @@ def _rayleigh(center, v):
     return num / den
 
 
-def symmetric_eigen_bounds(matrix) -> EigenBounds | None:
+def symmetric_eigen_bounds(matrix: Sequence[Sequence[arb]]) -> EigenBounds | None:
     """Proven bounds on the extreme eigenvalues of every symmetric matrix in ``matrix``.
 
     ``matrix`` is a square list of lists of balls (not necessarily symmetric: the symmetric
     part is used, which contains every symmetric matrix of the set). None when an entry is
     not finite.
+
+    Args:
+        matrix: The interval matrix, a square list of rows of balls (python-flint ``arb``,
+            or numbers).
+
+    Returns:
+        The `EigenBounds` (float64, rounded outward), or None when an entry is not finite
+            or the interval Cholesky test cannot bound the midpoint's extreme eigenvalues
+            (after shifts of up to $10^{-3}$ times their scale).
     """
     from flint import arb
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +16,11 @@ from ..symsolve import as_block_value
 from .bounds import float_down, float_up, symmetric_eigen_bounds
 from .programs import _as_arb
 from .system import CertifiedSystem, Enclosure, _inside, _operator, krawczyk
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from ..problem import MultilevelProblem
 
 #: Working precision (bits) of the ball arithmetic at a single point.
 POINT_PRECISION = 128
@@ -30,7 +37,11 @@ class CertificationError(ProblemDefinitionError):
 
 @contextlib.contextmanager
 def precision(bits: int):
-    """Run the ball arithmetic at ``bits`` of working precision (restored afterwards)."""
+    """Run the ball arithmetic at ``bits`` of working precision (restored afterwards).
+
+    Args:
+        bits: The working precision of python-flint's ball arithmetic, in bits.
+    """
     from flint import ctx
 
     saved = ctx.prec
@@ -45,8 +56,21 @@ def precision(bits: int):
 _SYSTEMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def certified_system(problem) -> CertifiedSystem:
-    """The problem's `CertifiedSystem`, compiled once and kept while the problem lives."""
+def certified_system(problem: MultilevelProblem) -> CertifiedSystem:
+    """The problem's `CertifiedSystem`, compiled once and kept while the problem lives.
+
+    Args:
+        problem: A declared ``MultilevelProblem`` (its derivation is what is compiled).
+
+    Returns:
+        The problem's `CertifiedSystem`, in ball arithmetic (python-flint).
+
+    Raises:
+        ProblemDefinitionError: An objective uses a function that has no rigorous
+            enclosure in ball arithmetic.
+        HessianError: A reduced Hessian is a constant matrix that is not positive definite
+            (from the derivation).
+    """
     if problem not in _SYSTEMS:
         _SYSTEMS[problem] = CertifiedSystem(problem)
     return _SYSTEMS[problem]
@@ -81,14 +105,32 @@ class HypergradientEnclosure:
         """Width of the proven interval."""
         return self.proven_upper - self.proven_lower
 
-    def contains(self, value) -> bool:
-        """Whether ``value`` lies in [lower, upper] componentwise."""
+    def contains(self, value: ArrayLike) -> bool:
+        """Whether ``value`` lies in [lower, upper] componentwise.
+
+        Args:
+            value: A hypergradient to test, flattened to length $d_1$ (a number for a
+                scalar block).
+
+        Returns:
+            True when every component lies in the padded interval ``[lower, upper]``
+                (bounds included).
+        """
         v = np.asarray(value, dtype=np.float64).reshape(-1)
         return bool(np.all(self.lower <= v) and np.all(v <= self.upper))
 
 
-def point_enclosure(problem, x1, *, init=None, bits: int = POINT_PRECISION):
-    """(system, `x1` balls, enclosure of $z$) at one point, or raise `CertificationError`."""
+def point_enclosure(problem: MultilevelProblem, x1: ArrayLike, *,
+                    init: Sequence[ArrayLike] | None = None, bits: int = POINT_PRECISION):
+    r"""(system, `x1` balls, enclosure of $z$) at one point, or raise `CertificationError`.
+
+    Args:
+        problem: A declared ``MultilevelProblem``.
+        x1: The top-level block $x_1$ (a number for a scalar block).
+        init: Starting blocks $x_2, \dots, x_n$ of the float64 lower solve that gives the
+            centre (default: the declared starts).
+        bits: Working precision of the ball arithmetic, in bits.
+    """
     from flint import arb
 
     system = certified_system(problem)
@@ -157,7 +199,8 @@ def _krawczyk_at(system, x1_balls, center_balls):
     return krawczyk(system, x1_balls, [float(v) for v in c])
 
 
-def hypergradient_enclosure(problem, x1, *, init=None, pad: float = DEFAULT_PAD,
+def hypergradient_enclosure(problem: MultilevelProblem, x1: ArrayLike, *,
+                            init: Sequence[ArrayLike] | None = None, pad: float = DEFAULT_PAD,
                             bits: int = POINT_PRECISION) -> HypergradientEnclosure:
     r"""Enclose $\mathrm{d}F_1/\mathrm{d}x_1$ at `x1` (Lemmas 2.1, 3.1, 3.2), with a proof.
 
@@ -166,6 +209,27 @@ def hypergradient_enclosure(problem, x1, *, init=None, pad: float = DEFAULT_PAD,
     the zero is the local nested solution the lemmas differentiate), and the hypergradient
     formula is evaluated in ball arithmetic over the enclosure. Raises `CertificationError`
     (naming the level) when a step cannot be proven.
+
+    Args:
+        problem: A declared ``MultilevelProblem``.
+        x1: The top-level block $x_1$ (a number for a scalar block).
+        init: Starting blocks $x_2, \dots, x_n$ of the float64 lower solve that gives the
+            centre of the enclosure (default: the declared starts).
+        pad: Relative padding of ``lower``/``upper`` (see `HypergradientEnclosure`).
+        bits: Working precision of the ball arithmetic, in bits.
+
+    Returns:
+        The `HypergradientEnclosure` at ``x1``.
+
+    Raises:
+        CertificationError: The lower solutions could not be enclosed (a singular or
+            indefinite $H_k$ at the float solution, or the Krawczyk test failed), an $H_k$
+            is not proven positive definite over the enclosure, or the enclosure of the
+            hypergradient is not finite; the error names the level.
+        ProblemDefinitionError: ``x1`` is not numeric or not of the block's size, or an
+            objective has no rigorous enclosure (see `certified_system`).
+        MlverifyError: The float lower solve failed otherwise (for example
+            ``ConvergenceError`` or ``NonFiniteError``), naming the level.
     """
     x1 = as_block_value(x1, problem.sizes[0], level=1)
     system, balls, z = point_enclosure(problem, x1, init=init, bits=bits)

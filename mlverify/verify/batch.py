@@ -12,7 +12,9 @@ bound is checked at every $T$. With several devices the batch is sharded over th
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,9 @@ import numpy as np
 from ..certify.constants import L_MARGIN
 from ..numeric.implicit import ImplicitCore, LinearSolve
 from ..numeric.solvers import joint_newton
+
+if TYPE_CHECKING:
+    from ..zoo import QuadraticFamily
 
 #: Relative slack on "left $\le$ right" for float64 sums of up to $T$ terms.
 ROUND_OFF = 1e-9
@@ -122,9 +127,34 @@ def _instance_check(objectives_of, sizes, box, T, grid, newton_steps, fd_step):
     return check
 
 
-def instance_check(objectives_of, sizes, box, *, T: int = 100, grid_points: int = 5,
-                   newton_steps: int = 30, fd_step: float = 1e-5):
-    """The pure single-instance check ``params -> dict of results`` (jit- and vmap-able)."""
+def instance_check(objectives_of: Callable[[Any], Sequence[Callable]], sizes: Sequence[int],
+                   box: tuple, *, T: int = 100, grid_points: int = 5, newton_steps: int = 30,
+                   fd_step: float = 1e-5) -> Callable[[Any], dict]:
+    r"""The pure single-instance check ``params -> dict of results`` (jit- and vmap-able).
+
+    Per instance: $L$ is `L_MARGIN` times the largest eigenvalue of the Hessian of $F_1$ over
+    the grid, the run is projected gradient descent with step $1/L$ from the box's lower
+    corner (lower levels started at 0), and $F_1^*$ is the least value seen on it and on a
+    continuation $4T$ rounds long.
+
+    Args:
+        objectives_of: ``params -> [f_1, ..., f_n]``: one instance's objectives, each a JAX
+            callable of the tuple of blocks.
+        sizes: The block sizes $d_1, \dots, d_n$.
+        box: ``(lo, hi)``, the box $X$ for $x_1$ (floats or arrays of length $d_1$).
+        T: The number of rounds; the bound is checked at every $T$ up to it.
+        grid_points: Points per coordinate of the grid of $X$ on which the Hessian of $F_1$
+            is evaluated ($\text{grid\_points}^{d_1}$ points).
+        newton_steps: The most Newton steps of each lower solve.
+        fd_step: The central-difference step of the Hessian of $F_1$.
+
+    Returns:
+        A function of one instance's ``params`` returning a dict of JAX scalars: ``ok``
+            (the bound held at every $T$), ``applicable`` (the Hessian of $F_1$ positive
+            definite on the grid, every lower solve within `SOLVE_TOL`, the worst ratio
+            finite), ``ratio`` (worst left/right), ``L``, ``lambda_min`` (least eigenvalue
+            on the grid), ``F_star`` and ``residual`` (largest lower gradient norm).
+    """
     sizes = tuple(sizes)
     lo = jnp.broadcast_to(jnp.asarray(box[0], dtype=jnp.float64), (sizes[0],))
     hi = jnp.broadcast_to(jnp.asarray(box[1], dtype=jnp.float64), (sizes[0],))
@@ -133,12 +163,32 @@ def instance_check(objectives_of, sizes, box, *, T: int = 100, grid_points: int 
     return _instance_check(objectives_of, sizes, (lo, hi), T, grid, newton_steps, fd_step)
 
 
-def theorem_4_1_batch(objectives_of, params, sizes, box, *, T: int = 100, grid_points: int = 5,
-                      newton_steps: int = 30, fd_step: float = 1e-5, vectorize: bool = True):
-    """Check Theorem 4.1 on every instance of a batched family (see the module docstring).
+def theorem_4_1_batch(objectives_of: Callable[[Any], Sequence[Callable]], params: Any,
+                      sizes: Sequence[int], box: tuple, *, T: int = 100, grid_points: int = 5,
+                      newton_steps: int = 30, fd_step: float = 1e-5,
+                      vectorize: bool = True) -> BatchReport:
+    r"""Check Theorem 4.1 on every instance of a batched family (see the module docstring).
 
     ``vectorize=False`` runs the same compiled single-instance check in a Python loop (the
     baseline of the throughput benchmark). Returns a `BatchReport`.
+
+    Args:
+        objectives_of: ``params -> [f_1, ..., f_n]``: one instance's objectives, each a JAX
+            callable of the tuple of blocks.
+        params: A pytree whose leaves carry a leading batch axis, one entry per instance.
+        sizes: The block sizes $d_1, \dots, d_n$.
+        box: ``(lo, hi)``, the box $X$ for $x_1$ (floats or arrays of length $d_1$).
+        T: The number of rounds; the bound is checked at every $T$ up to it.
+        grid_points: Points per coordinate of the grid of $X$ for $L$ and $\lambda_{\min}$.
+        newton_steps: The most Newton steps of each lower solve.
+        fd_step: The central-difference step of the Hessian of $F_1$.
+        vectorize: True checks every instance in one jitted, vmapped call (sharded over the
+            devices when there are several and they divide the batch); False loops.
+
+    Returns:
+        A `BatchReport`: per instance the verdict ("pass", "fail" or "not-applicable"),
+            the worst ratio left/right, $L$, $\lambda_{\min}$, $F_1^*$ and the largest
+            lower residual, as NumPy arrays.
     """
     check = instance_check(objectives_of, sizes, box, T=T, grid_points=grid_points,
                            newton_steps=newton_steps, fd_step=fd_step)
@@ -167,8 +217,24 @@ def _shard(params):
     return jax.tree_util.tree_map(lambda a: jax.device_put(a, spec), params)
 
 
-def quadratic_family_batch(n: int, sizes, seeds):
-    """(objectives_of, params) for the zoo's quadratic family over ``seeds``."""
+def quadratic_family_batch(
+    n: int, sizes: Sequence[int] | None, seeds: Iterable[int]
+) -> tuple[Callable[[Any], list[Callable]], tuple[jax.Array, jax.Array], list[QuadraticFamily]]:
+    r"""(objectives_of, params, members) for the zoo's quadratic family over ``seeds``.
+
+    Args:
+        n: The number of levels.
+        sizes: The block sizes $d_1, \dots, d_n$ (None: scalar blocks), as
+            [`quadratic`][mlverify.zoo.families.quadratic] takes them.
+        seeds: One seed per instance.
+
+    Returns:
+        The triple ``(objectives_of, params, members)``: the family's objectives as a
+            function of ``params``, ``params = (Q, c)`` stacked over the seeds (float64
+            arrays of shapes $(B, n, d, d)$ and $(B, n, d)$, $d = \sum_k d_k$, $B$ the
+            number of seeds), and the `QuadraticFamily` members themselves, ready for
+            `theorem_4_1_batch`.
+    """
     from ..zoo import quadratic
 
     members = [quadratic(n, sizes, seed=s) for s in seeds]

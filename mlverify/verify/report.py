@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 #: The verdicts a check can give; "not-applicable" when an assumption of the theorem fails.
 VERDICTS = ("pass", "fail", "not-applicable")
@@ -70,7 +75,17 @@ class Report:
         return "\n".join(lines)
 
     def format_table(self, rows: int = 8) -> str:
-        """The per-$T$ table as text, about ``rows`` rows spaced geometrically in $T$."""
+        """The per-$T$ table as text, about ``rows`` rows spaced geometrically in $T$.
+
+        Args:
+            rows: The number of rows wanted; the first and the last $T$ are always shown,
+                and rows that coincide at small $T$ are shown once (so there may be fewer).
+
+        Returns:
+            A header line with the column names, then one line per row picked (numbers in
+                ``.4e`` format, booleans and strings as they are); the empty string when the
+                report has no table (a not-applicable verdict).
+        """
         if not self.table:
             return ""
         keys = list(self.table)
@@ -107,17 +122,33 @@ class Report:
         return clean(asdict(self))
 
     def save(self, path: str) -> None:
-        """Write `to_dict` as JSON to ``path``."""
+        """Write `to_dict` as JSON to ``path``.
+
+        Args:
+            path: The JSON file to write (replaced if it exists).
+        """
         with open(path, "w") as fh:
             json.dump(self.to_dict(), fh, indent=1)
 
-    def plot(self, path: str | None = None, ax=None):
+    def plot(self, path: str | None = None, ax: Axes | None = None) -> Figure:
         """Log-log plot of the measured left side(s) against the bound (the right side).
 
         Theorem 4.1: the mean and the minimum of the squared gradient mapping, and the
         bound. Theorem 4.2: for every method run, the left side, the right side and its
         error term. The y-axis spans the plotted values (a curve that falls far below the
         others, or reaches 0, is cut at the axis floor, and its legend entry says so).
+        A report without a table (not applicable) gets its verdict and reason written on
+        empty axes instead.
+
+        Args:
+            path: An image file to save the figure to (the format by its suffix); None
+                saves nothing.
+            ax: The matplotlib axes to draw on; None makes a new figure (selecting the
+                non-interactive ``Agg`` backend first).
+
+        Returns:
+            The matplotlib figure drawn on (the figure of ``ax`` when given); it is not
+                closed.
         """
         import matplotlib
 
@@ -201,10 +232,16 @@ class Report:
         return curves
 
 
-def plot_rounds_to_epsilon(growth, path, label: str) -> None:
+def plot_rounds_to_epsilon(growth: dict, path: str, label: str) -> None:
     r"""Plot a `rounds_to_epsilon` result to ``path``: $T_\varepsilon(n)$ (a cross where it
     was not reached) and the mean $\lVert e_t \rVert$ against the number of levels, titled
-    with ``label`` (the family)."""
+    with ``label`` (the family).
+
+    Args:
+        growth: The dict that `rounds_to_epsilon` returns.
+        path: The image file written (the format by its suffix).
+        label: The family's name, in the title.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

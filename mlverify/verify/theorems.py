@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -87,7 +88,9 @@ def _lower_constants(scan, n):
     }
 
 
-def constants_4_1(problem, box, *, samples: int = 25, seed: int = 0):
+def constants_4_1(
+    problem: MultilevelProblem | NumericProblem, box: tuple, *, samples: int = 25, seed: int = 0
+) -> tuple[dict, str | None]:
     r"""Check Theorem 4.1's assumptions on $X$ and estimate $L = \max \lambda_{\max}(\nabla^2 F_1)$.
 
     The assumptions: every lower level strongly convex at its solution (so $F_1$ is defined
@@ -96,6 +99,28 @@ def constants_4_1(problem, box, *, samples: int = 25, seed: int = 0):
     violation message (None when every assumption held at every sampled point). Method:
     a grid (or seeded random points in high dimension) plus L-BFGS-B maximisation of
     $\lambda_{\max}$ from the best sample; the lower solves check every lower Hessian there.
+
+    Args:
+        problem: A declared ``MultilevelProblem`` or a ``NumericProblem``.
+        box: ``(lo, hi)``, the box $X$ for $x_1$ (floats or arrays of $x_1$'s size).
+        samples: About how many points of $X$ are sampled: a grid, or that many seeded
+            uniform points where a grid would have more than four times as many.
+        seed: The seed of the uniform points (unused for a grid).
+
+    Returns:
+        The pair ``(constants, violation)``. ``constants`` maps ``"L"`` (`L_MARGIN` times
+            the largest $\lambda_{\max}$ found), ``"lambda_min"`` (the least
+            $\lambda_{\min}$ of the Hessian of $F_1$ over the samples) and ``"mu_k"`` for
+            $k = 2, \dots, n$ (the least $\lambda_{\min}(H_k)$ at the lower solutions) to
+            ``(value, how obtained)``; it is empty when ``violation``, the message saying
+            where an assumption failed (the point, and the level for a lower level), is not
+            None.
+
+    Raises:
+        ValueError: ``lo < hi`` fails in some coordinate.
+        MlverifyError: A lower solve failed other than by a degenerate Hessian or
+            non-convergence (which are reported as a violation), for example
+            ``NonFiniteError``.
     """
     num = as_numeric(problem, "implicit-exact")
     lo, hi = _box(box, num.sizes[0])
@@ -125,7 +150,9 @@ def constants_4_1(problem, box, *, samples: int = 25, seed: int = 0):
     return constants, None
 
 
-def constants_4_2(problem, box, *, samples: int = 9, seed: int = 0):
+def constants_4_2(
+    problem: MultilevelProblem | NumericProblem, box: tuple, *, samples: int = 9, seed: int = 0
+) -> tuple[dict, str | None]:
     r"""Check Theorem 4.2's assumptions on $X$ and estimate its $L$.
 
     Theorem 4.2 needs $F_1$ $L$-smooth and bounded below, and $\alpha \le 1/L$; it does not
@@ -136,6 +163,25 @@ def constants_4_2(problem, box, *, samples: int = 9, seed: int = 0):
     [`theorem_4_2`][mlverify.verify.theorems.theorem_4_2]).
     Returns ``(constants, violation)`` as
     [`constants_4_1`][mlverify.verify.theorems.constants_4_1].
+
+    Args:
+        problem: A declared ``MultilevelProblem`` or a ``NumericProblem``.
+        box: ``(lo, hi)``, the region $X$ for $x_1$ (floats or arrays of $x_1$'s size).
+        samples: About how many points of $X$ are sampled (as in `constants_4_1`).
+        seed: The seed of the uniform points (unused for a grid).
+
+    Returns:
+        The pair ``(constants, violation)``. ``constants`` maps ``"L"`` (`L_MARGIN` times
+            the largest $\lvert\text{eigenvalue}\rvert$ found), ``"lambda_min"`` (the least
+            eigenvalue of the Hessian of $F_1$ over the samples, of any sign) and ``"mu_k"``
+            for $k = 2, \dots, n$ to ``(value, how obtained)``; it is empty when
+            ``violation``, the message saying where an assumption failed, is not None.
+
+    Raises:
+        ValueError: ``lo < hi`` fails in some coordinate.
+        MlverifyError: A lower solve failed other than by a degenerate Hessian or
+            non-convergence (which are reported as a violation), for example
+            ``NonFiniteError``.
     """
     num = as_numeric(problem, "implicit-exact")
     lo, hi = _box(box, num.sizes[0])
@@ -519,17 +565,17 @@ def _box_list(region):
 
 
 def rounds_to_epsilon(
-    family,
-    ns=(2, 3, 4, 5),
+    family: Callable[[int], MultilevelProblem | NumericProblem],
+    ns: Sequence[int] = (2, 3, 4, 5),
     *,
     epsilon: float = 1e-10,
-    method="hierarchical",
+    method: str = "hierarchical",
     max_rounds: int = 400,
     inner_steps: int = 1,
-    x0=None,
-    box=None,
-    describe=None,
-    progress=None,
+    x0: ArrayLike | None = None,
+    box: tuple | None = None,
+    describe: Callable[[int, MultilevelProblem | NumericProblem], str] | None = None,
+    progress: Callable[[int], object] | None = None,
     time_budget: float | None = None,
 ) -> dict:
     r"""$T_\varepsilon(n)$: rounds until $\lVert \nabla F_1(x^t) \rVert^2 \le \varepsilon$, and
@@ -548,6 +594,36 @@ def rounds_to_epsilon(
     not started, nor any larger one; ``stopped`` then says which and why. The prediction
     is the last member's time times its growth over the member before (at least the last
     member's time). ``seconds`` holds each member's wall time.
+
+    Args:
+        family: ``n -> problem``, a declared ``MultilevelProblem`` or a ``NumericProblem``
+            with $n$ levels.
+        ns: The numbers of levels studied, in order.
+        epsilon: The target $\varepsilon$ on $\lVert \nabla F_1(x^t) \rVert^2$.
+        method: The outer method run (one of `mlverify.optimize.OUTER_METHODS`).
+        max_rounds: The rounds of each run; $T_\varepsilon$ is infinite when the target is
+            not reached within them.
+        inner_steps: Inner steps per level and round (single loop and ITD).
+        x0: The start $x^0$ for every member (default 0), projected into the box.
+        box: ``(lo, hi)``, the region $L_n$ is sampled on (default $x^0 \pm 1$).
+        describe: ``(n, problem) -> str``, each member's description in ``problems``.
+        progress: Called as ``progress(n)`` before each member.
+        time_budget: Seconds the whole study may take (above); None for no limit.
+
+    Returns:
+        A dict of lists, one entry per member run: ``n``, ``T_eps`` (the first $t + 1$
+            with $\lVert \nabla F_1(x^t) \rVert^2 \le \varepsilon$, or ``inf``),
+            ``mean_error`` and ``first_error`` (of $\lVert e_t \rVert$ over the run),
+            ``L``, ``problems`` and ``seconds``; and the study's ``growth_per_level``,
+            ``growth_linear`` (None with fewer than two finite $T_\varepsilon$),
+            ``epsilon``, ``max_rounds``, ``box`` (the last member's region) and
+            ``stopped`` (None, or why the larger $n$ were not run).
+
+    Raises:
+        HessianError: A member fails Theorem 4.2's assumptions on the box (the message
+            gives $n$ and the violation).
+        ValueError: ``lo < hi`` fails in some coordinate of the box.
+        MlverifyError: A lower solve or a run failed; the error names the level.
     """
     rows = {"n": [], "T_eps": [], "mean_error": [], "first_error": [], "L": [], "problems": [],
             "seconds": []}

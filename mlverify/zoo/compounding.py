@@ -19,8 +19,9 @@ import sympy as sp
 from ..problem import Level, MultilevelProblem
 
 
-def compounding(n: int, seed: int = 0, kappa: int = 10, coupling=None, scale=None
-                ) -> MultilevelProblem:
+def compounding(n: int, seed: int = 0, kappa: int = 10,
+                coupling: float | sp.Rational | None = None,
+                scale: float | sp.Rational | None = None) -> MultilevelProblem:
     r"""The n-level compounding family, blocks of 2 (seeded).
 
     $$
@@ -39,6 +40,22 @@ def compounding(n: int, seed: int = 0, kappa: int = 10, coupling=None, scale=Non
     response is affine and the exact hypergradient is known; the single-loop errors are what
     grow with $n$: the slow direction of each level trails its best response by a factor
     $1 - 1/\kappa$ per round and passes $b$ times its error to the level above.
+
+    Args:
+        n: The number of levels, at least 2.
+        seed: The seed of the target $a$.
+        kappa: The condition number $\kappa$ of $A$ (an integer).
+        coupling: $b$, the coupling of each level to the one below (default $3/5$), made
+            an exact rational by ``sympy.nsimplify``.
+        scale: $c$, how strongly each level's best response follows the level above
+            (default $1/2$), made an exact rational by ``sympy.nsimplify``.
+
+    Returns:
+        The declared ``MultilevelProblem``, every block of 2 symbols
+            (``x1_0``, ``x1_1``, ``x2_0``, ...).
+
+    Raises:
+        ValueError: ``n`` is less than 2.
     """
     if n < 2:
         raise ValueError(f"the compounding family needs n >= 2 levels, got {n}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,9 @@ import sympy as sp
 from ..errors import ProblemDefinitionError
 from ..numeric import NumericProblem
 from ..problem import Level, MultilevelProblem
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 
 def _symbols(n, sizes):
@@ -94,16 +99,30 @@ class QuadraticFamily:
             P, p = pu + pv @ v_map, p + pv @ v_off
         return P, p
 
-    def hypergradient(self, x1) -> np.ndarray:
+    def hypergradient(self, x1: ArrayLike) -> np.ndarray:
         r"""The exact hypergradient $\nabla F_1(x_1) = P^\top (Q_1 z + c_1)$, $z = P x_1 + p$
-        (closed form, see `reduced_map`)."""
+        (closed form, see `reduced_map`).
+
+        Args:
+            x1: The top-level block $x_1$ (length $d_1$; a number for a scalar block).
+
+        Returns:
+            $\nabla F_1(x_1)$ as a float64 array of length $d_1$.
+        """
         P, p = self.reduced_map()
         q1, c1 = self._float()[0][0], self._float()[1][0]
         return P.T @ (q1 @ (P @ np.asarray(x1, float) + p) + c1)
 
-    def F1(self, x1) -> float:
+    def F1(self, x1: ArrayLike) -> float:
         r"""The upper objective $F_1(x_1) = \tfrac12 z^\top Q_1 z + c_1^\top z$ at
-        $z = P x_1 + p$, the lower levels solved exactly."""
+        $z = P x_1 + p$, the lower levels solved exactly.
+
+        Args:
+            x1: The top-level block $x_1$ (length $d_1$; a number for a scalar block).
+
+        Returns:
+            $F_1(x_1)$ as a float.
+        """
         P, p = self.reduced_map()
         q1, c1 = self._float()[0][0], self._float()[1][0]
         z = P @ np.asarray(x1, float) + p
@@ -115,8 +134,15 @@ class QuadraticFamily:
         P, _ = self.reduced_map()
         return P.T @ self._float()[0][0] @ P
 
-    def lower_solution(self, x1) -> list[np.ndarray]:
-        r"""The exact lower solutions $x_2^*, \dots, x_n^*$ at ``x1``, one array per level."""
+    def lower_solution(self, x1: ArrayLike) -> list[np.ndarray]:
+        r"""The exact lower solutions $x_2^*, \dots, x_n^*$ at ``x1``, one array per level.
+
+        Args:
+            x1: The top-level block $x_1$ (length $d_1$; a number for a scalar block).
+
+        Returns:
+            $n - 1$ float64 arrays, $x_k^*$ of length $d_k$ for $k = 2, \dots, n$.
+        """
         P, p = self.reduced_map()
         z = P @ np.asarray(x1, float) + p
         return np.split(z, np.cumsum(self.sizes)[:-1])[1:]
@@ -128,8 +154,27 @@ class QuadraticFamily:
         return np.linalg.solve(P.T @ q1 @ P, -P.T @ (q1 @ p + c1))
 
 
-def quadratic(n: int, sizes=None, seed: int = 0, coupling: int = 1) -> QuadraticFamily:
-    """A seeded quadratic n-level problem; ``sizes`` defaults to scalar blocks."""
+def quadratic(n: int, sizes: Sequence[int] | None = None, seed: int = 0,
+              coupling: int = 1) -> QuadraticFamily:
+    r"""A seeded quadratic n-level problem; ``sizes`` defaults to scalar blocks.
+
+    With $d = \sum_k d_k$: $Q_k = I + M_k M_k^\top / (4d)$, $M_k$ a $d \times d$ matrix of
+    integers drawn uniformly from $-\text{coupling}, \dots, \text{coupling}$, and $c_k$ of
+    integers from $-4d, \dots, 4d$ divided by $4d$ (so $Q_k \succeq I$).
+
+    Args:
+        n: The number of levels.
+        sizes: The block sizes $d_1, \dots, d_n$; None for scalar blocks.
+        seed: The seed of the coefficients.
+        coupling: The largest magnitude of the integer entries of $M_k$ (0: every
+            $Q_k = I$, no coupling between the blocks).
+
+    Returns:
+        The `QuadraticFamily` (its `symbolic` and `numeric` forms and closed forms).
+
+    Raises:
+        ValueError: ``sizes`` does not have ``n`` entries.
+    """
     sizes = tuple(sizes) if sizes is not None else (1,) * n
     if len(sizes) != n:
         raise ValueError(f"{n} levels but {len(sizes)} block sizes")
@@ -145,7 +190,7 @@ def quadratic(n: int, sizes=None, seed: int = 0, coupling: int = 1) -> Quadratic
 
 
 def nonquadratic(
-    n: int, size: int = 1, seed: int = 0, strength=None
+    n: int, size: int = 1, seed: int = 0, strength: float | sp.Rational | None = None
 ) -> MultilevelProblem:
     r"""tanh couplings plus quartic own terms, seeded; lower best responses are non-affine.
 
@@ -158,6 +203,19 @@ def nonquadratic(
 
     The coefficients are small rationals so that every lower level is strongly convex near
     its solution and $F_1$ is strongly convex near the origin.
+
+    Args:
+        n: The number of levels.
+        size: The size $d$ of every block.
+        seed: The seed of $a_k$ (entries in $\{-\tfrac34, -\tfrac12, \dots, \tfrac34\}$)
+            and $W_{km}$ (entries in $\{-1, -\tfrac12, 0, \tfrac12, 1\}$; an all-zero
+            draw is replaced by $\tfrac12 I$).
+        strength: The coupling $s$ (default $3/10$), made an exact rational by
+            ``sympy.nsimplify``.
+
+    Returns:
+        The declared ``MultilevelProblem`` (scalar symbols ``x1``, ``x2``, ... for
+            ``size=1``).
     """
     strength = sp.Rational(3, 10) if strength is None else sp.nsimplify(strength)
     rng = np.random.default_rng(seed)
@@ -184,7 +242,9 @@ def nonquadratic(
     return MultilevelProblem(levels)
 
 
-def ridge_bilevel(n_train: int = 6, n_val: int = 6, features: int = 2, seed: int = 0):
+def ridge_bilevel(
+    n_train: int = 6, n_val: int = 6, features: int = 2, seed: int = 0
+) -> tuple[MultilevelProblem, Callable[[float], tuple[np.ndarray, float]]]:
     r"""Bilevel ridge tuning: $\theta = \log\lambda$ against validation loss; $w$ the ridge
     weights (Lemma 2.1's example).
 
@@ -199,6 +259,17 @@ def ridge_bilevel(n_train: int = 6, n_val: int = 6, features: int = 2, seed: int
     and $\mathrm{d}w^*/\mathrm{d}\theta = -\lambda (X^\top X + \lambda I)^{-1} w^*$
     ($X$, $y$ the training data). Data: small integers from the seed, so the symbolic
     problem is exact.
+
+    Args:
+        n_train: The number of training rows ($X_t$, $y_t$).
+        n_val: The number of validation rows ($X_v$, $y_v$).
+        features: The number of features, the size of $w$.
+        seed: The seed of the data (integers from $-3$ to $3$).
+
+    Returns:
+        The pair ``(problem, closed_form)``: the bilevel ``MultilevelProblem`` (symbols
+            ``theta`` and ``w0``, ``w1``, ...) and ``closed_form(theta)``, which returns
+            $w^*$ as a float64 array and $\mathrm{d}F_1/\mathrm{d}\theta$ as a float.
     """
     rng = np.random.default_rng(seed)
     xt = rng.integers(-3, 4, size=(n_train, features))
@@ -234,20 +305,48 @@ def data_poisoning(
     dataset: str | None = None,
     noise: float = 0.0,
 ) -> NumericProblem:
-    """Sato et al.'s trilevel hyperparameter learning under data poisoning (JAX-native).
+    r"""Sato et al.'s trilevel hyperparameter learning under data poisoning (JAX-native).
 
     ``dataset="diabetes"``: the real data of Sato et al.'s experiment, standardised, split by
     ``seed``, with label noise ``noise`` on the training targets; see
-    :func:`mlverify.zoo.real_data.poisoning_problem`. Without ``dataset``, synthetic data
-    (defaults n_train = n_val = 30, features = 5, penalty = 2), as below.
+    [`poisoning_problem`][mlverify.zoo.real_data.poisoning_problem]. Without ``dataset``,
+    synthetic data (defaults ``n_train = n_val = 30``, ``features = 5``, ``penalty = 2``),
+    as below.
 
-    Level 1 (learner): theta = log(lambda), validation loss of the ridge weights.
-    Level 2 (attacker): a perturbation P of the training inputs that raises the training
-      loss, penalised by penalty/2 |P|^2 (the penalty keeps the attacker strongly convex).
-    Level 3: ridge weights on the poisoned data (closed form exists; solved numerically).
+    Level 1 (learner): $\theta = \log\lambda$, the validation loss
+    $\tfrac{1}{2 n_v} \lVert X_v w - y_v \rVert^2$ of the ridge weights.
+    Level 2 (attacker): a perturbation $P$ of the training inputs that raises the training
+    loss, $-\tfrac{1}{2n} \lVert (X + P) w - y \rVert^2 + \tfrac{c}{2} \lVert P \rVert_F^2$
+    with $c$ = ``penalty`` (the penalty keeps the attacker strongly convex).
+    Level 3: ridge weights on the poisoned data,
+    $\tfrac{1}{2n} \lVert (X + P) w - y \rVert^2 + \tfrac{e^\theta}{2} \lVert w \rVert^2$
+    (closed form exists; solved numerically).
 
-    Data are synthetic and documented: X ~ N(0, 1), y = X w_true + 0.1 N(0, 1), w_true ~
-    N(0, 1), all from ``seed``; nothing is downloaded.
+    Data are synthetic and documented: $X \sim N(0, 1)$ entrywise,
+    $y = X w_{\text{true}} + 0.1\, N(0, 1)$, $w_{\text{true}} \sim N(0, 1)$, all from
+    ``seed``; nothing is downloaded. Initial point: $\theta = \log 0.1$, $P = 0$, $w = 0$.
+
+    Args:
+        seed: The seed of the synthetic data, or of the split of the real data.
+        n_train: Training rows $n$ (default 30; for ``dataset``, that of `load_splits`).
+        n_val: Validation rows $n_v$ (default 30; for ``dataset``, that of `load_splits`).
+        features: Features of the synthetic data (default 5); must be None with
+            ``dataset``.
+        penalty: The attacker's penalty $c$ (default 2; for ``dataset``,
+            `DEFAULT_PENALTY` of `mlverify.zoo.real_data`, whose scaling differs: see
+            there).
+        dataset: A real data set (``"diabetes"``), or None for the synthetic data.
+        noise: Standard deviation of the label noise on the training targets (only with
+            ``dataset``).
+
+    Returns:
+        The trilevel ``NumericProblem`` with blocks named ``theta``, ``P`` and ``w``.
+
+    Raises:
+        ProblemDefinitionError: ``features`` given with ``dataset``, ``noise`` without it,
+            or (with ``dataset``) an unknown data set, bad split sizes, a negative noise
+            or a penalty that is not positive.
+        MissingExtraError: ``dataset`` needs scikit-learn, which is not installed.
     """
     if dataset is not None:
         from .real_data import poisoning_problem

@@ -22,12 +22,16 @@ dependency: ``pip install -e ".[data]"``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 import numpy as np
 
 from ..errors import MlverifyError, ProblemDefinitionError
 from ..numeric import NumericProblem
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 #: The data sets this module can load (each shipped inside scikit-learn).
 DATASETS = ("diabetes",)
@@ -75,12 +79,26 @@ class RegressionSplits:
         """The number of features (columns of ``x_train``)."""
         return int(self.x_train.shape[1])
 
-    def val_mse(self, w) -> float:
-        """Validation mean squared error of the linear model with weights ``w``."""
+    def val_mse(self, w: ArrayLike) -> float:
+        r"""Validation mean squared error of the linear model with weights ``w``.
+
+        Args:
+            w: The weights, one per feature.
+
+        Returns:
+            $\tfrac{1}{n_v} \lVert X_v w - y_v \rVert^2$ as a float.
+        """
         return float(np.mean((self.x_val @ np.asarray(w, np.float64) - self.y_val) ** 2))
 
-    def test_mse(self, w) -> float:
-        """Test mean squared error of the linear model with weights ``w``."""
+    def test_mse(self, w: ArrayLike) -> float:
+        r"""Test mean squared error of the linear model with weights ``w``.
+
+        Args:
+            w: The weights, one per feature.
+
+        Returns:
+            The mean of $(x^\top w - y)^2$ over the test rows, as a float.
+        """
         return float(np.mean((self.x_test @ np.asarray(w, np.float64) - self.y_test) ** 2))
 
 
@@ -89,6 +107,16 @@ def load_dataset(dataset: str = "diabetes") -> tuple[np.ndarray, np.ndarray]:
 
     Raises [`MissingExtraError`][mlverify.zoo.real_data.MissingExtraError] naming the
     ``data`` extra when scikit-learn is absent.
+
+    Args:
+        dataset: One of `DATASETS`.
+
+    Returns:
+        The pair ``(X, y)``: the features, one row per sample, and the targets.
+
+    Raises:
+        ProblemDefinitionError: ``dataset`` is not one of `DATASETS`.
+        MissingExtraError: scikit-learn is not installed.
     """
     if dataset not in DATASETS:
         raise ProblemDefinitionError(
@@ -109,7 +137,15 @@ def load_dataset(dataset: str = "diabetes") -> tuple[np.ndarray, np.ndarray]:
 
 
 def standardise(values: np.ndarray) -> np.ndarray:
-    """Each column (or a vector) shifted to mean 0 and scaled to standard deviation 1."""
+    """Each column (or a vector) shifted to mean 0 and scaled to standard deviation 1.
+
+    Args:
+        values: A matrix (each column standardised) or a vector.
+
+    Returns:
+        A float64 array of the same shape (the population standard deviation, ``ddof=0``;
+            a constant column gives NaN).
+    """
     values = np.asarray(values, np.float64)
     return (values - values.mean(axis=0)) / values.std(axis=0)
 
@@ -129,6 +165,22 @@ def load_splits(
     the rest test. The training targets get ``noise * e`` added, $e \sim N(0, I)$ drawn from a
     stream of its own for ``seed`` (the same $e$ at every noise level, so that levels differ
     only in its size).
+
+    Args:
+        dataset: One of `DATASETS`.
+        seed: The seed of the permutation and of the noise draw.
+        noise: The noise's standard deviation (finite, at least 0; see `NOISE_LEVELS`).
+        n_train: Training rows (default 147); at least 2.
+        n_val: Validation rows (default 147); at least 1, leaving at least one test row.
+
+    Returns:
+        The split as `RegressionSplits` (standardised float64 arrays, ``y_train`` with the
+            noise and ``y_train_clean`` without).
+
+    Raises:
+        ProblemDefinitionError: An unknown ``dataset``, a negative or non-finite ``noise``,
+            or split sizes the data cannot hold.
+        MissingExtraError: scikit-learn is not installed.
     """
     n_train = DEFAULT_TRAIN if n_train is None else int(n_train)
     n_val = DEFAULT_VAL if n_val is None else int(n_val)
@@ -205,6 +257,24 @@ def poisoning_problem(
     $c$ = ``penalty`` (default 5; at $c = 2$ the attack alone regularised so strongly that
     $F_1$ increased with $\theta$ across $[-8, 3]$ on the split we tried, leaving the
     regulariser nothing to learn). Initial point: $\theta = 0$, $P = 0$, $w = 0$.
+
+    Args:
+        dataset: One of `DATASETS`.
+        seed: The seed of the split (see `load_splits`).
+        noise: Standard deviation of the label noise on the training targets.
+        n_train: Training rows $n$ (default 147).
+        n_val: Validation rows $n_v$ (default 147).
+        penalty: The attacker's penalty $c$ (default `DEFAULT_PENALTY`); must be positive.
+        splits: A split to use instead of loading one (then ``dataset``, ``seed``,
+            ``noise``, ``n_train`` and ``n_val`` are ignored).
+
+    Returns:
+        The trilevel ``NumericProblem`` with blocks named ``theta``, ``P`` and ``w``.
+
+    Raises:
+        ProblemDefinitionError: ``penalty`` is not positive and finite, or the split's
+            arguments are invalid (see `load_splits`).
+        MissingExtraError: scikit-learn is not installed (when no ``splits`` are given).
     """
     data = _splits_for(dataset, seed, noise, n_train, n_val, splits)
     c = DEFAULT_PENALTY if penalty is None else float(penalty)
@@ -255,6 +325,22 @@ def ridge_hyperparameter(
     (the trilevel model without its attacker).
     [`ridge_closed_form`][mlverify.zoo.real_data.ridge_closed_form] gives $w^*$ and the
     hypergradient of Lemma 2.1 in closed form. Initial point: $\theta = 0$, $w = 0$.
+
+    Args:
+        dataset: One of `DATASETS`.
+        seed: The seed of the split (see `load_splits`).
+        noise: Standard deviation of the label noise on the training targets.
+        n_train: Training rows $n$ (default 147).
+        n_val: Validation rows $n_v$ (default 147).
+        splits: A split to use instead of loading one (then ``dataset``, ``seed``,
+            ``noise``, ``n_train`` and ``n_val`` are ignored).
+
+    Returns:
+        The bilevel ``NumericProblem`` with blocks named ``theta`` and ``w``.
+
+    Raises:
+        ProblemDefinitionError: The split's arguments are invalid (see `load_splits`).
+        MissingExtraError: scikit-learn is not installed (when no ``splits`` are given).
     """
     data = _splits_for(dataset, seed, noise, n_train, n_val, splits)
     xt, yt, xv, yv = (jnp.asarray(a) for a in (data.x_train, data.y_train, data.x_val, data.y_val))
@@ -283,6 +369,15 @@ def ridge_closed_form(splits: RegressionSplits, theta: float) -> tuple[np.ndarra
       (X_v w^* - y_v).
     \end{aligned}
     $$
+
+    Args:
+        splits: The split (its ``x_train``, ``y_train`` with the noise, ``x_val`` and
+            ``y_val``).
+        theta: $\theta = \log\lambda$.
+
+    Returns:
+        The pair ``(w, gradient)``: $w^*$ as a float64 array, one entry per feature, and
+            $\mathrm{d}F_1/\mathrm{d}\theta$ as a float.
     """
     x, y, n = splits.x_train, splits.y_train, splits.n_train
     lam = float(np.exp(theta))

@@ -49,7 +49,23 @@ class ZooEntry:
 
 def entry(name: str, *, size: int = 1, seed: int | None = None) -> ZooEntry:
     """The zoo problem ``name`` (one of `BOXES`) with its block ``size`` and ``seed``
-    (default 0; ``RIDGE_SEED`` for ridge)."""
+    (default 0; ``RIDGE_SEED`` for ridge).
+
+    Args:
+        name: The zoo problem, one of `BOXES`.
+        size: The block size of the ``quadratic`` and ``nonquadratic`` families (unused by
+            the others).
+        seed: The problem's seed; None for the default (above). Unused by ``default`` and
+            ``indefinite``.
+
+    Returns:
+        The `ZooEntry`: for a family, ``build(n)`` and ``describe(n)``; for a single
+            problem, ``build()``, its ``label`` and the ``reason`` it has no n-study.
+            Nothing is built yet.
+
+    Raises:
+        ValueError: ``name`` is not a zoo problem.
+    """
     from . import (
         compounding,
         default_problem,
