@@ -137,6 +137,18 @@ def test_point_certification_failure_names_the_level():
     assert err.value.level == 2
 
 
+def test_a_jax_problem_is_refused_by_name_not_by_attribute_error():
+    """A NumericProblem (JAX callables) has no straight-line programs to enclose."""
+    from mlverify.certify import certify_constants, hypergradient_enclosure
+    from mlverify.errors import ProblemDefinitionError
+
+    numeric = zoo.default_problem().lower()
+    for call in (lambda: hypergradient_enclosure(numeric, [0.5]),
+                 lambda: certify_constants(numeric, (np.array([-1.0]), np.array([1.0])))):
+        with pytest.raises(ProblemDefinitionError, match="declared .*MultilevelProblem"):
+            call()
+
+
 # ----------------------------------------------------------------------------- eigenvalues
 
 

@@ -114,7 +114,19 @@ def test_theorem_4_2_plot_shows_every_method_with_named_sides_and_error_term(tmp
         mine = [label for label in labels if label.startswith(f"{method}: ")]
         assert [label.split(" $")[0] for label in mine] == [
             f"{method}: left side", f"{method}: right side", f"{method}: error term"]
-    fig = report.plot(str(tmp_path / "r.png"))
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = matplotlib.get_backend()
+    plt.switch_backend("pdf")  # a user's backend other than Agg
+    try:
+        figures = plt.get_fignums()
+        fig = report.plot(str(tmp_path / "r.png"))
+        # drawn apart from pyplot: the user's backend and open figures are left alone
+        assert matplotlib.get_backend() == "pdf" and plt.get_fignums() == figures
+    finally:
+        plt.switch_backend(before)
+    assert (tmp_path / "r.png").stat().st_size > 10_000
     ax = fig.axes[0]
     assert len(ax.get_lines()) == 6
     low, high = ax.get_ylim()

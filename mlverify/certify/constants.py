@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import MlverifyError, ProblemDefinitionError
+from ..errors import MlverifyError
 from .bounds import float_down, float_up, symmetric_eigen_bounds
 from .hypergradient import CENTRE_TOL, certified_system, precision
 from .system import krawczyk
@@ -126,7 +126,7 @@ def _centre(problem, system, x1, parent):
     init = None
     if parent is not None:
         splits = np.cumsum(system.sizes[1:])[:-1]
-        init = np.split(np.asarray(parent[0]), splits)
+        init = np.split(np.asarray(parent), splits)
     try:
         with np.errstate(all="ignore"):  # non-finite values raise NonFiniteError instead
             solution = problem.solve_lower(x1, init=init, tol=CENTRE_TOL)
@@ -265,18 +265,14 @@ def certify_constants(problem: MultilevelProblem, box: tuple, *, max_boxes: int 
             objective has no rigorous enclosure (see `certified_system`).
         ValueError: ``lo < hi`` fails in some coordinate.
     """
-    if not hasattr(problem, "derivation"):  # a MultilevelProblem (no import: no cycle)
-        raise ProblemDefinitionError(
-            f"certification needs a declared (sympy) MultilevelProblem, whose lemmas are "
-            f"straight-line programs; got {type(problem).__name__}", quantity="problem")
     start_time = time.perf_counter()
-    system = certified_system(problem)
+    system = certified_system(problem)  # ProblemDefinitionError for a NumericProblem
     lo = np.broadcast_to(np.asarray(box[0], dtype=np.float64), (system.d1,)).copy()
     hi = np.broadcast_to(np.asarray(box[1], dtype=np.float64), (system.d1,)).copy()
     if np.any(lo >= hi):
         raise ValueError(f"the box needs lo < hi, got {lo} and {hi}")
     n = system.n
-    # (lo, hi, (parent centre, parent enclosure hull) or None, bounds valid on the parent)
+    # (lo, hi, the parent's centre or None, bounds valid on the parent)
     queue = deque([(lo, hi, None, None)])
     leaves: list = []
     attained = {"max": -np.inf, "min": np.inf}
@@ -371,13 +367,7 @@ def certify_constants(problem: MultilevelProblem, box: tuple, *, max_boxes: int 
             axis = int(np.argmax(width))
             left_hi, right_lo = b_hi.copy(), b_lo.copy()
             left_hi[axis] = right_lo[axis] = mid[axis]
-            hint = None
-            if center is not None:
-                hull = None
-                if bounds is not None or proven:
-                    hull = ([float_down(v) for v in enclosure.z],
-                            [float_up(v) for v in enclosure.z])
-                hint = (center, hull)
+            hint = None if center is None else center
             carried = bounds if proven else None
             queue.append((b_lo, left_hi, hint, carried))
             queue.append((right_lo, b_hi, hint, carried))

@@ -66,11 +66,17 @@ def certified_system(problem: MultilevelProblem) -> CertifiedSystem:
         The problem's `CertifiedSystem`, in ball arithmetic (python-flint).
 
     Raises:
-        ProblemDefinitionError: An objective uses a function that has no rigorous
-            enclosure in ball arithmetic.
+        ProblemDefinitionError: ``problem`` is not a declared (sympy) problem (a
+            ``NumericProblem``'s JAX callables have no straight-line programs to enclose),
+            or an objective uses a function that has no rigorous enclosure in ball
+            arithmetic.
         HessianError: A reduced Hessian is a constant matrix that is not positive definite
             (from the derivation).
     """
+    if not hasattr(problem, "derivation"):  # a MultilevelProblem (no import: no cycle)
+        raise ProblemDefinitionError(
+            f"certification needs a declared (sympy) MultilevelProblem, whose lemmas are "
+            f"straight-line programs; got {type(problem).__name__}", quantity="problem")
     if problem not in _SYSTEMS:
         _SYSTEMS[problem] = CertifiedSystem(problem)
     return _SYSTEMS[problem]

@@ -143,20 +143,19 @@ class Report:
         Args:
             path: An image file to save the figure to (the format by its suffix); None
                 saves nothing.
-            ax: The matplotlib axes to draw on; None makes a new figure (selecting the
-                non-interactive ``Agg`` backend first).
+            ax: The matplotlib axes to draw on; None makes a new figure, apart from pyplot
+                (the process's backend and pyplot's figures are left as they are; a notebook
+                shows the returned figure).
 
         Returns:
             The matplotlib figure drawn on (the figure of ``ax`` when given); it is not
                 closed.
         """
-        import matplotlib
-
         if ax is None:
-            matplotlib.use("Agg", force=False)
-            import matplotlib.pyplot as plt
+            from matplotlib.figure import Figure
 
-            fig, ax = plt.subplots(figsize=(7.5, 6.5))
+            fig = Figure(figsize=(7.5, 6.5))
+            ax = fig.subplots()
         else:
             fig = ax.figure
         if not self.table:  # not applicable: no run, so no curves; say why on the axes
@@ -242,15 +241,13 @@ def plot_rounds_to_epsilon(growth: dict, path: str, label: str) -> None:
         path: The image file written (the format by its suffix).
         label: The family's name, in the title.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     ns = np.asarray(growth["n"])
     t_eps = np.asarray(growth["T_eps"], dtype=float)
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig = Figure(figsize=(9, 3.6))
+    ax = fig.subplots(1, 2)
     finite = np.isfinite(t_eps)
     ax[0].plot(ns[finite], t_eps[finite], "o-",
                label=rf"first round with $\Vert\nabla F_1\Vert^2 \leq$ {growth['epsilon']:.0e}")
@@ -278,4 +275,3 @@ def plot_rounds_to_epsilon(growth: dict, path: str, label: str) -> None:
     fig.suptitle(f"Theorem 4.2 against the number of levels: {label}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
