@@ -434,10 +434,12 @@ def _n_study(run, target, box) -> dict:
             console.say(f"  not applicable: {one_line(err)}")
             return {"skipped": f"not applicable: {err}", "n": ns}
     console.say("  n   T_eps   mean ||e_t||   time     problem")
-    for n, t_eps, err, seconds, what in zip(growth["n"], growth["T_eps"],
-                                            growth["mean_error"], growth["seconds"],
-                                            growth["problems"], strict=True):
+    for n, t_eps, err, seconds, what, diverged in zip(
+            growth["n"], growth["T_eps"], growth["mean_error"], growth["seconds"],
+            growth["problems"], growth["diverged"], strict=True):
         shown = f"{t_eps}" if np.isfinite(t_eps) else f">{growth['max_rounds']}"
+        if diverged:
+            shown, what = "-", f"{what}; diverged: {diverged}"
         console.say(f"  {n:<3} {shown:<7} {err:<14.3e} {seconds:<8.1f} {what}")
     if growth["stopped"]:
         console.say(f"  stopped: {growth['stopped']} (--study-budget)")

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .errors import NonFiniteError
+from .errors import DivergenceError, NonFiniteError
 from .numeric import NumericProblem
 
 if TYPE_CHECKING:
@@ -483,6 +483,12 @@ class _Runner:
                 gk = num.reduced_gradient_frozen(k, tuple(flat))
                 flat[k] = flat[k] - betas[k] * gk
                 self.evals += 1
+            if not np.all(np.isfinite(np.asarray(flat[k]))):
+                raise DivergenceError(
+                    f"the single-loop inner steps on level {k + 1} diverged to NaN or inf: the "
+                    f"step 1/L = {betas[k]:.3g} (L = lambda_max of D_kk F_k at the start) is "
+                    "too large for the curvature the iterates met; pass a smaller inner_lr",
+                    level=k + 1)
         self.iterates = flat[1:]
         xs = [num.unflatten(k, x) for k, x in enumerate(flat)]
         return np.asarray(num.flatten(0, num.hypergradient_frozen(xs, "exact")))

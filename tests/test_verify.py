@@ -4,6 +4,7 @@
 import numpy as np
 import pytest
 
+import mlverify as mv
 from mlverify import verify, zoo
 
 
@@ -206,3 +207,22 @@ def test_a_run_that_contradicts_its_L_is_not_a_counterexample(monkeypatch):
     assert report.verdict == "not-applicable"
     assert "L = 6 is contradicted by the hierarchical run's own iterates" in report.reason
     assert "between rounds " in report.reason and "1.83 times L" in report.reason
+
+
+def test_rounds_to_epsilon_records_a_member_whose_inner_steps_diverge():
+    """Step 1/L with L from the start: where the lower curvature grows along the path the
+    single loop's inner steps blow up; the member is recorded as diverged (T_eps = inf, the
+    error naming the level), and the study goes on."""
+    import sympy as sp
+
+    x1, x2 = sp.symbols("x1 x2")
+
+    def family(n):
+        # H_2 = 3 x_2^2 + 1/100: L = 1/100 at the start x_2 = 0 (not stationary there), a
+        # step of 100 to x_2 = 100, where the curvature is 3e4
+        return mv.MultilevelProblem([mv.Level(x1, (x1 - 1) ** 2 + x2**2),
+                                     mv.Level(x2, x2**4 / 4 + x2**2 / 200 - (x1 + 2) * x2)])
+
+    growth = verify.rounds_to_epsilon(family, ns=(2,), box=(-1, 1))
+    assert growth["T_eps"] == [np.inf]
+    assert "level 2" in growth["diverged"][0] and "diverged" in growth["diverged"][0]

@@ -253,13 +253,15 @@ def plot_rounds_to_epsilon(growth: dict, path: str, label: str) -> None:
                label=rf"first round with $\Vert\nabla F_1\Vert^2 \leq$ {growth['epsilon']:.0e}")
     if (~finite).any():
         ax[0].plot(ns[~finite], np.full((~finite).sum(), growth["max_rounds"]), "x",
-                   color="C3", label=f"not reached in {growth['max_rounds']} rounds")
+                   color="C3", label=f"not reached in {growth['max_rounds']} rounds"
+                   + (" or diverged" if any(growth.get("diverged") or []) else ""))
     ax[0].set_ylim(bottom=0, top=1.15 * max(float(np.max(t_eps[finite], initial=1)),
                                             growth["max_rounds"] if (~finite).any() else 1))
     ax[0].set_xlabel("levels n")
     ax[0].set_ylabel(r"rounds $T_\varepsilon(n)$ (single loop)")
     ax[0].legend(fontsize=8, loc="lower right")
     errors = np.asarray(growth["mean_error"], dtype=float)
+    errors = np.where(np.isfinite(errors), errors, np.nan)  # a diverged run: no point
     positive = errors[errors > 0]
     # a log axis needs a positive value (the errors are all 0 where the lower levels are
     # solved exactly in one step, e.g. quadratic ones)

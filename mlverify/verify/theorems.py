@@ -614,7 +614,9 @@ def rounds_to_epsilon(
         A dict of lists, one entry per member run: ``n``, ``T_eps`` (the first $t + 1$
             with $\lVert \nabla F_1(x^t) \rVert^2 \le \varepsilon$, or ``inf``),
             ``mean_error`` and ``first_error`` (of $\lVert e_t \rVert$ over the run),
-            ``L``, ``problems`` and ``seconds``; and the study's ``growth_per_level``,
+            ``L``, ``problems``, ``seconds`` and ``diverged`` (None, or the error of a run
+            whose inner steps diverged: its ``T_eps`` is ``inf``); and the study's
+            ``growth_per_level``,
             ``growth_linear`` (None with fewer than two finite $T_\varepsilon$),
             ``epsilon``, ``max_rounds``, ``box`` (the last member's region) and
             ``stopped`` (None, or why the larger $n$ were not run).
@@ -626,7 +628,7 @@ def rounds_to_epsilon(
         MlverifyError: A lower solve or a run failed; the error names the level.
     """
     rows = {"n": [], "T_eps": [], "mean_error": [], "first_error": [], "L": [], "problems": [],
-            "seconds": []}
+            "seconds": [], "diverged": []}
     region_used = None
     stopped = None
     started = time.perf_counter()
@@ -654,20 +656,30 @@ def rounds_to_epsilon(
         if violation is not None:
             raise HessianError(f"family member n={n}: {violation}", level=1)
         L = constants["L"][0]
-        trace = optimize(
-            problem,
-            method,
-            steps=max_rounds,
-            step_size=1.0 / L,
-            x0=start,
-            inner_steps=inner_steps,
-            track_exact=True,
-        )
-        hits = np.nonzero(trace.exact_grad_norm**2 <= epsilon)[0]
-        rows["n"].append(n)
-        rows["T_eps"].append(int(hits[0]) + 1 if hits.size else np.inf)
-        rows["mean_error"].append(float(np.mean(trace.error)))
-        rows["first_error"].append(float(trace.error[0]))
+        try:
+            trace = optimize(
+                problem,
+                method,
+                steps=max_rounds,
+                step_size=1.0 / L,
+                x0=start,
+                inner_steps=inner_steps,
+                track_exact=True,
+            )
+        except (DivergenceError, NonFiniteError) as err:
+            # The run itself failed (its inner steps diverged): T_eps is not reached.
+            rows["n"].append(n)
+            rows["T_eps"].append(np.inf)
+            rows["mean_error"].append(np.inf)
+            rows["first_error"].append(np.nan)
+            rows["diverged"].append(str(err))
+        else:
+            hits = np.nonzero(trace.exact_grad_norm**2 <= epsilon)[0]
+            rows["n"].append(n)
+            rows["T_eps"].append(int(hits[0]) + 1 if hits.size else np.inf)
+            rows["mean_error"].append(float(np.mean(trace.error)))
+            rows["first_error"].append(float(trace.error[0]))
+            rows["diverged"].append(None)
         rows["L"].append(L)
         rows["problems"].append(
             describe(n, problem) if describe is not None
