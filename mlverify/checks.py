@@ -69,6 +69,25 @@ def probe_radius(x: np.ndarray) -> float:
     return PROBE_RADIUS * (1.0 + float(np.linalg.norm(x)))
 
 
+def as_box(box, size: int) -> tuple[np.ndarray, np.ndarray]:
+    r"""The box $X$ of $x_1$ as float64 ``(lo, hi)`` of ``size`` entries each: ``box`` is
+    ``(lo, hi)``, each side a number (every coordinate) or a sequence; the one reading of a
+    box for the theorem checks, the batch checks and the certification.
+
+    Raises:
+        ValueError: A side of the wrong size, or ``lo < hi`` fails in some coordinate.
+    """
+    lo, hi = box
+    try:
+        lo = np.broadcast_to(np.asarray(lo, dtype=np.float64), (size,)).copy()
+        hi = np.broadcast_to(np.asarray(hi, dtype=np.float64), (size,)).copy()
+    except ValueError as err:
+        raise ValueError(f"the box needs sides of {size} entries (x_1's size): {err}") from err
+    if np.any(lo >= hi):
+        raise ValueError(f"the box needs lo < hi, got {lo} and {hi}")
+    return lo, hi
+
+
 def tolerance(x, tol: float, xp=np):
     r"""The stopping test's limit $\mathrm{tol}\,(1 + \lVert x_k \rVert)$ on the estimated
     distance to the solution; ``xp`` is NumPy or ``jax.numpy`` (inside compiled solves)."""

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..checks import as_box
 from ..errors import MlverifyError
 from .bounds import float_down, float_up, symmetric_eigen_bounds
 from .hypergradient import CENTRE_TOL, certified_system, precision
@@ -267,10 +268,7 @@ def certify_constants(problem: MultilevelProblem, box: tuple, *, max_boxes: int 
     """
     start_time = time.perf_counter()
     system = certified_system(problem)  # ProblemDefinitionError for a NumericProblem
-    lo = np.broadcast_to(np.asarray(box[0], dtype=np.float64), (system.d1,)).copy()
-    hi = np.broadcast_to(np.asarray(box[1], dtype=np.float64), (system.d1,)).copy()
-    if np.any(lo >= hi):
-        raise ValueError(f"the box needs lo < hi, got {lo} and {hi}")
+    lo, hi = as_box(box, system.d1)
     n = system.n
     # (lo, hi, the parent's centre or None, bounds valid on the parent)
     queue = deque([(lo, hi, None, None)])

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..certify.constants import L_MARGIN
+from ..checks import as_box
 from ..numeric.implicit import ImplicitCore, LinearSolve
 from ..numeric.solvers import joint_newton
 
@@ -156,8 +157,7 @@ def instance_check(objectives_of: Callable[[Any], Sequence[Callable]], sizes: Se
             on the grid), ``F_star`` and ``residual`` (largest lower gradient norm).
     """
     sizes = tuple(sizes)
-    lo = jnp.broadcast_to(jnp.asarray(box[0], dtype=jnp.float64), (sizes[0],))
-    hi = jnp.broadcast_to(jnp.asarray(box[1], dtype=jnp.float64), (sizes[0],))
+    lo, hi = (jnp.asarray(side) for side in as_box(box, sizes[0]))
     axes = [np.linspace(float(lo[i]), float(hi[i]), grid_points) for i in range(sizes[0])]
     grid = jnp.asarray(np.array(list(itertools.product(*axes))))
     return _instance_check(objectives_of, sizes, (lo, hi), T, grid, newton_steps, fd_step)

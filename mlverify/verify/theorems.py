@@ -11,6 +11,7 @@ import scipy.optimize
 from numpy.typing import ArrayLike
 
 from ..certify.constants import L_MARGIN
+from ..checks import as_box
 from ..errors import (
     ConvergenceError,
     DivergenceError,
@@ -29,15 +30,6 @@ if TYPE_CHECKING:
 
 #: Relative slack for "left $\le$ right": the two sides are float64 sums of up to $T$ terms.
 ROUND_OFF = 1e-9
-
-
-def _box(box, d):
-    lo, hi = box
-    lo = np.broadcast_to(np.asarray(lo, dtype=np.float64), (d,)).copy()
-    hi = np.broadcast_to(np.asarray(hi, dtype=np.float64), (d,)).copy()
-    if np.any(lo >= hi):
-        raise ValueError(f"the box needs lo < hi, got {lo} and {hi}")
-    return lo, hi
 
 
 def _scan_box(num, lo, hi, samples, seed):
@@ -123,7 +115,7 @@ def constants_4_1(
             ``NonFiniteError``.
     """
     num = as_numeric(problem, "implicit-exact")
-    lo, hi = _box(box, num.sizes[0])
+    lo, hi = as_box(box, num.sizes[0])
     scan, violation = _scan_box(num, lo, hi, samples, seed)
     if violation is not None:
         return {}, violation
@@ -184,7 +176,7 @@ def constants_4_2(
             ``NonFiniteError``.
     """
     num = as_numeric(problem, "implicit-exact")
-    lo, hi = _box(box, num.sizes[0])
+    lo, hi = as_box(box, num.sizes[0])
     scan, violation = _scan_box(num, lo, hi, samples, seed)
     if violation is not None:
         return {}, violation
@@ -283,7 +275,7 @@ def theorem_4_1(
             obtained, and the table of both sides against $T$.
     """
     num = as_numeric(problem, "implicit-exact")
-    lo, hi = _box(box, num.sizes[0])
+    lo, hi = as_box(box, num.sizes[0])
     certificate = None
     if certify:
         from ..certify import theorem as cert
@@ -429,9 +421,9 @@ def theorem_4_2(
     d = num.sizes[0]
     if box is None:
         x_start = np.asarray(num.flatten(0, num.init[0] if x0 is None else x0), dtype=np.float64)
-        region = _box((x_start - 2, x_start + 2), d)
+        region = as_box((x_start - 2, x_start + 2), d)
     else:
-        region = _box(box, d)
+        region = as_box(box, d)
         x_start = project(np.asarray(num.flatten(0, num.init[0] if x0 is None else x0),
                                      dtype=np.float64), region)
     constants, violation = constants_4_2(problem, region, samples=samples, seed=seed)
@@ -649,7 +641,7 @@ def rounds_to_epsilon(
         num = as_numeric(problem, "implicit-exact")
         d = num.sizes[0]
         start = np.zeros(d) if x0 is None else np.asarray(x0, dtype=np.float64).reshape(d)
-        region = _box(box if box is not None else (start - 1, start + 1), d)
+        region = as_box(box if box is not None else (start - 1, start + 1), d)
         start = project(start, region)
         region_used = _box_list(region)
         constants, violation = constants_4_2(problem, region, samples=5)
