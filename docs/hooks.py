@@ -11,10 +11,15 @@ loaders that nbconvert's template puts there: MathJax (an empty ``<script src=""
 ``docs/javascripts/katex-init.js`` renders the notebooks' ``$...$`` with the KaTeX served
 from the site) and mermaid.js, imported from a CDN when a notebook has a mermaid diagram
 (ours have none). Each notebook page starts with a link that downloads the notebook.
+
+The search index holds each page's text, formulas as their LaTeX source (``\\(D_j y_k =
+-H_k^{-1} D_{kj} F_k\\)``); after the build the hook rewrites them as plain text with
+Unicode symbols (``D_j y_k = -H_k^-1 D_kj F_k``), so that search results read as text.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 
@@ -83,3 +88,62 @@ def on_page_content(html, page, config, files):
 def on_serve(server, config, builder):
     server.watch(str(NOTEBOOKS))
     return server
+
+
+#: LaTeX commands of the pages' formulas, as they read in plain text.
+SYMBOLS = {
+    "alpha": "α", "beta": "β", "delta": "δ", "eta": "η", "theta": "θ", "kappa": "κ",
+    "lambda": "λ", "mu": "μ", "sigma": "σ", "varepsilon": "ε", "varphi": "φ", "Lambda": "Λ",
+    "Phi": "Φ", "Pi": "Π", "nabla": "∇", "partial": "∂", "sum": "Σ", "infty": "∞",
+    "dots": "…", "vdots": "⋮", "cdot": "·", "times": "×", "pm": "±", "le": "≤", "ge": "≥",
+    "ne": "≠", "approx": "≈", "sim": "~", "in": "∈", "cap": "∩", "succeq": "⪰",
+    "mapsto": "↦", "leftarrow": "←", "Longrightarrow": "⟹", "top": "ᵀ", "sqrt": "√",
+    "lVert": "‖", "rVert": "‖", "|": "‖", "lvert": "|", "rvert": "|", "langle": "⟨",
+    "rangle": "⟩", "_": "_", "\\": " ", "arg": "arg", "&amp;": "",
+    # literal braces, kept apart from grouping braces until those are gone
+    "{": "\x01", "}": "\x02",
+}
+#: Commands that only set size, spacing, font or layout: dropped, their argument kept.
+DROPPED = re.compile(r"\\(?:Bigl|Bigr|bigl|bigr|left|right|mathrm|operatorname|text|bar|hat|"
+                     r"tilde|dot|overline|underline|begin\{[a-z*]+\}|end\{[a-z*]+\}|"
+                     r"tag|quad|qquad|[ ,;!])")
+#: A fraction with one-token or braced numerator and denominator.
+FRACTION = re.compile(r"\\t?frac\s*(\{[^{}]*\}|\w)\s*(\{[^{}]*\}|\w)")
+#: A formula of the search index: ``\(...\)`` and ``\[...\]`` (pages), ``$$...$$`` and
+#: ``$...$`` (notebooks' markdown cells).
+MATH = re.compile(r"\\\((.*?)\\\)|\\\[(.*?)\\\]|\$\$(.+?)\$\$|\$(?!\s)([^$\n]+?)(?<!\s)\$",
+                  re.S)
+
+
+def _over(a: str, b: str) -> str:
+    a, b = a[1:-1] if a.startswith("{") else a, b[1:-1] if b.startswith("{") else b
+    return (a if len(a) == 1 else f"({a})") + "/" + (b if len(b) == 1 else f"({b})")
+
+
+def plain_math(latex: str) -> str:
+    """A formula's LaTeX source as plain text (see the module docstring)."""
+    text = FRACTION.sub(lambda m: _over(m.group(1), m.group(2)), latex)
+    text = text.replace(r"\mathbb{R}", "ℝ")
+    text = re.sub(r"\\([A-Za-z]+|[|{}_\\])",
+                  lambda m: SYMBOLS.get(m.group(1), m.group(0)), text)
+    text = DROPPED.sub(" ", text)
+    text = re.sub(r"[{}]", "", text)  # grouping braces
+    text = re.sub(r"\\([A-Za-z]+)", r"\1", text)  # \min, \log, ...: their names
+    text = text.replace("\x01", "{").replace("\x02", "}")
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def plain_search_text(text: str) -> str:
+    r"""``text`` with every formula (`MATH`) as plain text."""
+    return MATH.sub(lambda m: plain_math(next((g for g in m.groups() if g), "")), text)
+
+
+def on_post_build(config):
+    index = pathlib.Path(config.site_dir) / "search" / "search_index.json"
+    if not index.exists():
+        return
+    data = json.loads(index.read_text(encoding="utf-8"))
+    for doc in data.get("docs", []):
+        doc["text"] = plain_search_text(doc.get("text", ""))
+        doc["title"] = plain_search_text(doc.get("title", ""))
+    index.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")

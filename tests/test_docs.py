@@ -23,6 +23,7 @@ import ast
 import functools
 import importlib
 import inspect
+import json
 import os
 import pathlib
 import pkgutil
@@ -382,6 +383,17 @@ def test_docstring_math_is_rendered_on_the_api_pages(site):
     assert "D_j y_k = -H_k^{-1} B_{kj}" in " ".join(
         div.get_text() for div in contents.select("div.arithmatex")
     )
+
+
+def test_search_results_read_formulas_as_text(site):
+    """The search index (what a search result shows) holds formulas as plain text, not as
+    their LaTeX source."""
+    docs = json.loads((site / "search" / "search_index.json").read_text())["docs"]
+    text = " ".join(doc["text"] for doc in docs)
+    for source in ("\\(", "\\[", "\\lVert", "\\frac", "\\mathrm"):
+        assert source not in text, source
+    # Lemma 3.1's Jacobian as the algorithms page states it, read as text
+    assert "D_j y_k = -H_k^-1 D_kj F_k" in text
 
 
 # ---------------------------------------------------------------------- offline, notebooks

@@ -226,3 +226,24 @@ def test_rounds_to_epsilon_records_a_member_whose_inner_steps_diverge():
     growth = verify.rounds_to_epsilon(family, ns=(2,), box=(-1, 1))
     assert growth["T_eps"] == [np.inf]
     assert "level 2" in growth["diverged"][0] and "diverged" in growth["diverged"][0]
+
+
+@pytest.mark.parametrize(("lower", "kind"), [
+    # two minimisers x_2 = +-1 at every x_1 (the tilt keeps them apart, neither preferred
+    # by more than the value tolerance at x_1 = 0)
+    (lambda x1, x2: (x2**2 - 1) ** 2 + x1**2 * x2 / 100, "not unique"),
+    # no minimiser: f_2 falls without bound
+    (lambda x1, x2: -(x2**2) + x1 * x2, "unbounded below"),
+])
+def test_both_theorems_report_a_violated_shared_assumption_as_not_applicable(lower, kind):
+    """Called directly (not through the CLI), each theorem check runs the shared assumption
+    check first: a second minimiser or an unbounded lower level makes its verdict
+    not applicable, naming the level and the kind."""
+    import sympy as sp
+
+    x1, x2 = sp.symbols("x1 x2")
+    problem = mv.MultilevelProblem([mv.Level(x1, x1**2 + x2), mv.Level(x2, lower(x1, x2))])
+    for report in (verify.theorem_4_1(problem, box=(-1, 1), T=5),
+                   verify.theorem_4_2(problem, box=(-1, 1), T=5)):
+        assert report.verdict == "not-applicable", report.reason
+        assert kind in report.reason and "level 2" in report.reason

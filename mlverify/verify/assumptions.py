@@ -13,6 +13,7 @@ import itertools
 
 import numpy as np
 
+from ..checks import as_box
 from ..errors import one_line
 
 #: A lower Hessian whose smallest eigenvalue is below this, relative to its largest, at a
@@ -245,7 +246,7 @@ def check_assumptions(problem, box, *, samples: int = ASSUMPTION_SAMPLES,
     from ..optimize import as_numeric
 
     num = as_numeric(problem, "implicit-exact")
-    points = sample_points(np.asarray(box[0]), np.asarray(box[1]), samples, 0)
+    points = sample_points(*as_box(box, num.sizes[0]), samples, 0)
     mu = {}
     d_n = problem.sizes[-1]
     result = {"ok": True, "reason": None, "level": None, "kind": None,

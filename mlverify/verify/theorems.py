@@ -21,7 +21,7 @@ from ..errors import (
 )
 from ..optimize import as_numeric, hessian_F1, optimize, project
 from ..optimize import exact_value_and_gradient as _exact
-from .assumptions import lower_curvature_at, sample_points
+from .assumptions import check_assumptions, lower_curvature_at, sample_points
 from .report import Report
 
 if TYPE_CHECKING:
@@ -30,6 +30,23 @@ if TYPE_CHECKING:
 
 #: Relative slack for "left $\le$ right": the two sides are float64 sums of up to $T$ terms.
 ROUND_OFF = 1e-9
+
+
+def _shared_assumptions(problem, region, assumptions) -> str | None:
+    """Why the shared assumptions fail on the region (`check_assumptions`: a unique,
+    bounded, strongly convex minimiser at every lower level), or None: ``assumptions`` is
+    True (run the check), the dict `check_assumptions` returned (a caller that ran it), or
+    False (not checked here)."""
+    if assumptions is False:
+        return None
+    if assumptions is True:
+        assumptions = check_assumptions(problem, region)
+    if assumptions["ok"]:
+        return None
+    reason = assumptions["reason"]
+    if f"level {assumptions['level']}" not in reason:
+        reason = f"level {assumptions['level']}: {reason}"
+    return f"{assumptions['kind']}: {reason}"
 
 
 def _scan_box(num, lo, hi, samples, seed):
@@ -237,6 +254,7 @@ def theorem_4_1(
     progress: bool = False,
     certify: bool = False,
     certify_options: dict | None = None,
+    assumptions: bool | dict = True,
 ) -> Report:
     r"""Check Theorem 4.1's bound for every $T$:
 
@@ -268,6 +286,11 @@ def theorem_4_1(
         progress: Print progress on stderr.
         certify: Prove the assumptions and $L$ in ball arithmetic first (above).
         certify_options: Options of `mlverify.certify.certify_constants`.
+        assumptions: Check first that every lower level has a unique, bounded, strongly
+            convex minimiser at sampled points of $X$ (`check_assumptions`, with a seeded
+            multistart); a violated one makes the verdict "not-applicable". True runs the
+            check, a dict is its result from the caller, False skips it (the per-point
+            strong convexity of the scan for $L$ is always checked).
 
     Returns:
         A `Report`: the verdict ("pass", "fail" or "not-applicable", with the reason and
@@ -288,6 +311,11 @@ def theorem_4_1(
                           certificate=cert.record(certificate, certified=True,
                                                   label="not applicable (certified)"),
                           box=_box_list((lo, hi)))
+    shared = _shared_assumptions(problem, (lo, hi), assumptions)
+    if shared is not None:
+        return Report("4.1", "not-applicable", {}, {},
+                      reason=f"assumption violated: bound not applicable ({shared})",
+                      box=_box_list((lo, hi)))
     constants, violation = constants_4_1(problem, (lo, hi), samples=samples, seed=seed)
     if certificate is not None and certificate.certified:
         constants, violation = cert.merge_constants(constants, certificate), None
@@ -380,6 +408,7 @@ def theorem_4_2(
     samples: int = 9,
     seed: int = 0,
     progress: bool = False,
+    assumptions: bool | dict = True,
 ) -> Report:
     r"""Check Theorem 4.2's bound along each method's run ($X = \mathbb{R}^d$):
 
@@ -411,6 +440,9 @@ def theorem_4_2(
         samples: Sampled points of the box for $L$ and the assumptions.
         seed: The sampling's seed.
         progress: Print progress on stderr.
+        assumptions: Check first that every lower level has a unique, bounded, strongly
+            convex minimiser at sampled points of the box (`check_assumptions`); as in
+            `theorem_4_1`: True, the caller's result, or False.
 
     Returns:
         A `Report`: the verdict ("pass", "fail" or "not-applicable", with the reason),
@@ -426,7 +458,9 @@ def theorem_4_2(
         region = as_box(box, d)
         x_start = project(np.asarray(num.flatten(0, num.init[0] if x0 is None else x0),
                                      dtype=np.float64), region)
-    constants, violation = constants_4_2(problem, region, samples=samples, seed=seed)
+    shared = _shared_assumptions(problem, region, assumptions)
+    constants, violation = ({}, shared) if shared is not None else constants_4_2(
+        problem, region, samples=samples, seed=seed)
 
     def not_applicable(why):
         return Report("4.2", "not-applicable", constants, {},
