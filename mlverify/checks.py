@@ -69,6 +69,34 @@ def probe_radius(x: np.ndarray) -> float:
     return PROBE_RADIUS * (1.0 + float(np.linalg.norm(x)))
 
 
+#: Safety factor on $L$, the one definition: on the proven upper bound of
+#: $\lambda_{\max}$ (`mlverify.certify`), and on the sampled $\lambda_{\max}$ of the
+#: Theorem 4.1 and 4.2 checks (`mlverify.verify`), where sampling can only under-estimate a
+#: maximum; the same factor keeps the two comparable.
+L_MARGIN = 1.01
+#: Relative slack on "left $\le$ right" for float64 sums of up to $T$ terms.
+ROUND_OFF = 1e-9
+
+
+def bound_4_1(L, gap, t):
+    r"""Theorem 4.1's right side $2L\,(F_1(x^0) - F_1^*)/T$ at each ``t`` ($T$), with
+    ``gap`` $= F_1(x^0) - F_1^*$ (NumPy or JAX arrays; the checks and the batched check
+    use it)."""
+    return 2 * L * gap / t
+
+
+def bound_4_2(alpha, gap, t, error_term):
+    r"""Theorem 4.2's right side $2\,(F_1(x^0) - F_1^*)/(\alpha T) + \frac1T \sum_t
+    \lVert e_t \rVert^2$ at each ``t``, with ``gap`` $= F_1(x^0) - F_1^*$ and ``error_term``
+    the running mean of $\lVert e_t \rVert^2$."""
+    return 2 * gap / (alpha * t) + error_term
+
+
+def bound_holds(left, right):
+    """``left <= right`` up to the round-off of float64 sums (`ROUND_OFF`), elementwise."""
+    return left <= right * (1 + ROUND_OFF) + 1e-15
+
+
 def as_box(box, size: int) -> tuple[np.ndarray, np.ndarray]:
     r"""The box $X$ of $x_1$ as float64 ``(lo, hi)`` of ``size`` entries each: ``box`` is
     ``(lo, hi)``, each side a number (every coordinate) or a sequence; the one reading of a

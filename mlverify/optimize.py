@@ -59,7 +59,24 @@ class Trace:
     $\lVert g_t - \nabla F_1(x_1^t) \rVert$; ``x1`` and ``F1`` have $T + 1$ rows ($F_1$ with
     lower levels solved when known, else $f_1$ at the iterates; ``F1_exact`` says which).
     ``time`` is cumulative wall time of the algorithm alone (tracking excluded); ``evals``
-    counts hypergradient evaluations and inner iterations."""
+    counts hypergradient evaluations and inner iterations.
+
+    Attributes:
+        method: The outer method run (one of `OUTER_METHODS`).
+        x1: The iterates $x_1^0, \dots, x_1^T$, shape $(T + 1, d_1)$.
+        F1: $F_1$ at each iterate, $T + 1$ values (see ``F1_exact``).
+        grad: The hypergradient $g_t$ each round used, shape $(T, d_1)$.
+        grad_norm: $\lVert g_t \rVert$ per round.
+        time: Cumulative wall time (s) of the algorithm alone after each round.
+        evals: Cumulative hypergradient evaluations and inner iterations after each round.
+        exact_grad_norm: $\lVert \nabla F_1(x_1^t) \rVert$ per round (``track_exact``),
+            else None.
+        error: $\lVert e_t \rVert = \lVert g_t - \nabla F_1(x_1^t) \rVert$ per round
+            (``track_exact``), else None.
+        F1_exact: True where ``F1`` is $F_1$ with the lower levels solved; False where it is
+            $f_1$ at the single loop's lower iterates.
+        options: The run's options (step size, inner steps, method options), as recorded.
+    """
 
     method: str
     x1: np.ndarray

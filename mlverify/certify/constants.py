@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..checks import as_box
+from ..checks import L_MARGIN, as_box
 from ..errors import MlverifyError
 from .bounds import float_down, float_up, symmetric_eigen_bounds
 from .hypergradient import CENTRE_TOL, certified_system, precision
@@ -40,11 +40,6 @@ if TYPE_CHECKING:
 
 #: Working precision (bits) over boxes: the widths come from the boxes, not the rounding.
 BOX_PRECISION = 64
-#: Safety factor on $L$, the one definition: on the proven upper bound of
-#: $\lambda_{\max}$ here, and on the sampled $\lambda_{\max}$ of Theorems 4.1 and 4.2
-#: (`mlverify.verify.theorems`, `mlverify.verify.batch`, which import it), where sampling can
-#: only under-estimate a maximum; the same factor keeps the two comparable.
-L_MARGIN = 1.01
 
 
 @dataclass

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checks import L_MARGIN, bound_4_1, bound_holds
 from .bounds import float_down, float_up
-from .constants import L_MARGIN, certify_constants  # noqa: F401  (theorem_4_1 calls it)
+from .constants import certify_constants  # noqa: F401  (theorem_4_1 calls it)
 from .hypergradient import CertificationError, point_enclosure, precision
 
 #: The label of a fail with certified constants that still fails with the proven bounds on
@@ -148,8 +149,8 @@ def finish(problem, certificate, *, box, verdict: str, L_value: float, L_given, 
             f_lo = None
             notes.append(f"F_1* could not be bounded: {err}")
         if verdict == "fail" and f_lo is not None:
-            right_high = 2 * L_value * (f0_hi - f_lo) / np.asarray(t, dtype=np.float64)
-            proven_fail = np.asarray(left_mean) > right_high * (1 + 1e-9) + 1e-15
+            right_high = bound_4_1(L_value, f0_hi - f_lo, np.asarray(t, dtype=np.float64))
+            proven_fail = ~bound_holds(np.asarray(left_mean), right_high)
             if np.any(proven_fail):
                 label = COUNTEREXAMPLE
                 notes.append(f"the bound fails at {int(np.sum(proven_fail))} values of T even "

@@ -28,10 +28,12 @@ __all__ = ["CALIBRATION", "LOWER_BOUNDS", "CostError", "CostEstimate", "check_af
 
 #: First call of the exact hypergradient (trace, compile, solve, evaluate) against the number
 #: of levels n: (seconds, peak resident memory in GB), blocks of 4, the benchmark's
-#: non-quadratic family, 2-core AMD EPYC (benchmarks/results/deep_jax.md, 2026-12-06).
-CALIBRATION = {3: (2.1, 0.52), 4: (7.8, 0.74), 5: (57.7, 2.23)}
+#: non-quadratic family, 2-core AMD EPYC (benchmarks/results/deep_jax.md, 2026-12-06, the
+#: solve and the hypergradient fused with the level constants formed once, XLA level 0).
+CALIBRATION = {3: (1.4, 0.51), 4: (5.1, 0.74), 5: (41.8, 1.94)}
 #: Depths whose measured first call did not finish: (seconds, GB) when it ran out of memory,
-#: lower bounds of its cost (6 levels: bad_alloc at 11.2 GB after 535 s, same machine).
+#: lower bounds of its cost (6 levels: bad_alloc at 11.2 GB after 535 s, same machine, with
+#: the level constants still formed twice).
 LOWER_BOUNDS = {6: (535.0, 11.2)}
 #: The environment variable that sets the memory (GB) a deep exact program may plan for.
 MEMORY_VARIABLE = "MLVERIFY_MEMORY_LIMIT"

@@ -20,16 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..certify.constants import L_MARGIN
-from ..checks import as_box
+from ..checks import L_MARGIN, as_box, bound_4_1, bound_holds
 from ..numeric.implicit import ImplicitCore, LinearSolve
 from ..numeric.solvers import joint_newton
 
 if TYPE_CHECKING:
     from ..zoo import QuadraticFamily
 
-#: Relative slack on "left $\le$ right" for float64 sums of up to $T$ terms.
-ROUND_OFF = 1e-9
 #: Lower solves whose gradient norm ends above this make the instance not-applicable.
 SOLVE_TOL = 1e-9
 
@@ -117,8 +114,8 @@ def _instance_check(objectives_of, sizes, box, T, grid, newton_steps, fd_step):
         f_star = jnp.minimum(jnp.min(values), jnp.min(tail_values))
         t = jnp.arange(1, T + 1)
         left = jnp.cumsum(squared) / t
-        right = 2 * L * (values[0] - f_star) / t
-        ok = jnp.all(left <= right * (1 + ROUND_OFF) + 1e-15)
+        right = bound_4_1(L, values[0] - f_star, t)
+        ok = jnp.all(bound_holds(left, right))
         ratio = jnp.max(left / jnp.maximum(right, 1e-300))
         residual = jnp.max(residuals)
         applicable = (lam_min > 0) & (residual <= SOLVE_TOL) & jnp.isfinite(ratio)

@@ -28,6 +28,22 @@ class Report:
     intervals with method, number of boxes and time, the label and the reason when
     certification did not succeed (empty when certification was not asked for).
     ``box`` is the region the check sampled its constants on and ran in.
+
+    Attributes:
+        theorem: ``"4.1"`` or ``"4.2"``.
+        verdict: ``"pass"``, ``"fail"`` or ``"not-applicable"``.
+        constants: Name to ``(value, how it was obtained)``: $L$, $F_1^*$, $\alpha$, ...
+        table: Columns of equal length against $T$: ``T``, the left side(s), ``right``,
+            ``ok`` (per method for Theorem 4.2).
+        worst_ratio: The largest left/right over $T$ (above 1 where the bound fails); None
+            without a run.
+        fitted_slope: The fitted log-log slope of the left side against $T$ (Theorem 4.1's
+            rate is $-1$); None without a run.
+        reason: Why the verdict is a fail or not applicable (the level and the assumption).
+        extra: Further values of the check (the final $x_1$, $F_1(x^0)$, ...).
+        certified: Whether every assumption and $L$ are proven on the box.
+        certificate: The certified constants as intervals, with method, boxes and time.
+        box: The region $X$, ``[[lo_1..lo_d], [hi_1..hi_d]]``; None where not recorded.
     """
 
     theorem: str
@@ -40,7 +56,6 @@ class Report:
     extra: dict = field(default_factory=dict)
     certified: bool = False
     certificate: dict = field(default_factory=dict)
-    #: The region X the check used, [[lo_1..lo_d], [hi_1..hi_d]] (None: not recorded).
     box: list | None = None
 
     def __post_init__(self):

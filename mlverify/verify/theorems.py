@@ -10,8 +10,7 @@ import numpy as np
 import scipy.optimize
 from numpy.typing import ArrayLike
 
-from ..certify.constants import L_MARGIN
-from ..checks import as_box
+from ..checks import L_MARGIN, as_box, bound_4_1, bound_4_2, bound_holds
 from ..errors import (
     ConvergenceError,
     DivergenceError,
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
     from ..numeric import NumericProblem
     from ..problem import MultilevelProblem
 
-#: Relative slack for "left $\le$ right": the two sides are float64 sums of up to $T$ terms.
-ROUND_OFF = 1e-9
 
 
 def _shared_assumptions(problem, region, assumptions) -> str | None:
@@ -359,8 +356,8 @@ def theorem_4_1(
     t = np.arange(1, T + 1)
     left_mean = np.cumsum(squared) / t
     left_min = np.minimum.accumulate(squared)
-    right = 2 * L_value * (trace.F1[0] - F_star) / t
-    ok = left_mean <= right * (1 + ROUND_OFF) + 1e-15
+    right = bound_4_1(L_value, trace.F1[0] - F_star, t)
+    ok = bound_holds(left_mean, right)
     table = {"T": t, "left_min": left_min, "left_mean": left_mean, "right": right, "ok": ok}
     ratio = np.where(right > 0, left_mean / np.maximum(right, 1e-300), np.inf)
     verdict = "pass" if bool(np.all(ok)) else "fail"
@@ -512,8 +509,8 @@ def theorem_4_2(
         t = np.arange(1, T + 1)
         left = np.cumsum(trace.exact_grad_norm**2) / t
         error_term = np.cumsum(trace.error**2) / t
-        right = 2 * (F0 - F_star) / (alpha * t) + error_term
-        ok = left <= right * (1 + ROUND_OFF) + 1e-15
+        right = bound_4_2(alpha, F0 - F_star, t, error_term)
+        ok = bound_holds(left, right)
         tables[method] = {
             "T": t,
             "left_mean": left,
