@@ -40,9 +40,9 @@ if TYPE_CHECKING:
 OUTER_METHODS = ("implicit-exact", "hierarchical", "itd", "aid-cg", "aid-neumann", "no-curvature")
 #: Lower-solve tolerance (``solve_lower``'s ``tol``, on Newton's relative distance estimate)
 #: of the solved methods, of the reference values and hypergradients a run tracks, and of
-#: exact_value_and_gradient, on either backend: the JAX
-#: core's solve_and_hypergradient default (the symbolic solver's own default, 1e-12, is not
-#: reachable in float64 on every box).
+#: exact_value_and_gradient, on either backend: looser than both backends' default
+#: (`mlverify.checks.DEFAULT_TOL`, 1e-12), which is not reachable in float64 at every point
+#: a run visits.
 REFERENCE_TOL = 1e-10
 _HYPERGRADIENT_METHOD = {
     "implicit-exact": "exact",
