@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .errors import DivergenceError, NonFiniteError
+from .errors import DivergenceError, HessianError, NonFiniteError
 from .numeric import NumericProblem
 
 if TYPE_CHECKING:
@@ -528,11 +528,32 @@ class _Runner:
             if self.inner_lr is not None:
                 self._betas = [None] + [float(self.inner_lr)] * (self.num.n - 1)
             else:
-                lipschitz = self.num.lower_lipschitz(
-                    [self.num.unflatten(k, x) for k, x in enumerate(flat)]
-                )
+                xs = [self.num.unflatten(k, x) for k, x in enumerate(flat)]
+                lipschitz = self.num.lower_lipschitz(xs)
+                if not all(np.isfinite(lam) and lam > 0 for lam in lipschitz):
+                    self._raise_start_hessian(xs)
                 self._betas = [None] + [1.0 / lam for lam in lipschitz]
         return self._betas
+
+    def _raise_start_hessian(self, xs):
+        """HessianError for the deepest level whose $D_{kk} F_k$ (the lemmas' formulas at the
+        start iterates) is not positive definite: the single loop's steps $1/L_k$ need it."""
+        hessians = self.num.lower_hessians(xs)
+        for k in range(len(hessians), 0, -1):
+            h = np.asarray(hessians[k - 1], dtype=np.float64)
+            lowest = (float(np.linalg.eigvalsh(0.5 * (h + h.T))[0]) if np.all(np.isfinite(h))
+                      else float("nan"))
+            if not lowest > 0:
+                what = ("not finite" if not np.isfinite(lowest)
+                        else f"not positive definite (min eigenvalue {lowest:.3g})")
+                raise HessianError(
+                    f"the single loop's inner step 1/L needs D_kk F_k positive definite at the "
+                    f"start iterates, and at level {k + 1} it is {what} there (the formulas are "
+                    "evaluated at the unsolved lower iterates): start the lower levels nearer "
+                    "their solutions (lower_init=...) or give inner_lr",
+                    level=k + 1, min_eigenvalue=lowest if np.isfinite(lowest) else None)
+        raise HessianError("the single loop's inner step 1/L is not finite at the start "
+                           "iterates; give inner_lr", level=2)
 
     def _f1(self, x1, lower):
         flat = (jnp.asarray(x1),) + tuple(self.num.flatten(k, x) for k, x in enumerate(lower, 1))

@@ -50,7 +50,11 @@ def test_a_deep_exact_program_past_the_memory_limit_is_refused_before_it_is_buil
     with pytest.raises(cost.CostError) as info:
         problem.hypergradient(jnp.zeros(2), "exact")
     message = str(info.value)
-    assert "5 levels" in message and "no-curvature" in message and "hierarchical" in message
+    assert "5 levels" in message and "hierarchical" in message and "sympy" in message
+    # a method that still solves the lower levels is not offered as a way out: it is
+    # refused the same way
+    with pytest.raises(cost.CostError):
+        problem.hypergradient(jnp.zeros(2), "no-curvature")
     assert info.value.levels == 5 and info.value.limit_gb == 0.01
     assert isinstance(info.value, MemoryError)
     # nothing was compiled: the refusal came before any program was built

@@ -75,3 +75,24 @@ def test_seeded_run_is_reproducible_bit_for_bit():
 def test_unknown_method():
     with pytest.raises(ValueError, match="unknown method"):
         optimize(zoo.default_problem(), "newton-magic", steps=1)
+
+
+@pytest.mark.parametrize("backend", ["symbolic", "jax"])
+def test_the_single_loop_names_a_level_whose_hessian_is_indefinite_at_the_start(backend):
+    """The single loop's steps 1/L_k take L_k at the start iterates; where the lemmas'
+    D_kk F_k is not positive definite there (f_2 = (x_2^2 - 1)^2 at x_2 = 0: D_22 f_2 = -4),
+    the run stops with the level and the eigenvalue, not with a NaN step."""
+    import sympy as sp
+
+    import mlverify as mv
+    from mlverify.errors import HessianError
+
+    x1, x2 = sp.symbols("x1 x2")
+    problem = mv.MultilevelProblem([mv.Level(x1, (x1 - 1) ** 2 + x2**2),
+                                    mv.Level(x2, (x2**2 - 1) ** 2 + x1 * x2 / 10)])
+    target = problem if backend == "symbolic" else problem.lower()
+    with pytest.raises(HessianError) as info:
+        optimize(target, "hierarchical", steps=3, step_size=0.1)
+    assert info.value.level == 2
+    assert info.value.min_eigenvalue == pytest.approx(-4.0)
+    assert "start iterates" in str(info.value)
