@@ -282,7 +282,15 @@ class NumericProblem:
         tol = solve_options.setdefault("tol", DEFAULT_TOL)
         max_iter = solve_options.setdefault("max_iter", 100)
         start = self._start(x1, solve_options.get("init"))
-        if solve_options.get("method", "newton") == "newton" and self.n <= FUSED_MAX_LEVELS:
+        # One compiled call where nothing asks for the Python-side solve (a multistart, or
+        # gradient descent); from FUSED_MAX_LEVELS on, two (`_deep_solve_and_exact`).
+        compiled = (solve_options.get("method", "newton") == "newton"
+                    and not solve_options.get("starts"))
+        if compiled and self.n > FUSED_MAX_LEVELS and method == "exact" and not options:
+            found = self._deep_solve_and_exact(start, tol, max_iter)
+            if found is not None:
+                return found
+        if compiled and self.n <= FUSED_MAX_LEVELS:
             key = ("solve+frozen", method, _options_key(options))
             fn = self._jit(key, lambda: self._solve_frozen_builder(method, dict(options)),
                            COMPILER_OPTIONS if self.n >= 4 else None)
@@ -295,6 +303,43 @@ class NumericProblem:
                 return self.unflatten(0, value), self._lower_solution(blocks, solved)
         lower = self.solve_lower(x1, **solve_options)
         return self.hypergradient_frozen((x1, *lower), method, **options), lower
+
+    def _deep_solve_and_exact(self, start, tol, max_iter):
+        """Deeper than `FUSED_MAX_LEVELS`: the joint solve (the program `solve_lower` uses),
+        then one program with its final checks and the exact hypergradient, which share the
+        level constants at the solution. ``(hypergradient, LowerSolution)``, or None where a
+        check fails (the caller then solves apart, and the error names the level)."""
+        from .solvers import final_status, joint_applicable, joint_newton
+
+        if not joint_applicable(self.core):
+            return None
+        solver = self._jit(("joint_newton", 1),
+                           self._affordable(
+                               lambda: joint_newton(self.core, 1, final_checks=False)),
+                           COMPILER_OPTIONS)
+        blocks, info = solver(tuple(start), np.float64(tol), np.int32(max_iter))
+
+        def build():
+            checks_and_constants = final_status(self.core, with_constants=True)
+            frozen = self._frozen_builder("exact", {})
+
+            def run(blocks, tol):
+                status, consts = checks_and_constants(blocks, tol)
+                value, frozen_status = frozen(blocks, consts)
+                return value, {"solve": status, "frozen": frozen_status}
+
+            return run
+
+        fn = self._jit(("final_status+exact",), self._affordable(build))
+        value, status = fn(blocks, np.float64(tol))
+        status = jax.device_get(status)
+        solved, frozen = status["solve"], status["frozen"]
+        solved["iterations"] = int(info["iterations"])
+        if (np.all(solved["converged"]) and np.all(solved["hessian_ok"])
+                and bool(frozen["finite"])
+                and all(bool(ok) for ok in frozen.get("cholesky_ok", {}).values())):
+            return self.unflatten(0, value), self._lower_solution(blocks, solved)
+        return None
 
     def _solve_frozen_builder(self, method, options):
         from .solvers import final_status, joint_applicable, joint_newton, nested_newton
