@@ -247,3 +247,23 @@ def test_both_theorems_report_a_violated_shared_assumption_as_not_applicable(low
                    verify.theorem_4_2(problem, box=(-1, 1), T=5)):
         assert report.verdict == "not-applicable", report.reason
         assert kind in report.reason and "level 2" in report.reason
+
+
+def test_rounds_to_epsilon_names_the_level_of_a_member_that_fails_the_assumptions():
+    """A member whose level 3 is degenerate at its solution (f_3 = (x_3 - x_2)^4 / 4): the
+    study stops with the error naming level 3 (not level 1) and the member's n."""
+    import sympy as sp
+
+    from mlverify.errors import HessianError
+
+    def family(n):
+        x = sp.symbols(f"x1:{n + 1}")
+        levels = [mv.Level(x[0], (x[0] - 1) ** 2 + x[1] ** 2)]
+        levels.append(mv.Level(x[1], (x[1] - x[0]) ** 2 + (x[2] ** 2 if n > 2 else 0)))
+        if n > 2:
+            levels.append(mv.Level(x[2], (x[2] - x[1]) ** 4 / 4))
+        return mv.MultilevelProblem(levels)
+
+    with pytest.raises(HessianError) as info:
+        verify.rounds_to_epsilon(family, ns=(2, 3), box=(-1, 1))
+    assert info.value.level == 3 and "n=3" in str(info.value)

@@ -10,11 +10,15 @@ unboundedness, at each sampled $x_1$, along rays from its solution.
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..checks import as_box
 from ..errors import one_line
+
+if TYPE_CHECKING:
+    from ..errors import MlverifyError
 
 #: A lower Hessian whose smallest eigenvalue is below this, relative to its largest, at a
 #: sampled point makes the level "not strongly convex": the bounds do not apply. Relative to
@@ -194,6 +198,36 @@ def classify_failure(problem, err, x1, symbolic: bool) -> tuple[str, str]:
     if isinstance(err, HessianError):
         return "degenerate or indefinite", one_line(err)
     return "solve failed", one_line(err)
+
+
+class Violation(str):
+    """An assumption violation: its message (a ``str``, as reports show it), with the
+    ``level`` at fault (None where none is named) and its ``kind`` ("degenerate or
+    indefinite", "unbounded below", "solve failed", ...)."""
+
+    level: int | None
+    kind: str
+
+    def __new__(cls, message: str, level: int | None = None, kind: str = "assumption"):
+        obj = super().__new__(cls, message)
+        obj.level, obj.kind = level, kind
+        return obj
+
+    def error(self, prefix: str = "") -> MlverifyError:
+        """The error naming the level: UnboundedLevelError for a level unbounded below,
+        else HessianError (level 2 where the violation names none).
+
+        Args:
+            prefix: Text put before the message (what the violation was found in).
+
+        Returns:
+            The error, to raise.
+        """
+        from ..errors import HessianError, UnboundedLevelError
+
+        if self.kind == "unbounded below" and self.level is not None:
+            return UnboundedLevelError(prefix + str(self), level=self.level)
+        return HessianError(prefix + str(self), level=self.level or 2)
 
 
 def lower_curvature_at(num, x1, lower):

@@ -20,7 +20,7 @@ from ..errors import (
 )
 from ..optimize import as_numeric, hessian_F1, optimize, project
 from ..optimize import exact_value_and_gradient as _exact
-from .assumptions import check_assumptions, lower_curvature_at, sample_points
+from .assumptions import Violation, check_assumptions, lower_curvature_at, sample_points
 from .report import Report
 
 if TYPE_CHECKING:
@@ -65,10 +65,11 @@ def _scan_box(num, lo, hi, samples, seed):
             for k, value in at_point.items():
                 mu[k - 1] = min(mu[k - 1], value)
             if violation is not None:
-                return None, violation[2]
+                return None, Violation(violation[2], violation[1], violation[0])
             eigs.append(np.linalg.eigvalsh(hessian_F1(num, x)))
         except (HessianError, ConvergenceError) as err:
-            return None, f"at {where}: {err}"
+            kind = "degenerate or indefinite" if isinstance(err, HessianError) else "solve failed"
+            return None, Violation(f"at {where}: {err}", err.level, kind)
     return {"points": points, "eigs": eigs, "mu": mu}, None
 
 
@@ -645,8 +646,10 @@ def rounds_to_epsilon(
             ``stopped`` (None, or why the larger $n$ were not run).
 
     Raises:
-        HessianError: A member fails Theorem 4.2's assumptions on the box (the message
-            gives $n$ and the violation).
+        HessianError: A member fails Theorem 4.2's assumptions on the box: a lower level
+            not strongly convex (the error names that level; the message gives $n$ and the
+            violation).
+        UnboundedLevelError: A member's lower level is unbounded below (named).
         ValueError: ``lo < hi`` fails in some coordinate of the box.
         MlverifyError: A lower solve or a run failed; the error names the level.
     """
@@ -677,7 +680,9 @@ def rounds_to_epsilon(
         region_used = _box_list(region)
         constants, violation = constants_4_2(problem, region, samples=5)
         if violation is not None:
-            raise HessianError(f"family member n={n}: {violation}", level=1)
+            raise (violation.error(f"family member n={n}: ")
+                   if isinstance(violation, Violation)
+                   else HessianError(f"family member n={n}: {violation}", level=1))
         L = constants["L"][0]
         try:
             trace = optimize(
