@@ -485,11 +485,15 @@ class MultilevelProblem:
             A LaTeX string ``D_{j} y_{k} = ...`` (no math delimiters).
 
         Raises:
-            ProblemDefinitionError: With ``abstract=False``, ``k`` or ``j`` is out of range
-                (the abstract formula does not check them).
+            ProblemDefinitionError: ``k`` or ``j`` is out of range.
         """
         from .latex import latex_best_response_jacobian
 
+        self._check_level(k, lowest=2)
+        if not isinstance(j, (int, np.integer)) or not 1 <= j < k:
+            raise ProblemDefinitionError(
+                f"D_j y_k needs 1 <= j < k; got j={j!r}", level=k, quantity="level index"
+            )
         return latex_best_response_jacobian(self, k, j, abstract=abstract)
 
     def __repr__(self) -> str:

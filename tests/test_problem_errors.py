@@ -144,3 +144,15 @@ def test_status_under_jit_and_vmap_reports_indefinite_level():
         (jnp.array([1.0]), jnp.array([0.5])))
     num.check_status(good_status)
     assert np.isfinite(float(good[0]))
+
+
+@pytest.mark.parametrize(("k", "j"), [(7, 9), (3, 3), (1, 1), (3, 0)])
+def test_latex_jacobian_refuses_indices_out_of_range(k, j):
+    """D_j y_k exists for 2 <= k <= n and 1 <= j < k, in the abstract form too."""
+    from mlverify import zoo
+    from mlverify.errors import ProblemDefinitionError
+
+    problem = zoo.default_problem()
+    for abstract in (True, False):
+        with pytest.raises(ProblemDefinitionError):
+            problem.latex_jacobian(k, j, abstract=abstract)
