@@ -217,3 +217,12 @@ def test_trilevel_without_attack_is_the_bilevel_model():
     with pytest.raises(mv.ProblemDefinitionError) as info:
         real_data.poisoning_problem(splits=splits, penalty=0.0)
     assert info.value.level == 2
+
+
+@pytest.mark.parametrize("penalty", [0.0, -1.0, float("nan")])
+def test_the_synthetic_poisoning_problem_refuses_a_penalty_that_is_not_positive(penalty):
+    """Without a positive penalty the attacker (level 2) has no minimiser: refused at
+    construction, as for the real data."""
+    with pytest.raises(mv.ProblemDefinitionError) as info:
+        zoo.data_poisoning(penalty=penalty)
+    assert info.value.level == 2 and info.value.quantity == "penalty"

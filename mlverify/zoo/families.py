@@ -344,8 +344,8 @@ def data_poisoning(
 
     Raises:
         ProblemDefinitionError: ``features`` given with ``dataset``, ``noise`` without it,
-            or (with ``dataset``) an unknown data set, bad split sizes, a negative noise
-            or a penalty that is not positive.
+            a penalty that is not positive, or (with ``dataset``) an unknown data set, bad
+            split sizes or a negative noise.
         MissingExtraError: ``dataset`` needs scikit-learn, which is not installed.
     """
     if dataset is not None:
@@ -361,7 +361,11 @@ def data_poisoning(
     n_train = 30 if n_train is None else n_train
     n_val = 30 if n_val is None else n_val
     features = 5 if features is None else features
-    penalty = 2.0 if penalty is None else penalty
+    penalty = 2.0 if penalty is None else float(penalty)
+    if not np.isfinite(penalty) or penalty <= 0:
+        # c <= 0 leaves the attacker (level 2) without a minimiser
+        raise ProblemDefinitionError(
+            f"the attacker's penalty must be > 0, got {penalty}", level=2, quantity="penalty")
     rng = np.random.default_rng(seed)
     w_true = rng.normal(size=features)
     xt = rng.normal(size=(n_train, features))
