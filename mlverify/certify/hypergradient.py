@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import HessianError, ProblemDefinitionError
+from ..errors import HessianError, MlverifyError, ProblemDefinitionError
 from ..symsolve import as_block_value
 from .bounds import float_down, float_up, symmetric_eigen_bounds
 from .programs import _as_arb
@@ -31,8 +31,11 @@ CENTRE_TOL = 1e-9
 DEFAULT_PAD = 1e-12
 
 
-class CertificationError(ProblemDefinitionError):
-    """A certification that could not succeed; the message names the level and the cause."""
+class CertificationError(MlverifyError, ArithmeticError):
+    """A certification that could not succeed (an enclosure that did not contract, a
+    Hessian not proven positive definite); the message names the level and the cause. Not
+    a `ProblemDefinitionError`: the problem may be well posed and the proof merely not
+    closed at this precision or on this box."""
 
 
 @contextlib.contextmanager
