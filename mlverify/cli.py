@@ -47,6 +47,7 @@ from .verify.assumptions import (
     ASSUMPTION_SAMPLES,
     check_assumptions,
     classify_failure,
+    failure_reason,
 )
 from .verify.crosscheck import FD_AGREEMENT, JAX_AGREEMENT, JAX_CHECK_MAX_LEVELS, cross_check
 from .verify.report import plot_rounds_to_epsilon
@@ -388,9 +389,7 @@ def _theorem_4_2(run, problem, box):
 def _not_applicable(run, assumptions) -> int:
     """A lower level fails the assumptions every check shares: no bound applies."""
     run.verdicts["assumptions"] = "not-applicable"
-    reason = assumptions["reason"]
-    if f"level {assumptions['level']}" not in reason:
-        reason = f"level {assumptions['level']} {assumptions['kind']}: {reason}"
+    reason = failure_reason(assumptions)
     for name in ("theorem_4_1", "theorem_4_2"):
         run.result[name] = {"verdict": "not-applicable", "box": run.box_json,
                             "reason": f"assumption violated: bound not applicable ({reason})"}

@@ -296,20 +296,17 @@ class NumericProblem:
                            COMPILER_OPTIONS if self.n >= 4 else None)
             value, blocks, status = fn(tuple(start), np.float64(tol), np.int32(max_iter))
             status = jax.device_get(status)
-            solved, frozen = status["solve"], status["frozen"]
-            if (np.all(solved["converged"]) and np.all(solved["hessian_ok"])
-                    and bool(frozen["finite"])
-                    and all(bool(ok) for ok in frozen.get("cholesky_ok", {}).values())):
-                return self.unflatten(0, value), self._lower_solution(blocks, solved)
+            if _passed(status):
+                return self.unflatten(0, value), self._lower_solution(blocks, status["solve"])
         lower = self.solve_lower(x1, **solve_options)
         return self.hypergradient_frozen((x1, *lower), method, **options), lower
 
     def _deep_solve_and_exact(self, start, tol, max_iter):
         """Deeper than `FUSED_MAX_LEVELS`: the joint solve (the program `solve_lower` uses),
-        then one program with its final checks and the exact hypergradient, which share the
-        level constants at the solution. ``(hypergradient, LowerSolution)``, or None where a
-        check fails (the caller then solves apart, and the error names the level)."""
-        from .solvers import final_status, joint_applicable, joint_newton
+        then one program with its final checks and the exact hypergradient
+        (`_checks_and_frozen`). ``(hypergradient, LowerSolution)``, or None where a check
+        fails (the caller then solves apart, and the error names the level)."""
+        from .solvers import joint_applicable, joint_newton
 
         if not joint_applicable(self.core):
             return None
@@ -318,39 +315,21 @@ class NumericProblem:
                                lambda: joint_newton(self.core, 1, final_checks=False)),
                            COMPILER_OPTIONS)
         blocks, info = solver(tuple(start), np.float64(tol), np.int32(max_iter))
-
-        def build():
-            checks_and_constants = final_status(self.core, with_constants=True)
-            frozen = self._frozen_builder("exact", {})
-
-            def run(blocks, tol):
-                status, consts = checks_and_constants(blocks, tol)
-                value, frozen_status = frozen(blocks, consts)
-                return value, {"solve": status, "frozen": frozen_status}
-
-            return run
-
-        fn = self._jit(("final_status+exact",), self._affordable(build))
+        fn = self._jit(("final_status+exact",),
+                       self._affordable(lambda: self._checks_and_frozen("exact", {})))
         value, status = fn(blocks, np.float64(tol))
         status = jax.device_get(status)
-        solved, frozen = status["solve"], status["frozen"]
-        solved["iterations"] = int(info["iterations"])
-        if (np.all(solved["converged"]) and np.all(solved["hessian_ok"])
-                and bool(frozen["finite"])
-                and all(bool(ok) for ok in frozen.get("cholesky_ok", {}).values())):
-            return self.unflatten(0, value), self._lower_solution(blocks, solved)
+        status["solve"]["iterations"] = int(info["iterations"])
+        if _passed(status):
+            return self.unflatten(0, value), self._lower_solution(blocks, status["solve"])
         return None
 
     def _solve_frozen_builder(self, method, options):
-        from .solvers import final_status, joint_applicable, joint_newton, nested_newton
+        from .solvers import joint_applicable, joint_newton, nested_newton
 
         self._check_affordable()
-        # The final checks form every level's constants at the solution (default solve,
-        # curvature): the exact hypergradient's own there, formed once for both.
-        shared = method == "exact" and not options
-        frozen = self._frozen_builder(method, options)
         if not joint_applicable(self.core):
-            solve = nested_newton(self.core)
+            solve, frozen = nested_newton(self.core), self._frozen_builder(method, options)
 
             def run(start, tol, max_iter):
                 blocks, solve_status = solve(start, tol, max_iter)
@@ -359,14 +338,32 @@ class NumericProblem:
 
             return run
         solve = joint_newton(self.core, final_checks=False)
-        checks_and_constants = final_status(self.core, with_constants=True)
+        checked = self._checks_and_frozen(method, options)
 
         def run(start, tol, max_iter):
             blocks, info = solve(start, tol, max_iter)
-            solve_status, consts = checks_and_constants(blocks, tol)
-            solve_status["iterations"] = info["iterations"]
-            value, status = frozen(blocks, consts) if shared else frozen(blocks)
-            return value, blocks, {"solve": solve_status, "frozen": status}
+            value, status = checked(blocks, tol)
+            status["solve"]["iterations"] = info["iterations"]
+            return value, blocks, status
+
+        return run
+
+    def _checks_and_frozen(self, method, options):
+        """``(blocks, tol) -> (value, {"solve": final status, "frozen": status})``: a joint
+        solve's final checks (`solvers.final_status`) and the hypergradient at its blocks.
+        The checks form every level's constants at the solution (default solve, curvature):
+        for ``exact`` with default options they are the formula's own, formed once for
+        both."""
+        from .solvers import final_status
+
+        shared = method == "exact" and not options
+        frozen = self._frozen_builder(method, options)
+        checks_and_constants = final_status(self.core, with_constants=True)
+
+        def run(blocks, tol):
+            status, consts = checks_and_constants(blocks, tol)
+            value, frozen_status = frozen(blocks, consts) if shared else frozen(blocks)
+            return value, {"solve": status, "frozen": frozen_status}
 
         return run
 
@@ -755,6 +752,16 @@ class NumericProblem:
             # Fourth-order central difference.
             grad[i] = (values[0] - 8 * values[1] + 8 * values[2] - values[3]) / (12 * step)
         return jnp.asarray(grad)
+
+
+def _passed(status) -> bool:
+    """Whether a compiled solve + hypergradient can be taken as it is: every level
+    converged with $H_k$ surely positive definite, the value finite, every Cholesky factor
+    finite (else the steps re-run apart and the error names the level)."""
+    solved, frozen = status["solve"], status["frozen"]
+    return bool(np.all(solved["converged"]) and np.all(solved["hessian_ok"])
+                and bool(frozen["finite"])
+                and all(bool(ok) for ok in frozen.get("cholesky_ok", {}).values()))
 
 
 def _structure(value):

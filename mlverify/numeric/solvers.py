@@ -23,8 +23,6 @@ import numpy as np
 from .. import checks, nested
 from .implicit import DENSE_LIMIT, LinearSolve
 
-_ARMIJO = nested.ARMIJO
-_HALVINGS = nested.HALVINGS
 #: Step halvings of the joint solve before it hands over to the nested solve.
 _JOINT_HALVINGS = 10
 
@@ -120,14 +118,14 @@ def nested_newton(core, first: int = 1):
                 )
                 trial_value, trial_residual = core.fs[k](trial), jnp.linalg.norm(gradient(trial))
                 accept = fresh | jnp.isfinite(trial_value) & (
-                    (trial_value <= value + _ARMIJO * alpha * slope)
+                    (trial_value <= value + nested.ARMIJO * alpha * slope)
                     | ((tries == 0) & (trial_residual < residual))
                 )
                 return (0.5 * alpha, trial, count + inner, accept, tries + 1)
 
             search = (jnp.ones(()), blocks, count, jnp.zeros((), bool), jnp.zeros((), jnp.int32))
             _, trial, count, accepted, _ = jax.lax.while_loop(
-                lambda s: ~s[3] & (s[4] < _HALVINGS), search_body, search
+                lambda s: ~s[3] & (s[4] < nested.HALVINGS), search_body, search
             )
             # A failed line search keeps the point it had and ends this level's loop.
             keep = jax.tree_util.tree_map(lambda a, b: jnp.where(accepted, a, b), trial, blocks)
@@ -395,8 +393,7 @@ class _Levels:
         self.problem, self.n = problem, problem.n
 
     def objective(self, k, blocks):
-        fn = self.problem._jit(("value", k), lambda: self.problem.core.fs[k])
-        return float(fn(tuple(blocks)))
+        return self.problem.objective_value(k, blocks)
 
     def step(self, k, blocks, method):
         g, second = _step_function(self.problem, k, method)(tuple(blocks))

@@ -259,6 +259,22 @@ def lower_curvature_at(num, x1, lower):
     return mu, None
 
 
+def failure_reason(result: dict) -> str:
+    """A failed `check_assumptions` result in one line: its kind, then the reason, which
+    names the level.
+
+    Args:
+        result: What `check_assumptions` returned, with ``ok`` False.
+
+    Returns:
+        ``"<kind>: level <k>: <reason>"`` (the level not repeated where the reason names it).
+    """
+    reason = result["reason"]
+    if f"level {result['level']}" not in reason:
+        reason = f"level {result['level']}: {reason}"
+    return f"{result['kind']}: {reason}"
+
+
 def check_assumptions(problem, box, *, samples: int = ASSUMPTION_SAMPLES,
                       starts: int = MULTISTARTS, progress=None) -> dict:
     """The assumptions every check shares, on the box: at sampled x1, each lower level has a

@@ -20,7 +20,13 @@ from ..errors import (
 )
 from ..optimize import as_numeric, hessian_F1, optimize, project
 from ..optimize import exact_value_and_gradient as _exact
-from .assumptions import Violation, check_assumptions, lower_curvature_at, sample_points
+from .assumptions import (
+    Violation,
+    check_assumptions,
+    failure_reason,
+    lower_curvature_at,
+    sample_points,
+)
 from .report import Report
 
 if TYPE_CHECKING:
@@ -38,12 +44,7 @@ def _shared_assumptions(problem, region, assumptions) -> str | None:
         return None
     if assumptions is True:
         assumptions = check_assumptions(problem, region)
-    if assumptions["ok"]:
-        return None
-    reason = assumptions["reason"]
-    if f"level {assumptions['level']}" not in reason:
-        reason = f"level {assumptions['level']}: {reason}"
-    return f"{assumptions['kind']}: {reason}"
+    return None if assumptions["ok"] else failure_reason(assumptions)
 
 
 def _scan_box(num, lo, hi, samples, seed):
