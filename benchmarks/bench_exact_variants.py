@@ -19,7 +19,6 @@ Writes benchmarks/results/exact_variants.md.
 import argparse
 import json
 import pathlib
-import statistics
 import subprocess
 import sys
 import time

@@ -8,22 +8,30 @@ import pytest
 from mlverify.numeric import NumericProblem, cost
 
 
-def test_prediction_is_the_measurement_where_measured_and_geometric_beyond():
-    for n, (seconds, memory) in cost.CALIBRATION.items():
-        estimate = cost.predict_exact(n)
+@pytest.mark.parametrize("program", cost.PROGRAMS)
+def test_prediction_is_the_measurement_where_measured_and_geometric_beyond(program):
+    calibration, bounds = ((cost.CALIBRATION, cost.LOWER_BOUNDS) if program == "stacked"
+                           else (cost.NESTED_CALIBRATION, cost.NESTED_LOWER_BOUNDS))
+    for n, (seconds, memory) in calibration.items():
+        estimate = cost.predict_exact(n, program)
         assert (estimate.seconds, estimate.memory_gb) == (seconds, memory)
         assert "measured" in estimate.basis
-    for n, (seconds, memory) in cost.LOWER_BOUNDS.items():
-        estimate = cost.predict_exact(n)
+    for n, (seconds, memory) in bounds.items():
+        estimate = cost.predict_exact(n, program)
         assert (estimate.seconds, estimate.memory_gb) == (seconds, memory)
         assert estimate.basis.startswith("at least")
-    points = {**cost.CALIBRATION, **cost.LOWER_BOUNDS}
+    points = {**calibration, **bounds}
     deepest = max(points)
     (seconds, memory), previous = points[deepest], points[deepest - 1]
-    two_more = cost.predict_exact(deepest + 2)
+    two_more = cost.predict_exact(deepest + 2, program)
     assert two_more.memory_gb == pytest.approx(memory * (memory / previous[1]) ** 2, rel=1e-12)
     assert two_more.seconds == pytest.approx(seconds * (seconds / previous[0]) ** 2, rel=1e-12)
     assert f"extrapolated from n = {deepest}" in two_more.basis
+
+
+def test_an_unknown_program_is_named():
+    with pytest.raises(ValueError, match="stacked, nested"):
+        cost.predict_exact(5, "joint")
 
 
 def test_memory_limit_reads_the_environment(monkeypatch):
@@ -50,10 +58,9 @@ def test_a_deep_exact_program_past_the_memory_limit_is_refused_before_it_is_buil
     with pytest.raises(cost.CostError) as info:
         problem.hypergradient(jnp.zeros(2), "exact")
     message = str(info.value)
-    assert "5 levels" in message and "hierarchical" in message and "sympy" in message
-    # a method that still solves the lower levels is not offered as a way out: it is
-    # refused the same way
-    with pytest.raises(cost.CostError):
+    assert "exact hypergradient of 5 levels" in message and "sympy" in message
+    # a method on the nested rules is refused too, and its message points to the exact one
+    with pytest.raises(cost.CostError, match="method='exact'"):
         problem.hypergradient(jnp.zeros(2), "no-curvature")
     assert info.value.levels == 5 and info.value.limit_gb == 0.01
     assert isinstance(info.value, MemoryError)

@@ -19,6 +19,7 @@ from numeric_helpers import quadratic, quadratic_closed_form, rel_err
 import mlverify as mv
 from mlverify import zoo
 from mlverify.numeric import NumericProblem
+from mlverify.numeric.implicit import LinearSolve
 from mlverify.numeric.solvers import nested_newton
 from mlverify.optimize import optimize
 
@@ -130,30 +131,32 @@ def test_solve_and_hypergradient_matches_the_closed_form_and_the_split_path(size
 
 
 @pytest.mark.parametrize("sizes", [(2, 3, 2), (1, 2, 1, 2)], ids=_ids)
-def test_the_deep_path_shares_the_constants_and_matches_the_closed_form(sizes, monkeypatch):
-    """Deeper than FUSED_MAX_LEVELS the joint solve and (final checks + exact
-    hypergradient) are two programs sharing the level constants; here forced at small n:
-    the closed form, the fused path's value, and a multistart that is not skipped."""
-    import mlverify.numeric.problem as numeric_problem
-
+def test_the_stacked_path_matches_the_closed_form_and_the_nested_formulas(sizes, monkeypatch):
+    """Every lower block dense: the joint solve, its checks and the exact hypergradient run
+    on the one stacked program (`numeric.stacked`); against the closed form, against the
+    nested best-response formulas of `numeric.implicit` at the same solution, and with a
+    multistart (which runs the Python-side solve: not skipped by the compiled path)."""
     problem = quadratic(sizes, seed=3)
     x1 = np.random.default_rng(3).normal(size=sizes[0])
     want = quadratic_closed_form(problem, x1)
-    fused, _ = _numeric(problem).solve_and_hypergradient(x1, solve_options={"tol": SOLVE_TOL})
-    monkeypatch.setattr(numeric_problem, "FUSED_MAX_LEVELS", 1)
     num = _numeric(problem)
     g, lower = num.solve_and_hypergradient(x1, solve_options={"tol": SOLVE_TOL})
-    assert ("final_status+exact",) in num._jit_cache  # the deep path ran
-    assert rel_err(g, want.hypergradient) < SOLUTION_TOL and rel_err(g, fused) < 1e-12
+    assert list(num._jit_cache) == [("stacked", 1)]  # one program for all of it
+    assert rel_err(g, want.hypergradient) < SOLUTION_TOL
     for got, w in zip(lower, want.lower, strict=True):
         assert rel_err(got, w) < SOLUTION_TOL
     assert lower.iterations >= 1 and lower.distance <= SOLVE_TOL * 10
-    # with a multistart the Python-side solve runs (it is not skipped by a compiled path)
+    flat = num._flat_all((x1, *lower))
+    nested = num.core.hypergradient_frozen(flat, LinearSolve("auto"))
+    assert rel_err(g, nested) < 1e-12
+    calls = []
+    original = NumericProblem._multistart
+    monkeypatch.setattr(NumericProblem, "_multistart",
+                        lambda self, *args: calls.append(1) or original(self, *args))
     again = _numeric(problem)
     g_multi, _ = again.solve_and_hypergradient(x1, solve_options={"tol": SOLVE_TOL,
                                                                   "starts": 3})
-    assert ("final_status+exact",) not in again._jit_cache
-    assert rel_err(g_multi, g) < 1e-12
+    assert calls and rel_err(g_multi, g) < 1e-12
 
 
 def test_solve_and_hypergradient_leaves_a_stationary_maximum():

@@ -1,19 +1,25 @@
-r"""What a deep exact hypergradient will cost, before it is built.
+r"""What a deep hypergradient program will cost, before it is built.
 
 The exact hypergradient of $n$ levels differentiates $f_n$ to order $n$ (Lemma 3.2 and its
-induction), and the JAX core traces the best-response rule of every level below once more
-at every order: for general objectives the program, its compile time and the memory XLA
-needs to compile it grow geometrically with $n$. The lower solve no longer multiplies (the
-joint solve of `mlverify.numeric.solvers`); the derivative program does.
+induction): for general objectives the program, its compile time and the memory XLA needs
+to compile it grow geometrically with $n$. Two kinds of program, two calibrations:
 
-`predict_exact` reads the growth off a measured calibration (`CALIBRATION`: the first call
-of ``hypergradient(x1, "exact")`` on the benchmark's non-quadratic family, blocks of 4,
-``benchmarks/results/deep_jax.md``; `LOWER_BOUNDS`: depths whose run ran out of memory)
-and extends it past the last measured depth by the last measured growth per level. It is
+- ``"stacked"`` (`mlverify.numeric.stacked`): the exact hypergradient, the lower solve and
+  its checks where every lower block is dense; its program grows by a roughly constant
+  factor per level (`CALIBRATION`).
+- ``"nested"`` (`mlverify.numeric.implicit`): the nested best-response rules, which the
+  approximate methods (``no-curvature``, ``cg``, ``neumann``), explicit linear-solver
+  options and matrix-free levels (blocks over ``DENSE_LIMIT``) use; each derivative order
+  re-traces every lower rule, so it grows much faster (`NESTED_CALIBRATION`).
+
+`predict_exact` reads the growth off the calibration (the first call of
+``hypergradient(x1, method)`` on the benchmark's non-quadratic family, blocks of 4,
+``benchmarks/results/deep_jax.md``; lower bounds: depths whose run ran out of memory) and
+extends it past the last measured depth by the last measured growth per level. It is
 calibrated on blocks of 4: other block sizes and objectives cost more or less.
 `check_affordable` compares the prediction with the memory this process may use
-(`memory_limit`) and raises `CostError` naming the depth and the cheaper methods, instead
-of letting XLA exhaust the machine.
+(`memory_limit`) and raises `CostError` naming the depth and what costs less, instead of
+letting XLA exhaust the machine.
 """
 
 from __future__ import annotations
@@ -23,18 +29,25 @@ from dataclasses import dataclass
 
 from ..errors import CostError
 
-__all__ = ["CALIBRATION", "LOWER_BOUNDS", "CostError", "CostEstimate", "check_affordable",
-           "memory_limit", "predict_exact"]
+__all__ = ["CALIBRATION", "LOWER_BOUNDS", "NESTED_CALIBRATION", "NESTED_LOWER_BOUNDS",
+           "CostError", "CostEstimate", "check_affordable", "memory_limit", "predict_exact"]
 
-#: First call of the exact hypergradient (trace, compile, solve, evaluate) against the number
-#: of levels n: (seconds, peak resident memory in GB), blocks of 4, the benchmark's
-#: non-quadratic family, 2-core AMD EPYC (benchmarks/results/deep_jax.md, 2026-12-06, the
-#: solve and the hypergradient fused with the level constants formed once, XLA level 0).
-CALIBRATION = {3: (1.4, 0.51), 4: (5.1, 0.74), 5: (41.8, 1.94)}
-#: Depths whose measured first call did not finish: (seconds, GB) when it ran out of memory,
-#: lower bounds of its cost (6 levels: bad_alloc at 12.9 GB after 488 s, same machine and
-#: family, while compiling the joint solve's program, the first of the call).
-LOWER_BOUNDS = {6: (488.0, 12.9)}
+#: First call of the exact hypergradient on the stacked program (trace, compile, joint solve,
+#: checks, hypergradient) against the number of levels n: (seconds, peak resident memory in
+#: GB), blocks of 4, the benchmark's non-quadratic family, 2-core AMD EPYC
+#: (benchmarks/results/deep_jax.md, 2026-12-07, XLA level 0 from 4 levels).
+CALIBRATION = {3: (0.65, 0.41), 4: (1.3, 0.47), 5: (3.1, 0.68), 6: (15.3, 1.2), 7: (102.0, 5.3)}
+#: Depths whose measured first call on the stacked program did not finish (none measured).
+LOWER_BOUNDS: dict[int, tuple[float, float]] = {}
+#: The same first call on the nested best-response program (the exact formula before the
+#: stacked form; what the approximate methods still build): 2026-12-06, solve and
+#: hypergradient fused with the level constants formed once, XLA level 0.
+NESTED_CALIBRATION = {3: (1.4, 0.51), 4: (5.1, 0.74), 5: (41.8, 1.94)}
+#: Depths whose nested program ran out of memory: (seconds, GB) when it did, lower bounds (6
+#: levels: bad_alloc at 12.9 GB after 488 s, while compiling the joint solve's program).
+NESTED_LOWER_BOUNDS = {6: (488.0, 12.9)}
+#: The programs `predict_exact` knows.
+PROGRAMS = ("stacked", "nested")
 #: The environment variable that sets the memory (GB) a deep exact program may plan for.
 MEMORY_VARIABLE = "MLVERIFY_MEMORY_LIMIT"
 #: Plan for at most this share of the memory available.
@@ -52,17 +65,23 @@ class CostEstimate:
     basis: str
 
 
-def predict_exact(n: int) -> CostEstimate:
-    """The first exact hypergradient call of ``n`` levels, from `CALIBRATION` (measured up
-    to its deepest entry, beyond it extended by the last measured growth per level)."""
-    if n in CALIBRATION:
-        seconds, memory = CALIBRATION[n]
+def predict_exact(n: int, program: str = "stacked") -> CostEstimate:
+    """The first call of ``n`` levels on ``program`` (``"stacked"``: the exact
+    hypergradient; ``"nested"``: the nested best-response rules), from its calibration
+    (measured up to its deepest entry, beyond it extended by the last measured growth per
+    level)."""
+    if program not in PROGRAMS:
+        raise ValueError(f"unknown program {program!r}; the programs are: {', '.join(PROGRAMS)}")
+    calibration, bounds = ((CALIBRATION, LOWER_BOUNDS) if program == "stacked"
+                           else (NESTED_CALIBRATION, NESTED_LOWER_BOUNDS))
+    if n in calibration:
+        seconds, memory = calibration[n]
         return CostEstimate(n, seconds, memory, "measured (blocks of 4)")
-    if n in LOWER_BOUNDS:
-        seconds, memory = LOWER_BOUNDS[n]
+    if n in bounds:
+        seconds, memory = bounds[n]
         return CostEstimate(n, seconds, memory, "at least: the measured run (blocks of 4) ran "
                             f"out of memory at {memory:g} GB")
-    points = {**CALIBRATION, **LOWER_BOUNDS}
+    points = {**calibration, **bounds}
     known = sorted(points)
     if n < known[0]:
         seconds, memory = points[known[0]]
@@ -107,20 +126,25 @@ def memory_limit() -> float:
     return MEMORY_SHARE * min(limits) if limits else float("inf")
 
 
-def check_affordable(n: int) -> CostEstimate:
-    """`predict_exact` for ``n`` levels, or CostError where its memory exceeds
-    `memory_limit`: the error names the depth and the methods that cost less."""
-    estimate = predict_exact(n)
+def check_affordable(n: int, program: str = "stacked") -> CostEstimate:
+    """`predict_exact` for ``n`` levels on ``program``, or CostError where its memory
+    exceeds `memory_limit`: the error names the depth and what costs less."""
+    estimate = predict_exact(n, program)
     limit = memory_limit()
     if estimate.memory_gb > limit:
+        if program == "stacked":
+            what = "the exact hypergradient"
+            cheaper = ("Cheaper: the problem declared in sympy (a MultilevelProblem: its "
+                       "formulas run as compiled NumPy code, no JAX program), or fewer levels")
+        else:
+            what = "a hypergradient on the nested best-response rules (the approximate methods, "\
+                   "linear-solver options, blocks over the dense limit)"
+            cheaper = ("Cheaper: method='exact' with the default options where every lower "
+                       "block is dense (one stacked program, which grows far slower), the "
+                       "problem declared in sympy, or fewer levels")
         raise CostError(
-            f"the exact hypergradient of {n} levels is predicted to need about "
-            f"{estimate.memory_gb:.1f} GB to compile ({estimate.basis}), more than the "
-            f"{limit:.1f} GB this process may use ({MEMORY_VARIABLE} sets it). Every "
-            "hypergradient method with solved lower levels needs this lower-solve program. "
-            "Cheaper: the single-loop 'hierarchical' outer method (no lower-solve program; "
-            "the exact formula at the iterates, about a third of this program at 5 levels, "
-            "bounded by Theorem 4.2), the problem declared in sympy (a MultilevelProblem: its "
-            "formulas run as compiled NumPy code, no JAX program), or fewer levels",
+            f"{what} of {n} levels is predicted to need about {estimate.memory_gb:.1f} GB to "
+            f"compile ({estimate.basis}), more than the {limit:.1f} GB this process may use "
+            f"({MEMORY_VARIABLE} sets it). {cheaper}",
             levels=n, predicted_gb=estimate.memory_gb, limit_gb=limit)
     return estimate

@@ -23,7 +23,7 @@ from ..errors import (
     UnknownOptionError,
 )
 from ..nested import LowerSolution
-from . import cost
+from . import cost, stacked
 from .implicit import DENSE_LIMIT, ImplicitCore, LinearSolve
 from .itd import itd_hypergradient_and_flags
 
@@ -269,10 +269,12 @@ class NumericProblem:
         ``solve_lower`` with ``solve_options`` (``tol``, ``max_iter``, ``init``, ``method``) and the
         hypergradient by ``method`` and ``options`` (as ``hypergradient_frozen``) there.
 
-        With the default ``newton`` solver and up to `FUSED_MAX_LEVELS` levels both run in
-        one compiled call (what an outer step of implicit-exact costs); if anything in it
-        fails (a level short of ``tol``, a Hessian not positive definite, a NaN), the two
-        steps are re-run separately, and they raise the error naming the level.
+        With the default ``newton`` solver: for ``exact`` with default options and every
+        lower block dense, the joint solve, its checks and the hypergradient all run on one
+        compiled program (`mlverify.numeric.stacked`); for the other methods, up to
+        `FUSED_MAX_LEVELS` levels, the solve and the hypergradient run in one compiled call.
+        If anything fails (a level short of ``tol``, a Hessian not positive definite, a NaN),
+        the two steps are re-run separately, and they raise the error naming the level.
         """
         _check_method(method)
         if method in ("itd", "fd"):
@@ -282,12 +284,12 @@ class NumericProblem:
         tol = solve_options.setdefault("tol", DEFAULT_TOL)
         max_iter = solve_options.setdefault("max_iter", 100)
         start = self._start(x1, solve_options.get("init"))
-        # One compiled call where nothing asks for the Python-side solve (a multistart, or
-        # gradient descent); from FUSED_MAX_LEVELS on, two (`_deep_solve_and_exact`).
+        # The compiled paths where nothing asks for the Python-side solve (a multistart, or
+        # gradient descent).
         compiled = (solve_options.get("method", "newton") == "newton"
                     and not solve_options.get("starts"))
-        if compiled and self.n > FUSED_MAX_LEVELS and method == "exact" and not options:
-            found = self._deep_solve_and_exact(start, tol, max_iter)
+        if compiled and method == "exact" and not options and stacked.applicable(self.sizes):
+            found = self._stacked_solve_and_exact(start, tol, max_iter)
             if found is not None:
                 return found
         if compiled and self.n <= FUSED_MAX_LEVELS:
@@ -301,28 +303,32 @@ class NumericProblem:
         lower = self.solve_lower(x1, **solve_options)
         return self.hypergradient_frozen((x1, *lower), method, **options), lower
 
-    def _deep_solve_and_exact(self, start, tol, max_iter):
-        """Deeper than `FUSED_MAX_LEVELS`: the joint solve (the program `solve_lower` uses),
-        then one program with its final checks and the exact hypergradient
-        (`_checks_and_frozen`). ``(hypergradient, LowerSolution)``, or None where a check
-        fails (the caller then solves apart, and the error names the level)."""
-        from .solvers import joint_applicable, joint_newton
-
-        if not joint_applicable(self.core):
-            return None
-        solver = self._jit(("joint_newton", 1),
-                           self._affordable(
-                               lambda: joint_newton(self.core, 1, final_checks=False)),
-                           COMPILER_OPTIONS)
-        blocks, info = solver(tuple(start), np.float64(tol), np.int32(max_iter))
-        fn = self._jit(("final_status+exact",),
-                       self._affordable(lambda: self._checks_and_frozen("exact", {})))
-        value, status = fn(blocks, np.float64(tol))
-        status = jax.device_get(status)
-        status["solve"]["iterations"] = int(info["iterations"])
-        if _passed(status):
-            return self.unflatten(0, value), self._lower_solution(blocks, status["solve"])
+    def _stacked_solve_and_exact(self, start, tol, max_iter):
+        """Every lower block dense: the joint Newton solve, its final checks and the exact
+        hypergradient from one compiled program (`mlverify.numeric.stacked`).
+        ``(hypergradient, LowerSolution)``, or None where a check fails (the caller then
+        solves apart, and the error names the level)."""
+        evaluate = self._stacked_fn(1)
+        blocks, evaluated, steps = stacked.newton(evaluate, start, 1, tol, max_iter)
+        status = stacked.final_status(evaluate, blocks, evaluated, 1, tol)
+        status["iterations"] = steps
+        value = np.asarray(evaluated["gradient"])
+        if (np.all(status["converged"]) and np.all(status["hessian_ok"])
+                and np.all(np.isfinite(value))):
+            return self.unflatten(0, jnp.asarray(value)), self._lower_solution(blocks, status)
         return None
+
+    def _stacked_fn(self, first: int):
+        """The compiled `stacked.evaluation` of the levels below ``first`` (0-based; all lower
+        blocks dense), on flat blocks, returning NumPy. One program per ``first``: the solve,
+        the checks and the hypergradient all call it."""
+        def build():
+            if self.n - first >= 4:  # from 5 levels below the top of the program
+                cost.check_affordable(self.n - first + 1, "stacked")
+            return stacked.evaluation(self.core.fs, self.sizes, first)
+
+        fn = self._jit(("stacked", first), build, COMPILER_OPTIONS if self.n >= 4 else None)
+        return lambda blocks: jax.device_get(fn(tuple(jnp.asarray(b) for b in blocks)))
 
     def _solve_frozen_builder(self, method, options):
         from .solvers import joint_applicable, joint_newton, nested_newton
@@ -372,6 +378,13 @@ class NumericProblem:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if method == "fd":
             raise ValueError("'fd' needs solved lower levels: use hypergradient(x1, method='fd')")
+        if method == "exact" and not options and stacked.applicable(self.sizes):
+            evaluated = self._stacked_fn(1)(flat)
+            value = np.asarray(evaluated["gradient"])
+            ok = {k: stacked.positive_definite(h)
+                  for k, h in enumerate(evaluated["hessians"], start=1)}
+            return jnp.asarray(value), {"finite": bool(np.all(np.isfinite(value))),
+                                        "cholesky_ok": ok}
         return self._frozen_fn(method, options)(flat)
 
     def _frozen_fn(self, method, options):
@@ -386,7 +399,7 @@ class NumericProblem:
         process may use (`mlverify.numeric.cost`; from 5 levels on). Called where such a
         program is built, once per program, not on every solve."""
         if self.n >= 5:
-            cost.check_affordable(self.n)
+            cost.check_affordable(self.n, "nested")
 
     def _affordable(self, build):
         """``build``, for `_jit`, checked by `_check_affordable` when it is called."""
@@ -525,6 +538,14 @@ class NumericProblem:
 
     def _grad_hess(self, k):
         """(D_k F_k, dense D_kk F_k) at flat blocks, compiled once per level (diagnostics)."""
+        if stacked.applicable(self.sizes, k):
+            evaluate = self._stacked_fn(k)
+
+            def at(flat):
+                evaluated = evaluate(flat)
+                return evaluated["conditions"][0], evaluated["hessians"][0]
+
+            return at
         return self._jit(
             ("grad_hess", k),
             lambda: lambda flat: self.core.reduced_gradient_hessian(k, flat, LinearSolve(), True),
@@ -536,6 +557,17 @@ class NumericProblem:
         own curvature scale (`mlverify.checks`). Blocks over ``DENSE_LIMIT`` are not
         checked."""
         if self.sizes[k] > DENSE_LIMIT:
+            return
+        if stacked.applicable(self.sizes, k):
+            evaluate = self._stacked_fn(k)
+            evaluated = evaluate(blocks)
+            h = np.asarray(evaluated["hessians"][0])
+            scale = None
+            if np.all(np.isfinite(h)):
+                probe = stacked.probe_scale(evaluate, list(blocks), k, k,
+                                            np.asarray(evaluated["conditions"][0]))
+                scale = checks.curvature_scale(h, [probe])
+            check_lower_hessian(h, k + 1, scale)
             return
         from .solvers import curvature_probe_scale
 
@@ -612,34 +644,18 @@ class NumericProblem:
 
     def _solve_blocks(self, start, tol, max_iter, method, first):
         """(flat blocks with levels first+1..n solved, status), every Hessian checked."""
-        from .solvers import (
-            final_status,
-            joint_applicable,
-            joint_newton,
-            nested_newton,
-            nested_solve,
-        )
+        from .solvers import nested_newton, nested_solve
 
         blocks = None
-        if method == "newton" and joint_applicable(self.core, first):
+        if method == "newton" and stacked.applicable(self.sizes, first):
             # The joint solve first: its steps do not multiply with the depth. Its result is
             # taken only where every level passes the nested solve's final checks.
-            # The solve and its final checks compile apart: at depth one program of twice
-            # the size needs far more than twice the memory to compile.
-            # From 4 levels the solve's steps are deep derivative programs, which XLA's
-            # optimisation level 0 compiles about twice as fast, run time unchanged
-            # (blocks of 4); the final checks run once per solve.
-            solver = self._jit(("joint_newton", first),
-                               self._affordable(
-                                   lambda: joint_newton(self.core, first, final_checks=False)),
-                               COMPILER_OPTIONS if self.n >= 4 else None)
-            solved, info = solver(tuple(start), np.float64(tol), np.int32(max_iter))
-            checker = self._jit(("final_status", first),
-                                lambda: final_status(self.core, first))
-            status = jax.device_get(checker(solved, np.float64(tol)))
-            status["iterations"] = int(info["iterations"])
+            evaluate = self._stacked_fn(first)
+            solved, evaluated, steps = stacked.newton(evaluate, start, first, tol, max_iter)
+            status = stacked.final_status(evaluate, solved, evaluated, first, tol)
+            status["iterations"] = steps
             if bool(np.all(status["converged"]) and np.all(status["hessian_ok"])):
-                blocks, checked = list(solved), status["hessian_ok"]
+                blocks, checked = [jnp.asarray(b) for b in solved], status["hessian_ok"]
         if blocks is None and method == "newton":
             # XLA's default optimisation here: the solve is loops and factorisations, whose
             # run time level 0 doubles (blocks of 100), not a deep derivative graph.
