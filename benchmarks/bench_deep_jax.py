@@ -99,32 +99,51 @@ def worker(n: int) -> dict:
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def variant_worker(n: int, coupling: bool) -> dict:
-    """The joint solve alone, plain or with the exact coupling: compile time, program size,
-    steps from the declared start (printed as JSON by ``--variant-worker``)."""
+def program_worker(n: int, kind: str) -> dict:
+    """One exact-hypergradient program alone, at the declared start: ``stacked`` (the
+    shipped exact path, `mlverify.numeric.stacked.evaluation`: the hypergradient, the lower
+    conditions, their Jacobian and Hessians) or ``nested`` (the nested best-response rules'
+    frozen exact hypergradient, `ImplicitCore.hypergradient_frozen`); trace (lowering),
+    XLA compile, program size (characters of StableHLO) and one run (median of 5), each as
+    the package compiles it (XLA level 0 from 4 levels). Printed as JSON by
+    ``--program-worker``."""
+    import statistics
+
     import jax
     import jax.numpy as jnp
 
-    from mlverify.numeric.solvers import joint_newton
+    from mlverify.numeric import stacked
+    from mlverify.numeric.implicit import LinearSolve
+    from mlverify.numeric.problem import COMPILER_OPTIONS
 
     problem = family(n)
-    start = tuple(problem._start(jnp.full(4, 0.1), None))
-    solver = jax.jit(joint_newton(problem.core, 1, coupling=coupling))
+    blocks = tuple(problem._start(jnp.full(4, 0.1), None))
+    if kind == "stacked":
+        program = stacked.evaluation(problem.core.fs, problem.sizes, 1)
+    else:
+        def program(b):
+            return problem.core.hypergradient_frozen(b, LinearSolve("auto"))
+    fn = jax.jit(program, compiler_options=COMPILER_OPTIONS if n >= 4 else None)
     begin = time.perf_counter()
-    lowered = solver.lower(start, 1e-10, 100)
-    size = len(lowered.as_text())
+    lowered = fn.lower(blocks)
+    traced = time.perf_counter()
     compiled = lowered.compile()
-    seconds = time.perf_counter() - begin
-    _, status = compiled(start, 1e-10, 100)
-    return {"n": n, "coupling": coupling, "compile": seconds, "hlo_chars": size,
-            "steps": int(status["iterations"]), "converged": bool(status["converged"].all())}
+    done = time.perf_counter()
+    runs = []
+    for _ in range(5):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(blocks))
+        runs.append(time.perf_counter() - start)
+    return {"n": n, "kind": kind, "trace": traced - begin, "compile": done - traced,
+            "hlo_chars": len(lowered.as_text()), "run_ms": statistics.median(runs) * 1e3,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def _measure(package_root: pathlib.Path, n: int, limit: float, variant=None) -> dict:
     env = dict(os.environ, PYTHONPATH=str(package_root))
     command = [sys.executable, __file__, "--worker", str(n)]
     if variant is not None:
-        command = [sys.executable, __file__, "--variant-worker", str(n), str(int(variant))]
+        command = [sys.executable, __file__, "--program-worker", str(n), variant]
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=limit,
                               check=False)
@@ -152,17 +171,19 @@ def main() -> None:
     parser.add_argument("--skip-before-from", type=int, default=None,
                         help="no 'before' runs from this n on (they can take many minutes)")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--variant-worker", type=int, nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--nested-max-n", type=int, default=5,
+                        help="program sizes of the nested rules up to this n")
+    parser.add_argument("--program-worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker is not None or args.variant_worker is not None:
+    if args.worker is not None or args.program_worker is not None:
         import jax
 
         jax.config.update("jax_enable_x64", True)
         if args.worker is not None:
             print(json.dumps(worker(args.worker)))
         else:
-            print(json.dumps(variant_worker(args.variant_worker[0],
-                                            bool(args.variant_worker[1]))))
+            print(json.dumps(program_worker(int(args.program_worker[0]),
+                                            args.program_worker[1])))
         return
     info = describe()
     rows = []
@@ -179,15 +200,18 @@ def main() -> None:
                 row["code"] = label
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-        variants = []
+        programs = []
         for n in range(args.min_n, args.max_n + 1):
-            for coupling in (False, True):
-                variants.append(_measure(ROOT, n, args.limit, variant=coupling))
-                print(json.dumps(variants[-1]), flush=True)
+            for kind in ("stacked", "nested"):
+                if kind == "nested" and n > args.nested_max_n:
+                    continue
+                programs.append(_measure(ROOT, n, args.limit, variant=kind))
+                programs[-1].setdefault("kind", kind)
+                print(json.dumps(programs[-1]), flush=True)
     command = (f"python benchmarks/bench_deep_jax.py --before {args.before} --min-n "
                f"{args.min_n} --max-n {args.max_n} --limit {args.limit:g}"
                + (f" --skip-before-from {args.skip_before_from}" if args.skip_before_from
-                  else ""))
+                  else "") + f" --nested-max-n {args.nested_max_n}")
     lines = [
         "# The exact hypergradient at depth (JAX path)",
         "",
@@ -213,21 +237,31 @@ def main() -> None:
             f"{_cell(row, 'peak_mb', '.0f')} |")
     lines += [
         "",
-        "## The joint solve's step: plain (the default) or with the exact coupling",
+        "## The exact program alone: stacked conditions against nested best responses",
         "",
-        "`joint_newton(core, coupling=...)` alone, compiled in its own process, run from the "
-        "declared start at x_1 = 0.1 (tolerance 1e-10): compile time (trace, lowering, XLA), "
-        "the program's size (characters of its StableHLO text) and the steps it took.",
+        "Each program compiled in its own process at the declared start, x_1 = 0.1, as the "
+        "package compiles it: `stacked` is the shipped exact path "
+        "(`numeric.stacked.evaluation`: hypergradient, lower conditions, their Jacobian and "
+        "Hessians; the solve and the checks call it again and again), `nested` the nested "
+        "best-response rules' exact hypergradient (`ImplicitCore.hypergradient_frozen`: the "
+        "hypergradient alone; the exact path before). Program: characters of its StableHLO "
+        "text. Growth: this n against the one before.",
         "",
-        "| n | coupling | compile (s) | program (characters) | steps | converged |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| n | program | trace (s) | XLA compile (s) | program (characters) | growth | "
+        "one run (ms) | peak memory (MB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for row in variants:
-        if "compile" not in row:
-            lines.append(f"| {row['n']} | ? | {_cell(row, 'x', '')} | | | |")
+    sizes = {}
+    for row in programs:
+        if "hlo_chars" not in row:
+            lines.append(f"| {row['n']} | {row['kind']} | {_cell(row, 'x', '')} | | | | | |")
             continue
-        lines.append(f"| {row['n']} | {row['coupling']} | {row['compile']:.1f} | "
-                     f"{row['hlo_chars']:,} | {row['steps']} | {row['converged']} |")
+        before = sizes.get((row["kind"], row["n"] - 1))
+        growth = f"x{row['hlo_chars'] / before:.1f}" if before else ""
+        sizes[(row["kind"], row["n"])] = row["hlo_chars"]
+        lines.append(f"| {row['n']} | {row['kind']} | {row['trace']:.2f} | "
+                     f"{row['compile']:.2f} | {row['hlo_chars']:,} | {growth} | "
+                     f"{row['run_ms']:.2f} | {row['peak_mb']:.0f} |")
     out = ROOT / "benchmarks" / "results" / "deep_jax.md"
     out.write_text("\n".join(lines) + "\n")
     print(out.read_text())

@@ -11,7 +11,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from numpy.typing import ArrayLike
 
-from .. import checks
+from .. import checks, nested
 from ..checks import DEFAULT_TOL, check_lower_hessian
 from ..errors import (
     ConvergenceError,
@@ -496,6 +496,8 @@ class NumericProblem:
     def reduced_gradient_frozen(self, k: int, flat_blocks) -> jax.Array:
         r"""$D_k F_k$ (0-based $k \ge 1$) at the given flat iterates, levels below by the lemmas'
         formulas at those iterates (what the single-loop algorithm steps along)."""
+        if stacked.applicable(self.sizes, k):
+            return jnp.asarray(self._stacked_fn(k)(flat_blocks)["conditions"][0])
         return self._jit(
             ("reduced_gradient", k), lambda: lambda flat: self.core.reduced_gradient_at(k, flat)
         )(tuple(flat_blocks))
@@ -515,12 +517,17 @@ class NumericProblem:
         r"""$D_{kk} F_k$ (dense, levels $2, \dots, n$) at the given iterates, lower levels by IFT.
         For a block of $d$ this forms $d \times d$; for step sizes use `lower_lipschitz`."""
         flat = self._flat_all(xs)
+        if stacked.applicable(self.sizes):
+            return [np.asarray(h) for h in self._stacked_fn(1)(flat)["hessians"]]
         return [np.asarray(self._grad_hess(k)(flat)[1]) for k in range(1, self.n)]
 
     def lower_lipschitz(self, xs) -> list[float]:
         r"""$\lambda_{\max}(D_{kk} F_k)$, levels $2, \dots, n$, at the given iterates (matrix-free
         for blocks over 200: Lanczos on Hessian-vector products, no $d \times d$ matrix)."""
         flat = self._flat_all(xs)
+        if stacked.applicable(self.sizes):
+            return [float(np.linalg.eigvalsh(stacked.symmetric(h))[-1])
+                    for h in self._stacked_fn(1)(flat)["hessians"]]
         build = lambda: lambda flat: jnp.stack(  # noqa: E731
             [self.core.reduced_hessian_lambda_max(k, flat) for k in range(1, self.n)]
         )
@@ -706,14 +713,15 @@ class NumericProblem:
 
     def exact_error(self, flat, value) -> np.ndarray:
         """The a-posteriori error estimate of the exact hypergradient ``value`` at the solved
-        flat blocks (see `hypergradient`): one more nested Newton step at every level
-        (compiled, ``tol = 0``, one step), the change it makes to the hypergradient, times 2,
-        plus the round-off term."""
-        from .solvers import nested_newton
+        flat blocks (see `hypergradient`): one more nested Newton step at every level (the
+        one nested driver, `mlverify.nested.solve`, ``tol = 0``, one step, as the symbolic
+        backend), the change it makes to the hypergradient, times 2, plus the round-off
+        term."""
+        from .solvers import _Levels
 
-        solver = self._jit(("nested_newton", 1), lambda: nested_newton(self.core, 1), None)
-        refined, _ = solver(tuple(flat), np.float64(0.0), np.int32(1))
-        again, status = self._frozen_fn("exact", {})(tuple(refined))
+        refined = [np.array(b, dtype=np.float64) for b in flat]
+        nested.solve(_Levels(self), refined, 0.0, 1, strict=False)
+        again, status = self._frozen_flat(tuple(jnp.asarray(b) for b in refined), "exact", {})
         change = np.abs(np.asarray(again) - value)
         if not (np.all(np.isfinite(change)) and bool(status["finite"])):
             change = np.full_like(value, np.inf)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import checks, nested
+from . import stacked
 from .implicit import DENSE_LIMIT, LinearSolve
 
 #: Step halvings of the joint solve before it hands over to the nested solve.
@@ -369,6 +370,8 @@ def _surely_positive_definite(h, scale):
 def _step_function(problem, k, method):
     core = problem.core
     dense = problem.sizes[k] <= DENSE_LIMIT
+    if dense and stacked.applicable(problem.sizes, k):
+        return problem._grad_hess(k)  # (D_k F_k, H_k) from the stacked program
 
     def build():
         def step(blocks):

@@ -164,9 +164,9 @@ HALVINGS = 10
 #: A full step that fails the monotonicity test is still taken, up to this many times per
 #: solve, when its size stays within `RELAXED_GROWTH` times the smallest size so far (a
 #: watchdog: the block step's lower errors reach the levels above one step late, so its
-#: size need not fall at every step; 5-6 levels, blocks of 4, starts x_1 in [-1.5, 2]: the
-#: strict test stalled at x_1 = -1.5, -1, -0.5 (5 levels) and 0.4 (6 levels), this converged
-#: at every start in 13-17 steps).
+#: size need not fall at every step). On the benchmark family (5 and 6 levels, blocks of 4,
+#: 16 starts $x_1 \in [-1.5, 2]$) the strict test stalled at $x_1 = -1.5, -1, -0.5$ (5
+#: levels) and $0.4$ (6 levels); with the watchdog every start converged in 13 to 17 steps.
 RELAXED_STEPS = 8
 #: See `RELAXED_STEPS`.
 RELAXED_GROWTH = 4.0
@@ -225,7 +225,7 @@ def final_status(evaluate, blocks, evaluated, first: int, tol: float) -> dict:
     residual, distance, converged, hessian_ok = [], [], [], []
     for i, k in enumerate(range(first, len(blocks))):
         g = np.asarray(evaluated["conditions"][i])
-        h = _symmetric(evaluated["hessians"][i])
+        h = symmetric(evaluated["hessians"][i])
         factor = _cholesky(h)
         step = (np.full_like(g, np.inf) if factor is None
                 else np.linalg.solve(factor.T, np.linalg.solve(factor, g)))
@@ -299,7 +299,7 @@ def _modified(h):
     r"""$H$ (symmetrised) where it is positive definite, else $V \max(\lvert\Lambda\rvert,
     10^{-12} \lVert H \rVert) V^\top$: the joint solve's globalisation, never a formula's
     value (the solved levels are checked positive definite)."""
-    h = _symmetric(h)
+    h = symmetric(h)
     if _cholesky(h) is not None:
         return h
     eigenvalues, vectors = np.linalg.eigh(h)
@@ -317,7 +317,8 @@ def _finite(evaluated) -> bool:
         np.all(np.isfinite(np.asarray(evaluated["gradient"]))))
 
 
-def _symmetric(h):
+def symmetric(h):
+    """The symmetric part of ``h`` as a float64 NumPy array."""
     h = np.asarray(h, dtype=np.float64)
     return 0.5 * (h + h.T)
 
@@ -336,4 +337,4 @@ def _cholesky(h):
 def positive_definite(h) -> bool:
     """Whether the symmetric part of ``h`` has a Cholesky factor (finite, positive
     definite)."""
-    return _cholesky(_symmetric(h)) is not None
+    return _cholesky(symmetric(h)) is not None
