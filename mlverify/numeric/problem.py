@@ -325,10 +325,15 @@ class NumericProblem:
         def build():
             if self.n - first >= 4:  # from 5 levels below the top of the program
                 cost.check_affordable(self.n - first + 1, "stacked")
-            return stacked.evaluation(self.core.fs, self.sizes, first)
+            return stacked.packed_evaluation(self.core.fs, self.sizes, first)
 
         fn = self._jit(("stacked", first), build, COMPILER_OPTIONS if self.n >= 4 else None)
-        return lambda blocks: jax.device_get(fn(tuple(jnp.asarray(b) for b in blocks)))
+
+        def evaluate(blocks):
+            flat = np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1) for b in blocks])
+            return stacked.unpack(fn(flat), self.sizes, first)
+
+        return evaluate
 
     def _solve_frozen_builder(self, method, options):
         from .solvers import joint_applicable, joint_newton, nested_newton

@@ -1,4 +1,7 @@
-r"""Inner solvers: the lower levels solved for the blocks above held fixed, compiled.
+r"""Inner solvers on the nested best-response rules: the lower levels solved for the blocks
+above held fixed, compiled. Where every lower block is dense the lower solve is the joint
+solve of `mlverify.numeric.stacked` (driven around the one stacked program); these serve
+the compiled solve + approximate hypergradient, the batched checks and matrix-free levels.
 
 - `joint_newton` steps every lower level at once: each level's Newton step on the lemmas'
   formulas at the current iterates, the levels below following by their best-response

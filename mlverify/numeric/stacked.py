@@ -93,6 +93,38 @@ def evaluation(objectives: Sequence[Callable], sizes: Sequence[int], first: int 
     return run
 
 
+def packed_evaluation(objectives: Sequence[Callable], sizes: Sequence[int], first: int = 1):
+    """`evaluation` on one flat vector of all blocks, returning one flat vector: one
+    transfer each way per call (what the Python-driven solve calls again and again; at 3
+    levels the per-call overhead of the dict of arrays was most of a call). `unpack`
+    turns the result back into `evaluation`'s dict, as NumPy arrays."""
+    run = evaluation(objectives, sizes, first)
+    split = _offsets(sizes)
+
+    def packed(flat):
+        out = run(tuple(jnp.split(flat, split)))
+        return jnp.concatenate([out["gradient"], *out["conditions"], out["jacobian"].ravel(),
+                                *(h.ravel() for h in out["hessians"])])
+
+    return packed
+
+
+def unpack(vector, sizes: Sequence[int], first: int = 1) -> dict:
+    """`packed_evaluation`'s flat result as `evaluation`'s dict (NumPy arrays)."""
+    vector = np.asarray(vector)
+    lower = [int(s) for s in sizes[first:]]
+    m, top = sum(lower), int(sizes[first - 1])
+    gradient, rest = vector[:top], vector[top:]
+    conditions = tuple(np.split(rest[:m], np.cumsum(lower)[:-1]))
+    jacobian = rest[m:m + m * m].reshape(m, m)
+    hessians, at = [], m + m * m
+    for d in lower:
+        hessians.append(rest[at:at + d * d].reshape(d, d))
+        at += d * d
+    return {"gradient": gradient, "conditions": conditions, "jacobian": jacobian,
+            "hessians": tuple(hessians)}
+
+
 def schur_hessians(jacobian, sizes: Sequence[int], xp=np) -> tuple:
     r"""$H_k$ for each block of the stacked Jacobian ``jacobian`` (rows and columns both in
     blocks of ``sizes``, top level first): the Schur complement of its rows and columns of
