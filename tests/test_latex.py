@@ -15,7 +15,8 @@ def test_lemma_names_follow_the_paper():
 
 
 def test_abstract_forms():
-    assert abstract_jacobian(3, 3, 1) == r"D_{1} y_{3} = -\left[D_{33} f_{3}\right]^{-1} D_{31} f_{3}"
+    assert abstract_jacobian(3, 3, 1) == (
+        r"D_{1} y_{3} = -\left[D_{33} f_{3}\right]^{-1} D_{31} f_{3}")
     lemma_32 = abstract_jacobian(3, 2, 1)
     # The curvature term of Lemma 3.2: the second derivative of the lower best response.
     assert r"\sum_i (D_{3}f_{2})_i\, D_{22} (y_{3})_i" in lemma_32

@@ -137,3 +137,27 @@ def test_a_cold_start_far_out_converges_by_the_watchdog(monkeypatch):
     monkeypatch.setattr(stacked, "RELAXED_STEPS", 0)
     blocks, evaluated, _ = stacked.newton(evaluate, start, 1, 1e-12, 100)
     assert not np.all(stacked.final_status(evaluate, blocks, evaluated, 1, 1e-12)["converged"])
+
+
+def test_where_the_nested_program_would_not_fit_the_eager_nested_solve_takes_over(monkeypatch):
+    """From a stationary maximum of level 2 the joint solve stops there (zero step) and its
+    check fails (H_2 < 0); the compiled nested solve is refused by the cost check (as past
+    6 levels), so the eager nested solve, stepping on the stacked program, leaves along the
+    negative curvature: x_2 = sqrt(5) and dF_1/dx_1 = -sqrt(5) at x_1 = 0 (as in
+    test_inner_solvers' stationary-maximum test)."""
+    from mlverify.numeric import cost
+
+    def refuse(self):
+        raise cost.CostError("refused for the test", levels=self.n, predicted_gb=1.0,
+                             limit_gb=0.0)
+
+    monkeypatch.setattr(NumericProblem, "_check_affordable", refuse)
+    num = NumericProblem(
+        [lambda xs: jnp.sum(xs[0] ** 2 + xs[1] ** 2),
+         lambda xs: jnp.sum(-((xs[1] - xs[0]) ** 2) + 0.1 * xs[1] ** 4)],
+        [np.zeros(1), np.zeros(1)],
+    )
+    value = num.hypergradient(np.zeros(1))
+    np.testing.assert_allclose(np.ravel(value), [-np.sqrt(5.0)], rtol=1e-10)
+    # only the stacked program and f_2's value (the nested driver's line search) compiled
+    assert set(num._jit_cache) == {("stacked", 1), ("value", 1)}

@@ -15,6 +15,7 @@ from .. import checks, nested
 from ..checks import DEFAULT_TOL, check_lower_hessian
 from ..errors import (
     ConvergenceError,
+    CostError,
     DivergenceError,
     HessianError,
     MlverifyError,
@@ -38,11 +39,11 @@ COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expen
 
 #: How often ITD's default inner steps are halved after its unrolled steps diverged.
 ITD_HALVINGS = 10
-#: Up to this many levels `solve_and_hypergradient` runs the solve and the hypergradient in
-#: one compiled call (one dispatch per outer step: 5 levels, blocks of 4, 6.6 ms a call
-#: against 13.7 ms apart, 2.2 GB to compile against 1.7 GB); deeper, they compile apart:
-#: XLA's memory grows faster than the program (6 levels, blocks of 4: the fused program
-#: exhausted 13 GB).
+#: Up to this many levels `solve_and_hypergradient` runs the solve and a hypergradient on the
+#: nested rules (the approximate methods; the exact one with options) in one compiled call
+#: (one dispatch per outer step: 5 levels, blocks of 4, 6.6 ms a call against 13.7 ms
+#: apart, 2.2 GB to compile against 1.7 GB); deeper, they compile apart: XLA's memory
+#: grows faster than the program (6 levels, blocks of 4: the fused program exhausted 13 GB).
 FUSED_MAX_LEVELS = 5
 
 
@@ -292,7 +293,7 @@ class NumericProblem:
             found = self._stacked_solve_and_exact(start, tol, max_iter)
             if found is not None:
                 return found
-        if compiled and self.n <= FUSED_MAX_LEVELS:
+        elif compiled and self.n <= FUSED_MAX_LEVELS:
             key = ("solve+frozen", method, _options_key(options))
             fn = self._jit(key, lambda: self._solve_frozen_builder(method, dict(options)),
                            COMPILER_OPTIONS if self.n >= 4 else None)
@@ -618,12 +619,13 @@ class NumericProblem:
         level's own curvature scale (`mlverify.checks`); a failure names the deepest failing
         level.
 
-        ``newton``: first the joint solve of every level at once (``solvers.joint_newton``;
-        its steps do not multiply with the depth), taken where every level passes the final
-        checks; else nested damped Newton in one compiled call (``solvers.nested_newton``;
-        dense Cholesky steps, or CG on Hessian-vector products for blocks over 200). If that
-        stops short of ``tol``, the same solve is re-run step by step from Python, which
-        raises the error naming the level (or returns, if that run converges).
+        ``newton``: where every lower block is dense, first the joint solve of every level
+        at once on the stacked conditions (``stacked.newton``; its steps do not multiply with
+        the depth), taken where every level passes the final checks; else nested damped
+        Newton in one compiled call (``solvers.nested_newton``; dense Cholesky steps, or CG
+        on Hessian-vector products for blocks over 200). If that stops short of ``tol`` (or
+        its program is predicted not to fit in memory), the nested solve runs step by step
+        from Python, which raises the error naming the level (or returns, if it converges).
         ``newton-eager`` / ``gd``: that Python-driven nested Newton / Armijo gradient descent.
 
         ``starts=K``: seeded multistart, bottom-up, as ``MultilevelProblem.solve_lower``
@@ -671,12 +673,21 @@ class NumericProblem:
         if blocks is None and method == "newton":
             # XLA's default optimisation here: the solve is loops and factorisations, whose
             # run time level 0 doubles (blocks of 100), not a deep derivative graph.
-            solver = self._jit(("nested_newton", first),
-                               self._affordable(lambda: nested_newton(self.core, first)), None)
-            solved, status = solver(tuple(start), np.float64(tol), np.int32(max_iter))
-            status = jax.device_get(status)
-            if bool(np.all(status["converged"])):
-                blocks, checked = list(solved), status["hessian_ok"]
+            try:
+                solver = self._jit(("nested_newton", first),
+                                   self._affordable(lambda: nested_newton(self.core, first)),
+                                   None)
+            except CostError:
+                # The nested-rule program would not fit; where every level is dense the
+                # eager nested solve below steps on the stacked program instead.
+                if not stacked.applicable(self.sizes, first):
+                    raise
+                solver = None
+            if solver is not None:
+                solved, status = solver(tuple(start), np.float64(tol), np.int32(max_iter))
+                status = jax.device_get(status)
+                if bool(np.all(status["converged"])):
+                    blocks, checked = list(solved), status["hessian_ok"]
         if blocks is None:
             eager = "gd" if method == "gd" else "newton"
             blocks, residuals, distances, iterations = nested_solve(
