@@ -164,7 +164,14 @@ def _level(fs, sizes, k, blocks):
 
     z = jnp.concatenate(blocks[k:])
     d = sizes[k]
-    lower, linear = jax.linearize(lambda w: _stack(fs, sizes, k + 1, unpack(w)), z)
+    lower, partial = jax.linearize(lambda w: _stack(fs, sizes, k + 1, unpack(w)), z)
+
+    # A plain function, not linearize's Partial: JAX names every function it transforms,
+    # and the Partial's name is its whole linearised program, printed (a fifth of the
+    # trace time at 5 levels).
+    def linear(t):
+        return partial(t)
+
     jacobian = sg(jax.vmap(linear, out_axes=1)(jnp.eye(z.shape[0], dtype=z.dtype)))
     own, rest = jacobian[:, :d], jacobian[:, d:]
     factors = lu_factor(rest)
