@@ -161,3 +161,28 @@ def test_where_the_nested_program_would_not_fit_the_eager_nested_solve_takes_ove
     np.testing.assert_allclose(np.ravel(value), [-np.sqrt(5.0)], rtol=1e-10)
     # only the stacked program and f_2's value (the nested driver's line search) compiled
     assert set(num._jit_cache) == {("stacked", 1), ("value", 1)}
+
+
+def test_the_pure_exact_function_is_the_stacked_formula_under_jit_and_vmap():
+    """``hypergradient_function("exact")`` (pure; the caller's jit and vmap) is the stacked
+    formula: against the nested best-response formulas at a batch of random iterates, and
+    its status flags a level whose H_k is not positive definite."""
+    sizes = (2, 1, 2)
+    fs = family(sizes, seed=9)
+    num = NumericProblem(fs, [np.zeros(s) for s in sizes])
+    fn = jax.jit(jax.vmap(num.hypergradient_function("exact")))
+    rng = np.random.default_rng(2)
+    batch = tuple(jnp.asarray(rng.normal(size=(5, s)) * 0.4) for s in sizes)
+    values, status = fn(batch)
+    core = ImplicitCore(fs, sizes)
+    for i in range(5):
+        point = tuple(b[i] for b in batch)
+        want = core.hypergradient_frozen(point, LinearSolve("auto"))
+        assert rel_err(values[i], want) < 1e-13
+    assert bool(np.all(status["finite"])) and all(bool(np.all(ok))
+                                                  for ok in status["cholesky_ok"].values())
+    # level 3 concave at the iterates: its Cholesky flag says so
+    concave = NumericProblem(fs[:2] + [lambda xs: -jnp.sum(xs[2] ** 2) + xs[1] @ xs[2][:1]],
+                             [np.zeros(s) for s in sizes])
+    _, flags = concave.hypergradient_function("exact")(tuple(b[0] for b in batch))
+    assert not bool(flags["cholesky_ok"][2])

@@ -36,7 +36,7 @@ __all__ = ["CALIBRATION", "LOWER_BOUNDS", "NESTED_CALIBRATION", "NESTED_LOWER_BO
 #: checks, hypergradient) against the number of levels n: (seconds, peak resident memory in
 #: GB), blocks of 4, the benchmark's non-quadratic family, 2-core AMD EPYC
 #: (benchmarks/results/deep_jax.md, 2026-12-07, XLA level 0 from 4 levels).
-CALIBRATION = {3: (0.5, 0.41), 4: (1.1, 0.48), 5: (3.0, 0.63), 6: (12.6, 1.22), 7: (97.7, 5.14)}
+CALIBRATION = {3: (0.6, 0.40), 4: (1.3, 0.48), 5: (3.1, 0.66), 6: (12.3, 1.19), 7: (87.1, 5.14)}
 #: Depths whose measured first call on the stacked program did not finish (none measured).
 LOWER_BOUNDS: dict[int, tuple[float, float]] = {}
 #: The same first call on the nested best-response program (the exact formula before the

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from jax.scipy.linalg import cho_factor
 from numpy.typing import ArrayLike
 
 from .. import checks, nested
@@ -418,6 +419,19 @@ class NumericProblem:
 
     def _frozen_builder(self, method, options):
         core = self.core
+        if method == "exact" and not options and stacked.applicable(self.sizes):
+            # The exact formula on the stacked conditions: the same program (pure, so it
+            # composes with the caller's jit and vmap) as every other exact value.
+            evaluate = stacked.evaluation(core.fs, self.sizes, 1)
+
+            def run(flat, consts=None):
+                out = evaluate(tuple(flat))
+                value = out["gradient"]
+                ok = {k: jnp.all(jnp.isfinite(cho_factor(0.5 * (h + h.T))[0]))
+                      for k, h in enumerate(out["hessians"], start=1)}
+                return value, {"finite": jnp.all(jnp.isfinite(value)), "cholesky_ok": ok}
+
+            return run
         if method == "itd":
             steps = int(options.pop("steps", 10))
             inner_lr = options.pop("inner_lr", None)
