@@ -153,3 +153,17 @@ def rel_err(got, want) -> float:
     scale = float(np.max(np.abs(want)))
     assert scale > 0.0, "relative error against a zero reference"
     return float(np.max(np.abs(got - want)) / scale)
+
+
+def stationary_maximum_start():
+    """A bilevel NumericProblem whose declared start is a stationary maximum of level 2:
+    f_1 = x_1^2 + x_2^2, f_2 = -(x_2 - x_1)^2 + x_2^4/10 from x = 0 (zero gradient). Its
+    minimiser is x_2 = +-sqrt(5) at x_1 = 0, where dF_1/dx_1 = 2 x_1 + 2 y dy/dx_1 with
+    dy/dx_1 = -2 / (1.2 y^2 - 2) = -1/2: -sqrt(5) on the positive branch."""
+    from mlverify.numeric import NumericProblem
+
+    return NumericProblem(
+        [lambda xs: jnp.sum(xs[0] ** 2 + xs[1] ** 2),
+         lambda xs: jnp.sum(-((xs[1] - xs[0]) ** 2) + 0.1 * xs[1] ** 4)],
+        [np.zeros(1), np.zeros(1)],
+    )

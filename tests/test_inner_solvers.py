@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numeric_helpers import quadratic, quadratic_closed_form, rel_err
+from numeric_helpers import quadratic, quadratic_closed_form, rel_err, stationary_maximum_start
 
 import mlverify as mv
 from mlverify import zoo
@@ -163,12 +163,7 @@ def test_solve_and_hypergradient_leaves_a_stationary_maximum():
     """f_2 = -(x_2 - x_1)^2 + x_2^4/10 from x = 0: the start is a stationary maximum (zero
     gradient); the compiled solve leaves it along the negative curvature to x_2 = +sqrt(5),
     where dF_1/dx_1 = 2 x_1 + 2 y dy/dx_1 with dy/dx_1 = -2 / (1.2 y^2 - 2) = -1/2."""
-    num = NumericProblem(
-        [lambda xs: jnp.sum(xs[0] ** 2 + xs[1] ** 2),
-         lambda xs: jnp.sum(-((xs[1] - xs[0]) ** 2) + 0.1 * xs[1] ** 4)],
-        [np.zeros(1), np.zeros(1)],
-    )
-    value = num.hypergradient(np.zeros(1))
+    value = stationary_maximum_start().hypergradient(np.zeros(1))
     np.testing.assert_allclose(np.ravel(value), [-np.sqrt(5.0)], rtol=1e-10)
 
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numeric_helpers import rel_err
+from numeric_helpers import rel_err, stationary_maximum_start
 
 from mlverify.numeric import NumericProblem, stacked
 from mlverify.numeric.implicit import ImplicitCore, LinearSolve
@@ -152,11 +152,7 @@ def test_where_the_nested_program_would_not_fit_the_eager_nested_solve_takes_ove
                              limit_gb=0.0)
 
     monkeypatch.setattr(NumericProblem, "_check_affordable", refuse)
-    num = NumericProblem(
-        [lambda xs: jnp.sum(xs[0] ** 2 + xs[1] ** 2),
-         lambda xs: jnp.sum(-((xs[1] - xs[0]) ** 2) + 0.1 * xs[1] ** 4)],
-        [np.zeros(1), np.zeros(1)],
-    )
+    num = stationary_maximum_start()
     value = num.hypergradient(np.zeros(1))
     np.testing.assert_allclose(np.ravel(value), [-np.sqrt(5.0)], rtol=1e-10)
     # only the stacked program and f_2's value (the nested driver's line search) compiled
