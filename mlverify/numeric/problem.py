@@ -310,15 +310,27 @@ class NumericProblem:
         hypergradient from one compiled program (`mlverify.numeric.stacked`).
         ``(hypergradient, LowerSolution)``, or None where a check fails (the caller then
         solves apart, and the error names the level)."""
-        evaluate = self._stacked_fn(1)
-        blocks, evaluated, steps = stacked.newton(evaluate, start, 1, tol, max_iter)
-        status = stacked.final_status(evaluate, blocks, evaluated, 1, tol)
-        status["iterations"] = steps
+        blocks, evaluated, status = self._stacked_solve(start, tol, max_iter, 1)
         value = np.asarray(evaluated["gradient"])
-        if (np.all(status["converged"]) and np.all(status["hessian_ok"])
-                and np.all(np.isfinite(value))):
+        if stacked.passed(status) and np.all(np.isfinite(value)):
             return self.unflatten(0, jnp.asarray(value)), self._lower_solution(blocks, status)
         return None
+
+    def _stacked_solve(self, start, tol, max_iter, first):
+        """The joint solve of the levels below ``first`` on the stacked program
+        (`stacked.newton`), and where a level fails its final checks, again by continuation
+        over the levels (`stacked.newton_by_levels`): ``(blocks, evaluation there, final
+        status with iterations)``."""
+        evaluate = self._stacked_fn(first)
+        blocks, evaluated, steps = stacked.newton(evaluate, start, first, tol, max_iter)
+        status = stacked.final_status(evaluate, blocks, evaluated, first, tol)
+        if not stacked.passed(status) and self.n - first >= 2:
+            blocks, evaluated, more = stacked.newton_by_levels(self._stacked_fn, start, first,
+                                                               tol, max_iter)
+            status = stacked.final_status(evaluate, blocks, evaluated, first, tol)
+            steps += more
+        status["iterations"] = steps
+        return blocks, evaluated, status
 
     def _stacked_fn(self, first: int):
         """The compiled `stacked.evaluation` of the levels below ``first`` (0-based; all lower
@@ -678,11 +690,8 @@ class NumericProblem:
         if method == "newton" and stacked.applicable(self.sizes, first):
             # The joint solve first: its steps do not multiply with the depth. Its result is
             # taken only where every level passes the nested solve's final checks.
-            evaluate = self._stacked_fn(first)
-            solved, evaluated, steps = stacked.newton(evaluate, start, first, tol, max_iter)
-            status = stacked.final_status(evaluate, solved, evaluated, first, tol)
-            status["iterations"] = steps
-            if bool(np.all(status["converged"]) and np.all(status["hessian_ok"])):
+            solved, _, status = self._stacked_solve(start, tol, max_iter, first)
+            if stacked.passed(status):
                 blocks, checked = [jnp.asarray(b) for b in solved], status["hessian_ok"]
         if blocks is None and method == "newton":
             # XLA's default optimisation here: the solve is loops and factorisations, whose

