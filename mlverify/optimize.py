@@ -530,7 +530,10 @@ class _Runner:
             else:
                 xs = [self.num.unflatten(k, x) for k, x in enumerate(flat)]
                 lipschitz = self.num.lower_lipschitz(xs)
-                if not all(np.isfinite(lam) and lam > 0 for lam in lipschitz):
+                # Every D_kk F_k positive definite at the start, not only lambda_max > 0 (the
+                # stacked formulas stay finite where a level below is indefinite).
+                if not (all(np.isfinite(lam) and lam > 0 for lam in lipschitz)
+                        and all(_positive_definite(h) for h in self.num.lower_hessians(xs))):
                     self._raise_start_hessian(xs)
                 self._betas = [None] + [1.0 / lam for lam in lipschitz]
         return self._betas
@@ -573,3 +576,9 @@ class _Runner:
         if self.solves_lower:
             self._solve(x1)
         return self.value(x1)
+
+
+def _positive_definite(h) -> bool:
+    """Whether the symmetric part of ``h`` is finite with a positive smallest eigenvalue."""
+    h = np.asarray(h, dtype=np.float64)
+    return bool(np.all(np.isfinite(h)) and np.linalg.eigvalsh(0.5 * (h + h.T))[0] > 0)

@@ -96,3 +96,27 @@ def test_the_single_loop_names_a_level_whose_hessian_is_indefinite_at_the_start(
     assert info.value.level == 2
     assert info.value.min_eigenvalue == pytest.approx(-4.0)
     assert "start iterates" in str(info.value)
+
+
+@pytest.mark.parametrize("backend", ["symbolic", "jax"])
+def test_the_single_loop_names_an_indefinite_level_whose_largest_eigenvalue_is_positive(backend):
+    """Level 3's D_33 f_3 = diag(1, -1/2) at the start x_3 = 0 (lambda_max = 1 > 0, so a step
+    1/L_3 exists): still not positive definite, and the run stops naming level 3 (the
+    stacked formulas stay finite above an indefinite level, so this is checked, not left to
+    a NaN)."""
+    import sympy as sp
+
+    import mlverify as mv
+    from mlverify.errors import HessianError
+
+    x1, x2, a, b = sp.symbols("x1 x2 a b")
+    problem = mv.MultilevelProblem([
+        mv.Level(x1, (x1 - 1) ** 2 + x2**2 + a**2),
+        mv.Level(x2, (x2 - x1) ** 2 + x2 * a / 10),
+        mv.Level([a, b], a**2 / 2 - b**2 / 4 + b**4 + x2 * a / 5),
+    ])
+    target = problem if backend == "symbolic" else problem.lower()
+    with pytest.raises(HessianError) as info:
+        optimize(target, "hierarchical", steps=3, step_size=0.1)
+    assert info.value.level == 3
+    assert info.value.min_eigenvalue == pytest.approx(-0.5)

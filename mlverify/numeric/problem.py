@@ -650,9 +650,10 @@ class NumericProblem:
         the depth; where it stalls, again by continuation over the levels,
         ``stacked.newton_by_levels``), taken where every level passes the final checks; else
         nested damped Newton in one compiled call (``solvers.nested_newton``; dense Cholesky
-        steps, or CG on Hessian-vector products for blocks over 200). If that stops short of ``tol`` (or
-        its program is predicted not to fit in memory), the nested solve runs step by step
-        from Python, which raises the error naming the level (or returns, if it converges).
+        steps, or CG on Hessian-vector products for blocks over 200). If that stops short of
+        ``tol`` (or its program is predicted not to fit in memory), the nested solve runs step
+        by step from Python, which raises the error naming the level (or returns, if it
+        converges).
         ``newton-eager`` / ``gd``: that Python-driven nested Newton / Armijo gradient descent.
 
         ``starts=K``: seeded multistart, bottom-up, as ``MultilevelProblem.solve_lower``
