@@ -30,6 +30,7 @@ from numpy.typing import ArrayLike
 
 from .errors import DivergenceError, HessianError, NonFiniteError
 from .numeric import NumericProblem
+from .numeric.implicit import DENSE_LIMIT
 
 if TYPE_CHECKING:
     from .nested import LowerSolution
@@ -530,15 +531,20 @@ class _Runner:
             else:
                 xs = [self.num.unflatten(k, x) for k, x in enumerate(flat)]
                 lipschitz = self.num.lower_lipschitz(xs)
-                # Every D_kk F_k positive definite at the start, not only lambda_max > 0 (the
-                # stacked formulas stay finite where a level below is indefinite).
-                if not (all(np.isfinite(lam) and lam > 0 for lam in lipschitz)
-                        and all(_positive_definite(h) for h in self.num.lower_hessians(xs))):
-                    self._raise_start_hessian(xs)
+                finite = all(np.isfinite(lam) and lam > 0 for lam in lipschitz)
+                # Every D_kk F_k positive definite at the start, not only lambda_max > 0: the
+                # dense (stacked) formulas stay finite above an indefinite level. Matrix-free
+                # levels (blocks over DENSE_LIMIT) are checked only where L_k already failed,
+                # as their Hessians are not formed otherwise.
+                if not finite or max(self.num.sizes[1:]) <= DENSE_LIMIT:
+                    self._check_start_hessians(xs)
+                if not finite:
+                    raise HessianError("the single loop's inner step 1/L is not finite at the "
+                                       "start iterates; give inner_lr", level=2)
                 self._betas = [None] + [1.0 / lam for lam in lipschitz]
         return self._betas
 
-    def _raise_start_hessian(self, xs):
+    def _check_start_hessians(self, xs):
         """HessianError for the deepest level whose $D_{kk} F_k$ (the lemmas' formulas at the
         start iterates) is not positive definite: the single loop's steps $1/L_k$ need it."""
         hessians = self.num.lower_hessians(xs)
@@ -555,8 +561,6 @@ class _Runner:
                     "evaluated at the unsolved lower iterates): start the lower levels nearer "
                     "their solutions (lower_init=...) or give inner_lr",
                     level=k + 1, min_eigenvalue=lowest if np.isfinite(lowest) else None)
-        raise HessianError("the single loop's inner step 1/L is not finite at the start "
-                           "iterates; give inner_lr", level=2)
 
     def _f1(self, x1, lower):
         flat = (jnp.asarray(x1),) + tuple(self.num.flatten(k, x) for k, x in enumerate(lower, 1))
@@ -576,9 +580,3 @@ class _Runner:
         if self.solves_lower:
             self._solve(x1)
         return self.value(x1)
-
-
-def _positive_definite(h) -> bool:
-    """Whether the symmetric part of ``h`` is finite with a positive smallest eigenvalue."""
-    h = np.asarray(h, dtype=np.float64)
-    return bool(np.all(np.isfinite(h)) and np.linalg.eigvalsh(0.5 * (h + h.T))[0] > 0)

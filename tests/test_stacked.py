@@ -107,9 +107,10 @@ def test_the_answer_does_not_change_when_lower_objectives_are_scaled():
 
 
 def test_a_cold_start_far_out_converges_by_the_watchdog(monkeypatch):
-    """The benchmark's 5-level family (blocks of 4, ``benchmarks/bench_deep_jax.py``) from
-    x_1 = -1: the strict monotonicity test stalls there; with the watchdog the joint solve
-    converges and every level passes."""
+    """The benchmark's 5-level family (blocks of 4, ``benchmarks/bench_deep_jax.py``; copied
+    here on purpose, so that retuning the benchmark cannot move this case) from x_1 = -1:
+    the strict monotonicity test stalls there; with the watchdog the joint solve converges
+    and every level passes."""
     n, d = 5, 4
     rng = np.random.default_rng(0)
     targets = [jnp.asarray(rng.integers(-3, 4, size=d) / 4.0) for _ in range(n)]

@@ -262,7 +262,7 @@ class ImplicitCore:
                 factor = cho_factor(hessian)[0]
                 if modified:
                     factor = jnp.where(jnp.all(jnp.isfinite(factor)), factor,
-                                       cho_factor(_absolute(hessian))[0])
+                                       cho_factor(absolute(hessian))[0])
                 consts[m] = {"chol": sg(factor), "step": jnp.zeros(())}
             else:
                 step = spec.step
@@ -321,12 +321,14 @@ class ImplicitCore:
         return _largest_eigenvalue(second, anchors[k], lanczos_steps or 30)
 
 
-def _absolute(h):
-    r"""$V \max(\lvert\Lambda\rvert, 10^{-12} \lVert H \rVert) V^\top$ of the symmetrised ``h``."""
+def absolute(h, xp=jnp):
+    r"""$V \max(\lvert\Lambda\rvert, 10^{-12} \lVert H \rVert) V^\top$ of the symmetrised ``h``:
+    the joint solves' step where $H$ is not positive definite (this one, compiled, and
+    `mlverify.numeric.stacked`'s); ``xp``: ``jax.numpy`` or ``numpy``."""
     h = 0.5 * (h + h.T)
-    eigenvalues, vectors = jnp.linalg.eigh(h)
-    floor = 1e-12 * jnp.maximum(jnp.max(jnp.abs(eigenvalues)), 1e-300)
-    return (vectors * jnp.maximum(jnp.abs(eigenvalues), floor)) @ vectors.T
+    eigenvalues, vectors = xp.linalg.eigh(h)
+    floor = 1e-12 * xp.maximum(xp.max(xp.abs(eigenvalues)), 1e-300)
+    return (vectors * xp.maximum(xp.abs(eigenvalues), floor)) @ vectors.T
 
 
 def _difference(t, s, like):

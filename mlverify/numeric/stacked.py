@@ -53,7 +53,7 @@ import numpy as np
 from jax.scipy.linalg import lu_factor, lu_solve
 
 from .. import checks
-from .implicit import DENSE_LIMIT
+from .implicit import DENSE_LIMIT, absolute
 
 sg = jax.lax.stop_gradient
 
@@ -360,11 +360,7 @@ def _modified(h):
     10^{-12} \lVert H \rVert) V^\top$: the joint solve's globalisation, never a formula's
     value (the solved levels are checked positive definite)."""
     h = symmetric(h)
-    if _cholesky(h) is not None:
-        return h
-    eigenvalues, vectors = np.linalg.eigh(h)
-    floor = 1e-12 * max(float(np.max(np.abs(eigenvalues))), 1e-300)
-    return (vectors * np.maximum(np.abs(eigenvalues), floor)) @ vectors.T
+    return h if _cholesky(h) is not None else absolute(h, np)
 
 
 def _moved(blocks, delta, first, alpha):
