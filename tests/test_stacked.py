@@ -132,11 +132,12 @@ def test_a_cold_start_far_out_converges_by_the_watchdog(monkeypatch):
     num = NumericProblem([objective(k) for k in range(n)], [np.zeros(d)] * n)
     evaluate = num._stacked_fn(1)
     start = num._start(-np.ones(d), None)
-    blocks, evaluated, steps = stacked.newton(evaluate, start, 1, 1e-12, 100)
+    blocks, evaluated, steps = num._stacked_newton(1)(start, 1e-12, 100)
     status = stacked.final_status(evaluate, blocks, evaluated, 1, 1e-12)
     assert np.all(status["converged"]) and np.all(status["hessian_ok"]) and steps <= 30
-    monkeypatch.setattr(stacked, "RELAXED_STEPS", 0)
-    blocks, evaluated, _ = stacked.newton(evaluate, start, 1, 1e-12, 100)
+    monkeypatch.setattr(stacked, "RELAXED_STEPS", 0)  # read when the program is traced
+    strict = NumericProblem(num.objectives, [np.zeros(d)] * n)
+    blocks, evaluated, _ = strict._stacked_newton(1)(start, 1e-12, 100)
     assert not np.all(stacked.final_status(evaluate, blocks, evaluated, 1, 1e-12)["converged"])
 
 
@@ -216,7 +217,7 @@ def test_where_the_joint_solve_stalls_the_continuation_over_levels_converges():
     x1 = np.ones(2)
     evaluate = num._stacked_fn(1)
     start = num._start(x1, None)
-    blocks, evaluated, _ = stacked.newton(evaluate, start, 1, 1e-12, 100)
+    blocks, evaluated, _ = num._stacked_newton(1)(start, 1e-12, 100)
     assert not stacked.passed(stacked.final_status(evaluate, blocks, evaluated, 1, 1e-12))
     g, lower = num.solve_and_hypergradient(x1)
     assert all(key[0] == "stacked" for key in num._jit_cache)

@@ -18,3 +18,54 @@ def test_batched_check_matches_closed_form_constants_and_loop():
                                     grid_points=3, vectorize=False)
     np.testing.assert_allclose(loop.worst_ratio, report.worst_ratio, rtol=1e-12)
     assert "6 instances" in report.summary()
+
+
+def test_batched_check_at_five_levels_agrees_with_each_instance_solved_apart():
+    """Five non-quadratic levels, vector blocks, one parameter per instance (the strength of
+    the couplings). The batch's L is checked against second differences of F_1 itself (each
+    instance a NumericProblem, lower levels solved apart: no hypergradient formula), its
+    run against projected gradient descent driven by NumericProblem.hypergradient."""
+    import jax.numpy as jnp
+
+    from mlverify.numeric import NumericProblem
+
+    sizes, n = (1, 2, 1, 2, 1), 5
+    rng = np.random.default_rng(3)
+    weights = {(k, m): rng.normal(size=(sizes[m], sizes[k])) / 2
+               for k in range(n) for m in range(n) if m != k}
+
+    def objectives_of(strength):
+        def objective(k):
+            def f(xs):
+                x = xs[k]
+                value = jnp.sum((x - 0.3 * (k + 1)) ** 2) + jnp.sum(x**4) / 10
+                for m in range(n):
+                    if m != k:
+                        value = value + strength * jnp.tanh(xs[m]) @ weights[(k, m)] @ x
+                return value
+            return f
+        return [objective(k) for k in range(n)]
+
+    strengths = np.array([0.05, 0.2, 0.4])
+    box, T = (-1.0, 1.0), 10
+    report = verify.theorem_4_1_batch(objectives_of, jnp.asarray(strengths), sizes, box,
+                                      T=T, grid_points=3)
+    assert np.all(report.residual < 1e-10)
+    h = 1e-3
+    for i, strength in enumerate(strengths):
+        problem = NumericProblem(objectives_of(strength), [np.zeros(d) for d in sizes])
+
+        def F1(x, problem=problem):
+            x1 = np.array([x])
+            lower = problem.solve_lower(x1, tol=1e-14)
+            return float(problem.objectives[0]((jnp.asarray(x1), *lower)))
+
+        curvature = max((F1(x + h) - 2 * F1(x) + F1(x - h)) / h**2 for x in (-1.0, 0.0, 1.0))
+        np.testing.assert_allclose(report.L[i], 1.01 * curvature, rtol=1e-5)
+        # the run: projected gradient descent, step 1/L, from the box's lower corner
+        x, values = np.array([-1.0]), []
+        for _ in range(5 * T):
+            values.append(F1(x[0]))
+            g = np.asarray(problem.hypergradient(x, "exact"))
+            x = np.clip(x - g / report.L[i], *box)
+        np.testing.assert_allclose(report.F_star[i], min(values), rtol=1e-12, atol=1e-12)

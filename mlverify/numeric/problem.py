@@ -318,30 +318,50 @@ class NumericProblem:
 
     def _stacked_solve(self, start, tol, max_iter, first):
         """The joint solve of the levels below ``first`` on the stacked program
-        (`stacked.newton`), and where a level fails its final checks, again by continuation
+        (`stacked.solver`), and where a level fails its final checks, again by continuation
         over the levels (`stacked.newton_by_levels`): ``(blocks, evaluation there, final
         status with iterations)``."""
+        blocks, evaluated, steps = self._stacked_newton(first)(start, tol, max_iter)
         evaluate = self._stacked_fn(first)
-        blocks, evaluated, steps = stacked.newton(evaluate, start, first, tol, max_iter)
         status = stacked.final_status(evaluate, blocks, evaluated, first, tol)
         if not stacked.passed(status) and self.n - first >= 2:
-            blocks, evaluated, more = stacked.newton_by_levels(self._stacked_fn, start, first,
-                                                               tol, max_iter)
+            blocks, evaluated, more = stacked.newton_by_levels(self._stacked_newton, start,
+                                                               first, tol, max_iter)
             status = stacked.final_status(evaluate, blocks, evaluated, first, tol)
             steps += more
         status["iterations"] = steps
         return blocks, evaluated, status
 
-    def _stacked_fn(self, first: int):
-        """The compiled `stacked.evaluation` of the levels below ``first`` (0-based; all lower
-        blocks dense), on flat blocks, returning NumPy. One program per ``first``: the solve,
-        the checks and the hypergradient all call it."""
+    def _stacked_newton(self, first: int):
+        """The joint solve (`stacked.Newton`) of the levels below ``first`` (0-based; all
+        lower blocks dense): ``(blocks, tol, max_iter) -> (blocks, evaluation there,
+        steps)``, NumPy in and out, driven from Python around `_stacked_program`."""
+        evaluate = self._stacked_program(first)
+        start, advance = stacked.compiled_newton(self.sizes, first)
+
+        def newton(blocks, tol, max_iter):
+            flat = np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1) for b in blocks])
+            solution, packed, steps = jax.device_get(stacked.newton(
+                evaluate, advance, start(flat), np.float64(tol), np.int32(max_iter)))
+            return (np.split(solution, np.cumsum(self.sizes)[:-1]),
+                    stacked.unpack(packed, self.sizes, first), int(steps))
+
+        return newton
+
+    def _stacked_program(self, first: int):
+        """The compiled `stacked.packed_evaluation` of the levels below ``first``. One
+        program per ``first``: the solve, its checks and the hypergradient all call it."""
         def build():
             if self.n - first >= 4:  # from 5 levels below the top of the program
                 cost.check_affordable(self.n - first + 1, "stacked")
             return stacked.packed_evaluation(self.core.fs, self.sizes, first)
 
-        fn = self._jit(("stacked", first), build, COMPILER_OPTIONS if self.n >= 4 else None)
+        return self._jit(("stacked", first), build, COMPILER_OPTIONS if self.n >= 4 else None)
+
+    def _stacked_fn(self, first: int):
+        """`stacked.evaluation` of the levels below ``first`` at the given blocks, NumPy in
+        and out (`_stacked_program`)."""
+        fn = self._stacked_program(first)
 
         def evaluate(blocks):
             flat = np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1) for b in blocks])

@@ -45,6 +45,7 @@ program.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -94,28 +95,34 @@ def evaluation(objectives: Sequence[Callable], sizes: Sequence[int], first: int 
 
 
 def packed_evaluation(objectives: Sequence[Callable], sizes: Sequence[int], first: int = 1):
-    """`evaluation` on one flat vector of all blocks, returning one flat vector: one
+    """`evaluation` on one flat vector of all blocks, returning `pack`'s flat vector: one
     transfer each way per call (what the Python-driven solve calls again and again; at 3
     levels the per-call overhead of the dict of arrays was most of a call). `unpack`
-    turns the result back into `evaluation`'s dict, as NumPy arrays."""
-    run = evaluation(objectives, sizes, first)
-    split = _offsets(sizes)
+    turns the result back into `evaluation`'s dict."""
+    run, split = evaluation(objectives, sizes, first), _offsets(sizes)
 
     def packed(flat):
-        out = run(tuple(jnp.split(flat, split)))
-        return jnp.concatenate([out["gradient"], *out["conditions"], out["jacobian"].ravel(),
-                                *(h.ravel() for h in out["hessians"])])
+        return pack(run(tuple(jnp.split(flat, split))))
 
     return packed
 
 
-def unpack(vector, sizes: Sequence[int], first: int = 1) -> dict:
-    """`packed_evaluation`'s flat result as `evaluation`'s dict (NumPy arrays)."""
-    vector = np.asarray(vector)
+def pack(evaluated) -> jax.Array:
+    """`evaluation`'s dict as one flat vector (one transfer; `unpack` reads it back)."""
+    return jnp.concatenate([evaluated["gradient"], *evaluated["conditions"],
+                            evaluated["jacobian"].ravel(),
+                            *(h.ravel() for h in evaluated["hessians"])])
+
+
+def unpack(vector, sizes: Sequence[int], first: int = 1, xp=np) -> dict:
+    """`pack`'s flat vector as `evaluation`'s dict (``xp``: NumPy, or ``jax.numpy`` inside
+    a compiled function)."""
+    vector = xp.asarray(vector)
     lower = [int(s) for s in sizes[first:]]
     m, top = sum(lower), int(sizes[first - 1])
     gradient, rest = vector[:top], vector[top:]
-    conditions = tuple(np.split(rest[:m], np.cumsum(lower)[:-1]))
+    bounds = np.cumsum([0, *lower]).tolist()
+    conditions = tuple(rest[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True))
     jacobian = rest[m:m + m * m].reshape(m, m)
     hessians, at = [], m + m * m
     for d in lower:
@@ -211,58 +218,127 @@ RELAXED_STEPS = 8
 RELAXED_GROWTH = 4.0
 
 
-def newton(evaluate, blocks, first: int, tol: float, max_iter: int):
-    r"""Newton's method on the joint system $P_{first} = 0$ from ``blocks`` (NumPy; the
-    blocks above ``first`` held fixed): ``(blocks, evaluation there, steps)``.
+class Newton:
+    r"""Newton's method on the joint system $P_{first} = 0$, as a state and one update: the
+    update is pure JAX, so the same code drives the solve from Python around the compiled
+    `packed_evaluation` (`newton`: the evaluation compiles alone; a loop around it in one
+    program took XLA twice as long to compile) and runs inside one compiled, vmappable
+    program (`solver`, the batched Theorem 4.1 check).
 
-    ``evaluate``: `evaluation` for ``first``, compiled, returning NumPy. The step is
-    `_newton_step`'s; a step
-    $\alpha\delta$ is accepted when the Newton step's size at the new point is at most
-    $(1 - \alpha/4)$ times the current one (Deuflhard's natural monotonicity test; the size
-    is each level's step relative to `mlverify.checks.tolerance`, which does not change when
-    an $f_k$ is scaled), else halved, up to `HALVINGS` times; a full step is also taken
-    within the watchdog of `RELAXED_STEPS`. Once the size is at most
-    ``tol`` the last step is still taken (quadratically closer) and the result is judged
-    there. Stops unconverged at a non-finite step, a failed halving or ``max_iter`` steps:
-    `final_status` says which levels passed."""
-    base = [np.asarray(b, dtype=np.float64) for b in blocks]
-    current = evaluate(base)
-    delta, size = _newton_step(current, base, first)
-    steps, alpha, best, relaxed = 0, 1.0, size, 0
-    while np.isfinite(size) and steps < max_iter:
-        candidate = _moved(base, delta, first, alpha)
-        trial = evaluate(candidate)
-        if size <= tol:
-            # converged: the last step is still taken where it leaves a finite point
-            if _finite(trial):
-                return candidate, trial, steps + 1
-            break
-        trial_delta, trial_size = _newton_step(trial, candidate, first)
-        accept = np.isfinite(trial_size) and trial_size <= (1.0 - 0.25 * alpha) * size
-        if (not accept and alpha == 1.0 and relaxed < RELAXED_STEPS
-                and np.isfinite(trial_size) and trial_size <= RELAXED_GROWTH * best):
-            accept, relaxed = True, relaxed + 1
-        if accept:
-            base, current, delta, size = candidate, trial, trial_delta, trial_size
-            steps, alpha, best = steps + 1, 1.0, min(best, trial_size)
-        else:
-            alpha *= 0.5
-            if alpha < 2.0**-HALVINGS:
-                break
-    return base, current, steps
+    The step is `_block_step`'s. A step $\alpha\delta$ is accepted when the step's size at
+    the new point is at most $(1 - \alpha/4)$ times the current one (Deuflhard's natural
+    monotonicity test; the size is each level's step relative to
+    `mlverify.checks.tolerance`, which does not change when an $f_k$ is scaled), else
+    halved, up to `HALVINGS` times; a full step is also taken within the watchdog of
+    `RELAXED_STEPS`. Once the size is at most ``tol`` the last step is still taken
+    (quadratically closer) where it leaves a finite point, and the result is judged there.
+    Stops unconverged at a non-finite step, a failed halving or ``max_iter`` steps:
+    `final_status` says which levels passed. ``max_iter = 0``: one evaluation, at the
+    start."""
+
+    def __init__(self, sizes: Sequence[int], first: int = 1):
+        self.sizes, self.first = tuple(int(s) for s in sizes), first
+        self.top = sum(self.sizes[:first])
+        lower = self.sizes[first:]
+        m = sum(lower)
+        self.packed_size = self.sizes[first - 1] + m + m * m + sum(d * d for d in lower)
+        self.halvings, self.relaxed_steps = HALVINGS, RELAXED_STEPS
+        self.relaxed_growth = RELAXED_GROWTH
+
+    def start(self, flat) -> dict:
+        """The state before the first evaluation, at the flat blocks ``flat``: evaluate
+        ``state["point"]``, then `advance`, until ``state["done"]``."""
+        flat = jnp.asarray(flat, dtype=jnp.float64)
+        inf = jnp.asarray(jnp.inf, jnp.float64)
+        return {"point": flat, "base": flat, "out": jnp.zeros(self.packed_size),
+                "delta": jnp.zeros(flat.size - self.top), "size": inf, "best": inf,
+                "alpha": jnp.ones((), jnp.float64), "steps": jnp.int32(0),
+                "relaxed": jnp.int32(0), "started": jnp.bool_(False), "done": jnp.bool_(False)}
+
+    def advance(self, state: dict, packed, tol, max_iter) -> dict:
+        """The state after the evaluation ``packed`` (`pack`'s vector) at ``state["point"]``."""
+        s, first = state, self.first
+        blocks = tuple(jnp.split(s["point"], _offsets(self.sizes)))
+        out = unpack(packed, self.sizes, first, jnp)
+        delta, size = _block_step(out, blocks, first)
+        started, alpha, inf = s["started"], s["alpha"], jnp.inf
+        converged = started & (s["size"] <= tol)
+        final = converged & _finite(out)
+        trying = started & ~converged
+        accept = trying & jnp.isfinite(size) & (size <= (1.0 - 0.25 * alpha) * s["size"])
+        relax = (trying & ~accept & (alpha == 1.0) & (s["relaxed"] < self.relaxed_steps)
+                 & jnp.isfinite(size) & (size <= self.relaxed_growth * s["best"]))
+        moved = ~started | accept | relax
+        take = moved | final
+        new = {
+            "base": jnp.where(take, s["point"], s["base"]),
+            "out": jnp.where(take, packed, s["out"]),
+            "delta": jnp.where(moved, delta, s["delta"]),
+            "size": jnp.where(moved, size, s["size"]),
+            "best": jnp.where(moved, jnp.minimum(jnp.where(started, s["best"], inf), size),
+                              s["best"]),
+            "alpha": jnp.where(moved, 1.0, jnp.where(trying, 0.5 * alpha, alpha)),
+            "steps": s["steps"] + (take & started).astype(jnp.int32),
+            "relaxed": s["relaxed"] + relax.astype(jnp.int32),
+            "started": jnp.bool_(True),
+        }
+        new["done"] = (converged | (new["alpha"] < 2.0**-self.halvings)
+                       | ~jnp.isfinite(new["size"]) | (new["steps"] >= max_iter))
+        new["point"] = new["base"].at[self.top:].add(new["alpha"] * new["delta"])
+        return new
 
 
-def newton_by_levels(evaluate_for, blocks, first: int, tol: float, max_iter: int):
-    r"""Continuation over the levels: `newton` on the bottom level alone, then on the two
-    lowest from there, and so on up to every level below ``first``; each stage starts with
-    the levels below it solved, where the block step is Newton's step for the new level
-    with the rest following by their tangents. The second attempt where `newton` from
-    ``blocks`` stalls (a non-quadratic 5-level family with strong couplings, 13 starts:
-    7 stalled, all 13 converged this way). ``evaluate_for(f)``: the compiled evaluation for
+def compiled_newton(sizes: Sequence[int], first: int = 1):
+    """(`Newton.start`, `Newton.advance`), compiled: they depend on the block sizes and the
+    solve's constants only, so every problem of the same shape shares them."""
+    return _compiled_newton(tuple(int(s) for s in sizes), first, HALVINGS, RELAXED_STEPS,
+                            RELAXED_GROWTH)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_newton(sizes, first, halvings, relaxed_steps, relaxed_growth):
+    method = Newton(sizes, first)
+    return jax.jit(method.start), jax.jit(method.advance)
+
+
+def newton(evaluate, advance, state: dict, tol: float, max_iter: int):
+    """`Newton` driven from Python from ``state`` (`Newton.start`): ``evaluate`` (the
+    compiled `packed_evaluation`) and ``advance`` (the compiled `Newton.advance`) alternate
+    until the state is done. ``(solution, packed evaluation there, steps)``, on the
+    device."""
+    while not bool(state["done"]):
+        state = advance(state, evaluate(state["point"]), tol, max_iter)
+    return state["base"], state["out"], state["steps"]
+
+
+def solver(objectives: Sequence[Callable], sizes: Sequence[int], first: int = 1):
+    r"""The joint solve (`Newton`) as one pure function ``(flat, tol, max_iter) -> (flat,
+    evaluation there as `evaluation`'s dict, steps)``: a compiled loop around `evaluation`,
+    jit- and vmap-able (the batched Theorem 4.1 check runs it per instance)."""
+    method, packed = Newton(sizes, first), packed_evaluation(objectives, sizes, first)
+
+    def program(flat, tol, max_iter):
+        end = jax.lax.while_loop(
+            lambda s: ~s["done"],
+            lambda s: method.advance(s, packed(s["point"]), tol, max_iter),
+            method.start(flat))
+        return end["base"], unpack(end["out"], method.sizes, first, jnp), end["steps"]
+
+    return program
+
+
+def newton_by_levels(newton_for, blocks, first: int, tol: float, max_iter: int):
+    r"""Continuation over the levels: the joint solve (`solver`) of the bottom level alone,
+    then of the two lowest from there, and so on up to every level below ``first``; each
+    stage starts with the levels below it solved, where the block step is Newton's step for
+    the new level with the rest following by their tangents. The second attempt where the
+    joint solve from ``blocks`` stalls (a non-quadratic 5-level family with strong
+    couplings, 13 starts: 7 stalled, all 13 converged this way). ``newton_for(f)``:
+    ``(blocks, tol, max_iter) -> (blocks, evaluation, steps)``, the compiled solve for
     ``first = f``. Returns ``(blocks, evaluation for first there, steps over all stages)``."""
     steps = 0
     for f in range(len(blocks) - 1, first - 1, -1):
-        blocks, evaluated, taken = newton(evaluate_for(f), blocks, f, tol, max_iter)
+        blocks, evaluated, taken = newton_for(f)(blocks, tol, max_iter)
         steps += taken
     return blocks, evaluated, steps
 
@@ -319,58 +395,41 @@ def probe_scale(evaluate, blocks, first: int, k: int, g0) -> float:
     return max(finite, default=0.0)
 
 
-def _newton_step(evaluated, blocks, first):
-    r"""(the joint step per solved level, its size relative to each block's tolerance at
-    tol = 1: inf where it is not finite).
+def _block_step(evaluated, blocks, first):
+    r"""(the joint step of the solved levels, one flat vector; its size relative to each
+    block's tolerance at tol = 1: inf where it is not finite), in JAX.
 
     Block elimination from the top: level $k$ takes its own Newton step
     $c_k = -H_k^{-1} \Phi_k$ and follows the moves above it by its best-response tangent
     (Lemma 3.1), $\delta_k = c_k + \dot y_k(\delta_{<k})$, the tangent from the
     Jacobian's rows and columns of levels $\ge k$. Where $H_k$ is not positive definite it
-    steps with $V \lvert\Lambda\rvert V^\top$ instead. Unlike Newton's step on the whole
-    stacked system, a lower level's error reaches the levels above one step late; from a
-    cold start that is what converges (blocks of 4, 5 levels: the full step stalled)."""
-    conditions = [np.asarray(c, dtype=np.float64) for c in evaluated["conditions"]]
-    jacobian = np.asarray(evaluated["jacobian"], dtype=np.float64)
-    if not (all(np.all(np.isfinite(c)) for c in conditions)
-            and np.all(np.isfinite(jacobian))):
-        return None, np.inf
-    starts = np.cumsum([0] + [c.size for c in conditions]).tolist()
-    delta = []
-    try:
-        for i, phi in enumerate(conditions):
-            step = -np.linalg.solve(_modified(evaluated["hessians"][i]), phi)
-            if i:
-                lo = starts[i]
-                follow = np.linalg.solve(jacobian[lo:, lo:],
-                                         -jacobian[lo:, :lo] @ np.concatenate(delta))
-                step = step + follow[:phi.size]
-            delta.append(step)
-    except np.linalg.LinAlgError:
-        return None, np.inf
-    if not all(np.all(np.isfinite(d)) for d in delta):
-        return None, np.inf
-    size = max(float(np.linalg.norm(d)) / checks.tolerance(blocks[k], 1.0)
-               for k, d in zip(range(first, len(blocks)), delta, strict=True))
-    return delta, size
+    steps with $V \lvert\Lambda\rvert V^\top$ instead (`mlverify.numeric.implicit.absolute`:
+    the globalisation, never a formula's value; the solved levels are checked positive
+    definite). Unlike Newton's step on the whole stacked system, a lower level's error
+    reaches the levels above one step late; from a cold start that is what converges
+    (blocks of 4, 5 levels: the full step stalled)."""
+    conditions, jacobian = evaluated["conditions"], evaluated["jacobian"]
+    delta, at, size = [], 0, jnp.zeros((), jnp.float64)
+    for i, (k, phi) in enumerate(zip(range(first, len(blocks)), conditions, strict=True)):
+        h = evaluated["hessians"][i]
+        h = 0.5 * (h + h.T)
+        definite = jnp.all(jnp.isfinite(jnp.linalg.cholesky(h)))
+        step = -jnp.linalg.solve(jnp.where(definite, h, absolute(h, jnp)), phi)
+        if i:
+            follow = jnp.linalg.solve(jacobian[at:, at:],
+                                      -jacobian[at:, :at] @ jnp.concatenate(delta))
+            step = step + follow[:phi.size]
+        delta.append(step)
+        at += phi.size
+        size = jnp.maximum(size, jnp.linalg.norm(step) / checks.tolerance(blocks[k], 1.0, jnp))
+    delta = jnp.concatenate(delta)
+    finite = jnp.all(jnp.isfinite(delta)) & jnp.isfinite(size)
+    return delta, jnp.where(finite, size, jnp.inf)
 
 
-def _modified(h):
-    r"""$H$ (symmetrised) where it is positive definite, else $V \max(\lvert\Lambda\rvert,
-    10^{-12} \lVert H \rVert) V^\top$: the joint solve's globalisation, never a formula's
-    value (the solved levels are checked positive definite)."""
-    h = symmetric(h)
-    return h if _cholesky(h) is not None else absolute(h, np)
-
-
-def _moved(blocks, delta, first, alpha):
-    return list(blocks[:first]) + [b + alpha * d for b, d in zip(blocks[first:], delta,
-                                                                  strict=True)]
-
-
-def _finite(evaluated) -> bool:
-    return all(np.all(np.isfinite(np.asarray(c))) for c in evaluated["conditions"]) and bool(
-        np.all(np.isfinite(np.asarray(evaluated["gradient"]))))
+def _finite(evaluated):
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(c)) for c in evaluated["conditions"]]
+                             + [jnp.all(jnp.isfinite(evaluated["gradient"]))]))
 
 
 def symmetric(h):

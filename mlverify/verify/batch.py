@@ -3,10 +3,11 @@ r"""Theorem 4.1 over a batch of instances in one compiled, vmapped call.
 A family is ``objectives_of(params) -> [f_1, ..., f_n]`` (JAX callables of the tuple of
 blocks) and a pytree ``params`` whose leaves carry a leading batch axis. Per instance, all
 in JAX: the lower levels are solved by the joint solve (at most ``newton_steps`` steps,
-residual reported), the hypergradient is the exact one of the implicit core, $L$ is the largest
-eigenvalue of the Hessian of $F_1$ (central differences of the exact hypergradient) over a
-grid of the box times ``1.01``, $F_1^*$ is the best value seen on a run 4x longer, and the
-bound is checked at every $T$. With several devices the batch is sharded over them.
+residual reported), the hypergradient is the exact one at its solution (Lemmas 3.1 and
+3.2 on the stacked conditions, `mlverify.numeric.stacked`), $L$ is the largest
+eigenvalue of the Hessian of $F_1$ (central differences of the exact hypergradient) over
+a grid of the box times ``1.01``, $F_1^*$ is the best value seen on a run 4x longer, and
+the bound is checked at every $T$. With several devices the batch is sharded over them.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..checks import L_MARGIN, as_box, bound_4_1, bound_holds
-from ..numeric.implicit import ImplicitCore, LinearSolve
-from ..numeric.solvers import joint_newton
+from ..numeric import stacked
 
 if TYPE_CHECKING:
     from ..zoo import QuadraticFamily
@@ -60,58 +60,45 @@ class BatchReport:
         )
 
 
-def _lower_solve(core: ImplicitCore, x1, init, steps: int):
-    """Levels 2..n by the joint solve (`mlverify.numeric.solvers.joint_newton`, at most
-    ``steps`` steps, to ``SOLVE_TOL``), every level factored densely whatever its size (as
-    this check always has); returns (blocks, largest residual norm). The residuals
-    $D_k F_k$ come from one set of level constants, each Hessian formed once."""
-    dense = LinearSolve("dense")
-    blocks, _ = joint_newton(core, final_checks=False, solve=dense)(
-        (x1,) + tuple(init), SOLVE_TOL * 1e-3, steps)
-    gradients = {}
-    core.level_constants(blocks, dense, gradients=gradients)
-    residual = jnp.max(jnp.stack([jnp.linalg.norm(gradients[k]) for k in range(1, core.n)]))
-    return blocks, residual
-
-
 def _instance_check(objectives_of, sizes, box, T, grid, newton_steps, fd_step):
     lo, hi = box
+    offsets = np.cumsum(sizes)[:-1].tolist()
+    init = jnp.zeros(sum(sizes[1:]))
 
     def check(params):
-        core = ImplicitCore(objectives_of(params), sizes, jit_levels=False)
-        init = tuple(jnp.zeros(d) for d in sizes[1:])
-
-        def solved(x1):
-            return _lower_solve(core, x1, init, newton_steps)
+        fs = objectives_of(params)
+        # The joint solve of levels 2..n on the stacked conditions (at most newton_steps
+        # steps), every lower level factored densely whatever its size; its evaluation at
+        # the solution holds the exact hypergradient and every lower residual D_k F_k.
+        solve = stacked.solver(fs, sizes, 1)
 
         def value_grad(x1):
-            blocks, residual = solved(x1)
-            grad = core.hypergradient_frozen(blocks, LinearSolve("dense"))
-            return core.fs[0](blocks), grad, residual
+            flat, out, _ = solve(jnp.concatenate([x1, init]), SOLVE_TOL * 1e-3, newton_steps)
+            residual = jnp.max(jnp.stack([jnp.linalg.norm(c) for c in out["conditions"]]))
+            return fs[0](tuple(jnp.split(flat, offsets))), out["gradient"], residual
 
         def hessian(x1):
-            eye = jnp.eye(sizes[0])
-            cols = jax.vmap(lambda e: (value_grad(x1 + fd_step * e)[1]
-                                       - value_grad(x1 - fd_step * e)[1]) / (2 * fd_step))(eye)
-            h = cols.T
+            # both sides of every central difference in one vmapped call (one program)
+            steps = fd_step * jnp.eye(sizes[0])
+            grads = jax.vmap(lambda x: value_grad(x)[1])(jnp.concatenate([x1 + steps,
+                                                                          x1 - steps]))
+            h = (grads[:sizes[0]] - grads[sizes[0]:]).T / (2 * fd_step)
             return jnp.linalg.eigvalsh(0.5 * (h + h.T))
 
         eig = jax.vmap(hessian)(grid)
         lam_min, lam_max = jnp.min(eig[:, 0]), jnp.max(eig[:, -1])
         L = L_MARGIN * lam_max
 
-        def run(x0, rounds):
-            def step(x, _):
-                value, grad, residual = value_grad(x)
-                mapping = L * (x - jnp.clip(x - grad / L, lo, hi))
-                return jnp.clip(x - grad / L, lo, hi), (value, jnp.sum(mapping**2), residual)
+        def step(x, _):
+            value, grad, residual = value_grad(x)
+            mapping = L * (x - jnp.clip(x - grad / L, lo, hi))
+            return jnp.clip(x - grad / L, lo, hi), (value, jnp.sum(mapping**2), residual)
 
-            return jax.lax.scan(step, x0, None, length=rounds)
-
+        # T rounds, then 4T more from where they end (F_1^*): one scan, one program
         x0 = jnp.asarray(lo, dtype=jnp.float64) * jnp.ones(sizes[0])
-        x_end, (values, squared, residuals) = run(x0, T)
-        _, (tail_values, _, _) = run(x_end, 4 * T)
-        f_star = jnp.minimum(jnp.min(values), jnp.min(tail_values))
+        _, (every, squared, residuals) = jax.lax.scan(step, x0, None, length=5 * T)
+        values, squared, residuals = every[:T], squared[:T], residuals[:T]
+        f_star = jnp.min(every)
         t = jnp.arange(1, T + 1)
         left = jnp.cumsum(squared) / t
         right = bound_4_1(L, values[0] - f_star, t)
