@@ -66,8 +66,9 @@ def family(n: int, d: int = 4, seed: int = 0, strength: float = 0.3):
     return NumericProblem([objective(k) for k in range(n)], [jnp.zeros(d) for _ in range(n)])
 
 
-def worker(n: int) -> dict:
-    """One process's measurements (printed as JSON by ``--worker``)."""
+def worker(n: int, method: str = "exact") -> dict:
+    """One process's measurements of ``hypergradient(x1, method)`` (printed as JSON by
+    ``--worker``)."""
     import statistics
 
     import jax
@@ -77,23 +78,23 @@ def worker(n: int) -> dict:
     problem = family(n)
     x1, x2 = jnp.full(4, 0.1), jnp.full(4, 0.3)
     start = time.perf_counter()
-    jax.block_until_ready(problem.hypergradient(x1, "exact"))
+    jax.block_until_ready(problem.hypergradient(x1, method))
     first = time.perf_counter() - start
     seconds = []
     for _ in range(3):
         start = time.perf_counter()
-        value = jax.block_until_ready(problem.hypergradient(x2, "exact"))
+        value = jax.block_until_ready(problem.hypergradient(x2, method))
         seconds.append(time.perf_counter() - start)
     previous = problem.solve_lower(x1)
     warm = []
     for _ in range(3):
         start = time.perf_counter()
         jax.block_until_ready(problem.hypergradient(
-            x2, "exact", solve_options={"init": list(previous.xs)}))
+            x2, method, solve_options={"init": list(previous.xs)}))
         warm.append(time.perf_counter() - start)
     steps = problem.solve_lower(x2).iterations
     fd = np.asarray(problem.hypergradient(x2, "fd"))
-    return {"n": n, "first": first, "second": statistics.median(seconds),
+    return {"n": n, "method": method, "first": first, "second": statistics.median(seconds),
             "warm": statistics.median(warm), "steps": int(steps),
             "fd_error": float(np.max(np.abs(np.asarray(value) - fd))),
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -119,7 +120,13 @@ def program_worker(n: int, kind: str) -> dict:
     problem = family(n)
     blocks = tuple(problem._start(jnp.full(4, 0.1), None))
     if kind == "stacked":
-        program = stacked.evaluation(problem.core.fs, problem.sizes, 1)
+        # the shipped program: one evaluation and the joint solve's update (what every
+        # exact call, its solve and its checks run)
+        iterate = stacked.Newton(problem.core.fs, problem.sizes, 1).iterate
+        state = stacked.compiled_start(tuple(problem.sizes), 1)(jnp.concatenate(blocks))
+
+        def program(b):
+            return iterate(state, 1e-12, 100)
     else:
         def program(b):
             return problem.core.hypergradient_frozen(b, LinearSolve("auto"))
@@ -139,18 +146,20 @@ def program_worker(n: int, kind: str) -> dict:
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def _measure(package_root: pathlib.Path, n: int, limit: float, variant=None) -> dict:
+def _measure(package_root: pathlib.Path, n: int, limit: float, variant=None,
+             method: str = "exact") -> dict:
     env = dict(os.environ, PYTHONPATH=str(package_root))
-    command = [sys.executable, __file__, "--worker", str(n)]
+    command = [sys.executable, __file__, "--worker", str(n), "--method", method]
     if variant is not None:
         command = [sys.executable, __file__, "--program-worker", str(n), variant]
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=limit,
                               check=False)
     except subprocess.TimeoutExpired:
-        return {"n": n, "timed_out": True}
+        return {"n": n, "method": method, "timed_out": True}
     if done.returncode != 0:
-        return {"n": n, "failed": done.stderr.strip().splitlines()[-1:] or ["?"]}
+        return {"n": n, "method": method,
+                "failed": done.stderr.strip().splitlines()[-1:] or ["?"]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -171,6 +180,9 @@ def main() -> None:
     parser.add_argument("--skip-before-from", type=int, default=None,
                         help="no 'before' runs from this n on (they can take many minutes)")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--method", default="exact", help=argparse.SUPPRESS)
+    parser.add_argument("--methods", default="exact",
+                        help="comma-separated hypergradient methods to time (exact first)")
     parser.add_argument("--nested-max-n", type=int, default=5,
                         help="program sizes of the nested rules up to this n")
     parser.add_argument("--program-worker", nargs=2, help=argparse.SUPPRESS)
@@ -180,7 +192,7 @@ def main() -> None:
 
         jax.config.update("jax_enable_x64", True)
         if args.worker is not None:
-            print(json.dumps(worker(args.worker)))
+            print(json.dumps(worker(args.worker, args.method)))
         else:
             print(json.dumps(program_worker(int(args.program_worker[0]),
                                             args.program_worker[1])))
@@ -193,13 +205,15 @@ def main() -> None:
                                  capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
         for n in range(args.min_n, args.max_n + 1):
-            for label, root in (("before", old), ("now", ROOT)):
-                if label == "before" and args.skip_before_from and n >= args.skip_before_from:
-                    continue
-                row = _measure(root, n, args.limit)
-                row["code"] = label
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+            for method in args.methods.split(","):
+                for label, root in (("before", old), ("now", ROOT)):
+                    if (label == "before" and args.skip_before_from
+                            and n >= args.skip_before_from):
+                        continue
+                    row = _measure(root, n, args.limit, method=method)
+                    row["code"] = label
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
         programs = []
         for n in range(args.min_n, args.max_n + 1):
             for kind in ("stacked", "nested"):
@@ -211,7 +225,8 @@ def main() -> None:
     command = (f"python benchmarks/bench_deep_jax.py --before {args.before} --min-n "
                f"{args.min_n} --max-n {args.max_n} --limit {args.limit:g}"
                + (f" --skip-before-from {args.skip_before_from}" if args.skip_before_from
-                  else "") + f" --nested-max-n {args.nested_max_n}")
+                  else "") + f" --nested-max-n {args.nested_max_n}"
+               + (f" --methods {args.methods}" if args.methods != "exact" else ""))
     lines = [
         "# The exact hypergradient at depth (JAX path)",
         "",
@@ -219,17 +234,18 @@ def main() -> None:
         "Each row is its own process; 'before' is the code at the revision, 'now' the "
         "working tree. First call: trace, compile, solve from the declared start, "
         "hypergradient. Second: another x_1, from the declared start. Warm: from the previous "
-        "solution. FD: largest difference from a fourth-order central difference.",
+        "solution. FD: largest difference from a fourth-order central difference (for an "
+        "approximate method, its approximation error).",
         "",
         markdown(info, command),
         "",
-        "| n | code | first call (s) | second call (ms) | warm (ms) | lower-solve steps | "
-        "FD difference | peak memory (MB) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| n | method | code | first call (s) | second call (ms) | warm (ms) | "
+        "lower-solve steps | FD difference | peak memory (MB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         lines.append(
-            f"| {row['n']} | {row['code']} | {_cell(row, 'first', '.1f')} | "
+            f"| {row['n']} | {row['method']} | {row['code']} | {_cell(row, 'first', '.1f')} | "
             + (f"{row['second'] * 1e3:.1f}" if "second" in row else _cell(row, "x", ""))
             + " | "
             + (f"{row['warm'] * 1e3:.1f}" if "warm" in row else _cell(row, "x", ""))

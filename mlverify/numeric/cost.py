@@ -133,8 +133,9 @@ def check_affordable(n: int, program: str = "stacked") -> CostEstimate:
     limit = memory_limit()
     if estimate.memory_gb > limit:
         if program == "stacked":
-            what = "the exact hypergradient"
-            cheaper = ("Cheaper: the problem declared in sympy (a MultilevelProblem: its "
+            what = "the lower solve and exact hypergradient"
+            cheaper = ("Every method solves the lower levels on this one program. Cheaper: "
+                       "the problem declared in sympy (a MultilevelProblem: its "
                        "formulas run as compiled NumPy code, no JAX program), or fewer levels")
         else:
             what = "a hypergradient on the nested best-response rules (the approximate methods, "\

@@ -154,7 +154,7 @@ class ImplicitCore:
 
             # Moved anchors move the point where the formulas are evaluated: the response's
             # value moves with its own anchor, and the blocks above move relative to theirs
-            # (`joint_newton` differentiates the lemmas' formulas this way). Without anchor
+            # (the derivative of the lemmas' formulas at the iterates). Without anchor
             # tangents (every other use) this is the plain rule.
             anchors_tangent = tangents[1]
             moved = tuple(_difference(t, s, u) for t, s, u in

@@ -40,11 +40,10 @@ COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expen
 
 #: How often ITD's default inner steps are halved after its unrolled steps diverged.
 ITD_HALVINGS = 10
-#: Up to this many levels `solve_and_hypergradient` runs the solve and a hypergradient on the
-#: nested rules (the approximate methods; the exact one with options) in one compiled call
-#: (one dispatch per outer step: 5 levels, blocks of 4, 6.6 ms a call against 13.7 ms
-#: apart, 2.2 GB to compile against 1.7 GB); deeper, they compile apart: XLA's memory
-#: grows faster than the program (6 levels, blocks of 4: the fused program exhausted 13 GB).
+#: Where a lower block is over the dense limit, up to this many levels
+#: `solve_and_hypergradient` runs the nested solve and the hypergradient in one compiled call
+#: (one dispatch per outer step); deeper, they compile apart: XLA's memory grows faster
+#: than the program (6 levels, blocks of 4: a fused program exhausted 13 GB).
 FUSED_MAX_LEVELS = 5
 
 
@@ -273,8 +272,10 @@ class NumericProblem:
 
         With the default ``newton`` solver: for ``exact`` with default options and every
         lower block dense, the joint solve, its checks and the hypergradient all run on one
-        compiled program (`mlverify.numeric.stacked`); for the other methods, up to
-        `FUSED_MAX_LEVELS` levels, the solve and the hypergradient run in one compiled call.
+        compiled program (`mlverify.numeric.stacked`), and the other methods take their
+        hypergradient at that solve's solution; where a lower block is over the dense limit,
+        up to `FUSED_MAX_LEVELS` levels, the nested solve and the hypergradient run in one
+        compiled call.
         If anything fails (a level short of ``tol``, a Hessian not positive definite, a NaN),
         the two steps are re-run separately, and they raise the error naming the level.
         """
@@ -294,7 +295,7 @@ class NumericProblem:
             found = self._stacked_solve_and_exact(start, tol, max_iter)
             if found is not None:
                 return found
-        elif compiled and self.n <= FUSED_MAX_LEVELS:
+        elif compiled and self.n <= FUSED_MAX_LEVELS and not stacked.applicable(self.sizes):
             key = ("solve+frozen", method, _options_key(options))
             fn = self._jit(key, lambda: self._solve_frozen_builder(method, dict(options)),
                            COMPILER_OPTIONS if self.n >= 4 else None)
@@ -336,79 +337,52 @@ class NumericProblem:
         """The joint solve (`stacked.Newton`) of the levels below ``first`` (0-based; all
         lower blocks dense): ``(blocks, tol, max_iter) -> (blocks, evaluation there,
         steps)``, NumPy in and out, driven from Python around `_stacked_program`."""
-        evaluate = self._stacked_program(first)
-        start, advance = stacked.compiled_newton(self.sizes, first)
+        iterate, start = self._stacked_program(first)
 
         def newton(blocks, tol, max_iter):
-            flat = np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1) for b in blocks])
             solution, packed, steps = jax.device_get(stacked.newton(
-                evaluate, advance, start(flat), np.float64(tol), np.int32(max_iter)))
+                iterate, start(_flat(blocks)), np.float64(tol), np.int32(max_iter)))
             return (np.split(solution, np.cumsum(self.sizes)[:-1]),
                     stacked.unpack(packed, self.sizes, first), int(steps))
 
         return newton
 
     def _stacked_program(self, first: int):
-        """The compiled `stacked.packed_evaluation` of the levels below ``first``. One
-        program per ``first``: the solve, its checks and the hypergradient all call it."""
+        """The compiled step of the joint solve of the levels below ``first``
+        (`stacked.Newton.iterate`: one evaluation of the stacked conditions and the update),
+        and its start. One program per ``first``: the solve, its checks and the
+        hypergradient all call it."""
         def build():
             if self.n - first >= 4:  # from 5 levels below the top of the program
                 cost.check_affordable(self.n - first + 1, "stacked")
-            return stacked.packed_evaluation(self.core.fs, self.sizes, first)
+            return stacked.Newton(self.core.fs, self.sizes, first).iterate
 
-        return self._jit(("stacked", first), build, COMPILER_OPTIONS if self.n >= 4 else None)
+        iterate = self._jit(("stacked", first), build, COMPILER_OPTIONS if self.n >= 4 else None)
+        return iterate, stacked.compiled_start(tuple(self.sizes), first)
 
     def _stacked_fn(self, first: int):
         """`stacked.evaluation` of the levels below ``first`` at the given blocks, NumPy in
         and out (`_stacked_program`)."""
-        fn = self._stacked_program(first)
+        iterate, start = self._stacked_program(first)
 
         def evaluate(blocks):
-            flat = np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1) for b in blocks])
-            return stacked.unpack(fn(flat), self.sizes, first)
+            packed = stacked.evaluate(iterate, start, _flat(blocks))
+            return stacked.unpack(np.asarray(packed), self.sizes, first)
 
         return evaluate
 
     def _solve_frozen_builder(self, method, options):
-        from .solvers import joint_applicable, joint_newton, nested_newton
+        """Some lower block over the dense limit: the nested solve (`solvers.nested_newton`)
+        and the hypergradient by ``method`` in one compiled call."""
+        from .solvers import nested_newton
 
         self._check_affordable()
-        if not joint_applicable(self.core):
-            solve, frozen = nested_newton(self.core), self._frozen_builder(method, options)
-
-            def run(start, tol, max_iter):
-                blocks, solve_status = solve(start, tol, max_iter)
-                value, status = frozen(blocks)
-                return value, blocks, {"solve": solve_status, "frozen": status}
-
-            return run
-        solve = joint_newton(self.core, final_checks=False)
-        checked = self._checks_and_frozen(method, options)
+        solve, frozen = nested_newton(self.core), self._frozen_builder(method, options)
 
         def run(start, tol, max_iter):
-            blocks, info = solve(start, tol, max_iter)
-            value, status = checked(blocks, tol)
-            status["solve"]["iterations"] = info["iterations"]
-            return value, blocks, status
-
-        return run
-
-    def _checks_and_frozen(self, method, options):
-        """``(blocks, tol) -> (value, {"solve": final status, "frozen": status})``: a joint
-        solve's final checks (`solvers.final_status`) and the hypergradient at its blocks.
-        The checks form every level's constants at the solution (default solve, curvature):
-        for ``exact`` with default options they are the formula's own, formed once for
-        both."""
-        from .solvers import final_status
-
-        shared = method == "exact" and not options
-        frozen = self._frozen_builder(method, options)
-        checks_and_constants = final_status(self.core, with_constants=True)
-
-        def run(blocks, tol):
-            status, consts = checks_and_constants(blocks, tol)
-            value, frozen_status = frozen(blocks, consts) if shared else frozen(blocks)
-            return value, {"solve": status, "frozen": frozen_status}
+            blocks, solve_status = solve(start, tol, max_iter)
+            value, status = frozen(blocks)
+            return value, blocks, {"solve": solve_status, "frozen": status}
 
         return run
 
@@ -456,7 +430,7 @@ class NumericProblem:
             # composes with the caller's jit and vmap) as every other exact value.
             evaluate = stacked.evaluation(core.fs, self.sizes, 1)
 
-            def run(flat, consts=None):
+            def run(flat):
                 out = evaluate(tuple(flat))
                 value = out["gradient"]
                 ok = {k: jnp.all(jnp.isfinite(cho_factor(0.5 * (h + h.T))[0]))
@@ -490,9 +464,8 @@ class NumericProblem:
         shared = curvature and (solve.kind == "dense" or (
             solve.kind == "auto" and all(d <= DENSE_LIMIT for d in self.sizes[1:])))
 
-        def run(flat, consts=None):
-            if consts is None and shared:
-                consts = core.level_constants(tuple(flat), solve, curvature)
+        def run(flat):
+            consts = core.level_constants(tuple(flat), solve, curvature) if shared else None
             value = core.hypergradient_frozen(flat, solve, curvature, consts)
             return value, self._lower_status(flat, value, consts)
 
@@ -666,7 +639,7 @@ class NumericProblem:
         level.
 
         ``newton``: where every lower block is dense, first the joint solve of every level
-        at once on the stacked conditions (``stacked.newton``; its steps do not multiply with
+        at once on the stacked conditions (``stacked.Newton``; its steps do not multiply with
         the depth; where it stalls, again by continuation over the levels,
         ``stacked.newton_by_levels``), taken where every level passes the final checks; else
         nested damped Newton in one compiled call (``solvers.nested_newton``; dense Cholesky
@@ -873,6 +846,10 @@ def _check_method(method, exclude=()):
         raise ValueError(
             f"unknown hypergradient method {method!r}; the valid methods are: {', '.join(valid)}"
         )
+
+
+def _flat(blocks) -> np.ndarray:
+    return np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1) for b in blocks])
 
 
 def _options_key(options) -> tuple:

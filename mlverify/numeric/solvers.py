@@ -1,11 +1,8 @@
 r"""Inner solvers on the nested best-response rules: the lower levels solved for the blocks
 above held fixed, compiled. Where every lower block is dense the lower solve is the joint
-solve of `mlverify.numeric.stacked` (driven around the one stacked program); these serve
-the compiled solve + approximate hypergradient, the batched checks and matrix-free levels.
+solve of `mlverify.numeric.stacked` (every level stepped at once); these serve the levels
+it does not (a block over ``DENSE_LIMIT``), its fallback, and the eager steps.
 
-- `joint_newton` steps every lower level at once: each level's Newton step on the lemmas'
-  formulas at the current iterates, the levels below following by their best-response
-  tangents (Lemma 3.1). Its steps do not multiply with the depth.
 - `nested_newton` is the nested solve (`mlverify.nested`) as pure JAX (nested
   ``lax.while_loop``s): level $k$ runs damped Newton on $F_k$, and every trial point
   re-solves the levels below it. Newton's system is solved densely for small blocks and by
@@ -14,7 +11,8 @@ the compiled solve + approximate hypergradient, the batched checks and matrix-fr
   steps. It serves ``method="gd"``, and it re-runs a failed compiled solve so that the
   error names the level and the quantity at fault.
 
-All of them stop on `mlverify.checks.solved` and judge the final point by `final_status`.
+All of them stop on `mlverify.checks.solved` and judge the final point by the same per-level
+checks (`mlverify.checks`).
 """
 
 from __future__ import annotations
@@ -26,9 +24,6 @@ import numpy as np
 from .. import checks, nested
 from . import stacked
 from .implicit import DENSE_LIMIT, LinearSolve
-
-#: Step halvings of the joint solve before it hands over to the nested solve.
-_JOINT_HALVINGS = 10
 
 
 def nested_newton(core, first: int = 1):
@@ -148,171 +143,13 @@ def nested_newton(core, first: int = 1):
     return run
 
 
-def joint_newton(core, first: int = 1, coupling: bool = False, final_checks: bool = True,
-                 solve: LinearSolve | None = None):
-    r"""The joint solve: Newton steps on the stationarity conditions of every level below
-    level ``first`` at once; a pure function ``(blocks, tol, max_iter) -> (blocks, status)``
-    like `nested_newton`, with the same ``status`` (``iterations``: joint steps).
-
-    The conditions are $\Phi_k(x) = D_k F_k$, each evaluated by the lemmas' formulas at the
-    current iterates $x$ (Lemmas 2.1, 3.1, 3.2; what the single-loop algorithm computes).
-    They vanish exactly at the nested solution: at the bottom $\Phi_n$ is the true gradient,
-    so the best-response formulas there are exact, so $\Phi_{n-1}$ is the true gradient of
-    its reduced objective, and so on up. One step, by block elimination from the bottom:
-
-    $$
-    c_k = -H_k^{-1} \Phi_k, \qquad \delta_j = c_j + \dot y_j(\delta_{<j}),
-    $$
-
-    with $H_k = D_{kk} F_k$ (the derivative of $\Phi_k$ along the responses below) and
-    $\dot y_j(\cdot)$ the best-response tangent of level $j$ to the moves above it (Lemma
-    3.1): every level takes its own Newton step, and the levels below follow the moves above
-    them to first order. ``coupling=True`` adds the derivative of $\Phi_k$ in the lower
-    iterates, $c_k = -H_k^{-1}(\Phi_k + \partial_{>k}\Phi_k\, e^{(k)})$ with $e^{(k)}$ the same
-    step of the levels below $k$ (a JVP through the anchors of `ImplicitCore`): Newton's
-    step with the exact Jacobian of the stacked system, quadratically convergent; without
-    it the lower levels' errors reach the levels above one step late. In
-    ``benchmarks/results/deep_jax.md`` (blocks of 4) the plain step's program is 20-30 %
-    smaller, it needs a few more, equally cheap, steps (7, 10, 13 for n = 3, 4, 5 from a
-    cold start), and from that cold start at n = 5 the coupled step stalled where the plain
-    one converged; it is the default. The number of steps does not
-    multiply with the depth as the nested solve's inner iterations do; each costs one
-    Hessian per level and a tangent solve per level.
-
-    Damping: a step $\alpha\delta$ is accepted when Newton's distance at the new point is at
-    most $(1 - \alpha/4)$ times the current one (Deuflhard's natural monotonicity test, which
-    like the stopping test does not change when an $f_k$ is scaled), else halved, up to
-    ``_JOINT_HALVINGS`` times. A level whose $H_k$ is not positive definite on the way steps
-    with $V \lvert\Lambda\rvert V^\top$ instead (`ImplicitCore.level_constants`). The solve
-    stops unconverged at a non-finite step or when halving fails; the caller accepts its
-    result only where every level passes the same final checks as the nested solve
-    (converged, $H_k$ surely positive definite) and otherwise falls back to `nested_newton`,
-    which also handles negative curvature. Every lower block must be factored densely: at
-    most ``DENSE_LIMIT`` with the default ``solve`` (`joint_applicable` says whether it is),
-    any size with ``solve=LinearSolve("dense")``.
-
-    ``final_checks=False`` returns only ``iterations``: the checks are then `final_status`,
-    compiled apart (a deep problem compiles two programs of half the size, not one: XLA's
-    memory grows faster than the program), or the caller's own (the batched check).
-    """
-    n = core.n
-    solve = LinearSolve("auto") if solve is None else solve
-    levels = tuple(range(first, n))
-
-    def step(blocks):
-        """(the step per solved level, its size relative to each block, all factors finite)."""
-        gradients = {}
-        consts = core.level_constants(blocks, solve, below=first - 1, modified=True,
-                                      gradients=gradients)
-        ok = jnp.ones((), bool)
-        corrections = {}
-
-        def chain(m, injected):
-            r"""$e^{(m)}$: levels below $m$ moved by ``injected`` plus their responses' tangents
-            to the moves above them (one JVP through the chain of best responses)."""
-            def responses(t):
-                upper = blocks[:m + 1]
-                for j in range(m + 1, n):
-                    y = core.best_response(j, upper, blocks, consts, solve) + t * injected[j]
-                    upper = upper + (y,)
-                return upper[m + 1:]
-
-            return jax.jvp(responses, (jnp.zeros(()),), (jnp.ones(()),))[1]
-
-        for m in reversed(levels):
-            phi = gradients[m]
-            if coupling and m < n - 1:
-                below = chain(m, corrections)
-
-                def phi_of(lower, m=m):
-                    moved = blocks[:m + 1] + tuple(lower)
-                    return core.reduced_gradient(m, blocks[:m], blocks[m], moved, consts, solve)
-
-                phi = phi + jax.jvp(phi_of, (blocks[m + 1:],), (tuple(below),))[1]
-            factor = consts[m]["chol"]
-            ok = ok & jnp.all(jnp.isfinite(factor))
-            corrections[m] = -jax.scipy.linalg.cho_solve((factor, False), phi)
-        delta = chain(first - 1, corrections)
-        # relative to the stopping test's limit at tol = 1: size <= tol is checks.solved
-        sizes = jnp.stack([jnp.linalg.norm(d) / checks.tolerance(blocks[m], 1.0, jnp)
-                           for m, d in zip(levels, delta, strict=True)])
-        return delta, sizes, ok
-
-    def run(blocks, tol, max_iter):
-        # One trace of `step`: the loop evaluates it at a candidate point, which is accepted
-        # (the next iterate, its step already computed) or halved towards the iterate.
-        blocks = tuple(blocks)
-        zero = tuple(jnp.zeros_like(b) for b in blocks[first:])
-        state = {"base": blocks, "delta": zero, "size": jnp.asarray(jnp.inf),
-                 "alpha": jnp.ones(()), "candidate": blocks, "count": jnp.zeros((), jnp.int32),
-                 "fresh": jnp.ones((), bool), "stop": jnp.zeros((), bool)}
-
-        def moved(base, delta, alpha):
-            return base[:first] + tuple(b + alpha * d for b, d in zip(base[first:], delta,
-                                                                       strict=True))
-
-        def body(state):
-            delta, sizes, ok = step(state["candidate"])
-            size = jnp.max(sizes)
-            # Deuflhard's natural monotonicity test: the Newton distance from the candidate
-            # falls below (1 - alpha/4) of the iterate's; the start is always taken.
-            accept = state["fresh"] | (ok & jnp.isfinite(size) & (
-                size <= (1.0 - 0.25 * state["alpha"]) * state["size"]))
-            accept = accept & ok & jnp.isfinite(size)
-            count = state["count"] + (accept & ~state["fresh"]).astype(jnp.int32)
-            converged = accept & (size <= tol)
-            base = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b),
-                                          state["candidate"], state["base"])
-            delta = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b),
-                                           delta, state["delta"])
-            size = jnp.where(accept, size, state["size"])
-            alpha = jnp.where(accept, 1.0, 0.5 * state["alpha"])
-            # Converged: the last step is still taken (quadratically closer), then judged.
-            candidate = moved(base, delta, alpha)
-            stop = converged | (alpha < 2.0**-_JOINT_HALVINGS) | (count >= max_iter)
-            return {"base": jax.tree_util.tree_map(
-                        lambda a, b: jnp.where(converged, a, b), candidate, base),
-                    "delta": delta, "size": size, "alpha": alpha, "candidate": candidate,
-                    "count": count + converged.astype(jnp.int32),
-                    "fresh": jnp.zeros((), bool), "stop": stop}
-
-        state = jax.lax.while_loop(lambda s: ~s["stop"], body, state)
-        if not final_checks:
-            return state["base"], {"iterations": state["count"]}
-        return state["base"], _status(core, first, state["base"], tol, solve, state["count"])
-
-    return run
-
-
-def final_status(core, first: int = 1, with_constants: bool = False):
-    """A pure function ``(blocks, tol) -> status``: the final checks of a solve of the levels
-    below ``first`` (`nested_newton`'s ``status``, ``iterations`` left to the caller).
-    ``with_constants``: ``(blocks, tol) -> (status, consts)``, with the level constants
-    (`ImplicitCore.level_constants`, default solve, curvature) the checks formed, which are
-    the exact hypergradient's own at these blocks (``first = 1``)."""
-
-    def run(blocks, tol):
-        status, consts = _status(core, first, tuple(blocks), tol, LinearSolve("auto"), 0,
-                                 with_constants=True)
-        del status["iterations"]
-        return (status, consts) if with_constants else status
-
-    return run
-
-
-def joint_applicable(core, first: int = 1) -> bool:
-    """Whether `joint_newton` can solve the levels below ``first``: every block dense."""
-    return all(size <= DENSE_LIMIT for size in core.sizes[first:])
-
-
-def _status(core, first, blocks, tol, solve, count, with_constants=False):
+def _status(core, first, blocks, tol, solve, count):
     """The per-level status of a solve (see `nested_newton`), judged at the final ``blocks``:
-    one set of level constants (each dense Hessian formed once) serves every level;
-    ``with_constants``: ``(status, those constants)``."""
+    one set of level constants (each dense Hessian formed once) serves every level."""
     blocks = tuple(blocks)
     hessians, gradients = {}, {}
-    consts = core.level_constants(blocks, solve, below=first - 1, hessians=hessians,
-                                  gradients=gradients)
+    core.level_constants(blocks, solve, below=first - 1, hessians=hessians,
+                         gradients=gradients)
     residual, distance, hessian_ok = [], [], []
     for k in range(first, core.n):
         g, d, ok = _final_check(core, k, blocks, solve, gradients.get(k), hessians.get(k))
@@ -324,7 +161,7 @@ def _status(core, first, blocks, tol, solve, count, with_constants=False):
     status = {"residual": jnp.stack(residual), "distance": jnp.stack(distance),
               "converged": converged,
               "hessian_ok": jnp.stack(hessian_ok), "iterations": count}
-    return (status, consts) if with_constants else status
+    return status
 
 
 def _final_check(core, k, blocks, solve, gradient, hessian):
