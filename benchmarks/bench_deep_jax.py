@@ -158,8 +158,9 @@ def _measure(package_root: pathlib.Path, n: int, limit: float, variant=None,
     except subprocess.TimeoutExpired:
         return {"n": n, "method": method, "timed_out": True}
     if done.returncode != 0:
-        return {"n": n, "method": method,
-                "failed": done.stderr.strip().splitlines()[-1:] or ["?"]}
+        errors = [line for line in done.stderr.splitlines()
+                  if line.split(":")[0].split(".")[-1].endswith("Error")]
+        return {"n": n, "method": method, "failed": (errors or ["?"])[-1].split(":")[0]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -167,7 +168,8 @@ def _cell(row: dict, key: str, fmt: str) -> str:
     if row.get("timed_out"):
         return "> limit"
     if "failed" in row:
-        return "failed"
+        return ("refused (CostError)" if row["failed"].endswith("CostError")
+                else f"failed ({row['failed'].split('.')[-1]})")
     return format(row[key], fmt)
 
 

@@ -339,3 +339,29 @@ def test_a_certified_fail_is_flagged_only_when_the_proven_bounds_confirm_it():
 def test_certification_needs_a_declared_problem():
     with pytest.raises(mv.ProblemDefinitionError, match="declared"):
         certify_constants(zoo.quadratic(2, seed=0).numeric(), (-1.0, 1.0))
+
+
+def test_a_krawczyk_failure_on_values_that_are_not_finite_names_their_level():
+    """Level 3 carries sqrt(x1 + 1): over x1 in [-1.25, -0.75] its stationarity residual is
+    not finite, and at x1 = -1.5 its Jacobian is not finite at the centre. Both failures
+    name level 3 (they used to name the first lower level, or none)."""
+    from flint import arb
+
+    from mlverify.certify.system import CertifiedSystem, krawczyk
+
+    x1, x2, x3 = sp.symbols("x1 x2 x3")
+    prob = build_problem([(x1,), (x2,), (x3,)], [
+        x1**2 + x2**2 + x3**2,
+        (x2 - x1) ** 2 / 2 + x3**2 / 2,
+        (x3 - x2) ** 2 / 2 + x3**2 * sp.sqrt(x1 + 1) / 2])
+    system = CertifiedSystem(prob)
+    # the lower solution at x1 = -1: x2 = x1, x3 = x2 / (1 + sqrt(x1 + 1))
+    across = krawczyk(system, [arb(-1.0, 0.25)], [-1.0, -1.0])
+    assert not across.ok and across.level == 3
+    assert across.reason.startswith("level 3: the stationarity residual is not finite")
+    below = krawczyk(system, [arb(-1.5)], [-1.5, -1.5])
+    assert not below.ok and below.level == 3
+    assert "level 3: the Jacobian of the stationarity system is not finite" in below.reason
+    # where everything is finite the same system proves the zero
+    inside = krawczyk(system, [arb(0.0)], [0.0, 0.0])
+    assert inside.ok

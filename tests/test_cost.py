@@ -59,10 +59,31 @@ def test_a_deep_exact_program_past_the_memory_limit_is_refused_before_it_is_buil
         problem.hypergradient(jnp.zeros(2), "exact")
     message = str(info.value)
     assert "exact hypergradient of 5 levels" in message and "sympy" in message
-    # an approximate method solves the lower levels on the same program: refused too
-    with pytest.raises(cost.CostError, match="lower solve and exact hypergradient of 5"):
+    # a method on the nested rules is refused too, before the solve, and its message points
+    # to the exact one
+    with pytest.raises(cost.CostError, match="method='exact'"):
         problem.hypergradient(jnp.zeros(2), "no-curvature")
     assert info.value.levels == 5 and info.value.limit_gb == 0.01
     assert isinstance(info.value, MemoryError)
     # nothing was compiled: the refusal came before any program was built
+    assert not problem._jit_cache
+
+
+def test_an_approximate_method_at_six_levels_is_refused_before_the_solve_under_8_gb(
+        monkeypatch):
+    """The nested rules' program of 6 levels ran out of 12.9 GB when measured: under an 8 GB
+    limit `cg` is refused at once (it used to solve first, then spend minutes compiling
+    until the memory ran out), also through hypergradient_frozen; nothing is compiled."""
+    monkeypatch.setenv(cost.MEMORY_VARIABLE, "8")
+
+    def objective(k):
+        return lambda xs: 0.5 * jnp.sum(xs[k] ** 2) + 0.1 * jnp.sum(xs[k]) * sum(
+            jnp.sum(jnp.sin(x)) for m, x in enumerate(xs) if m != k)
+
+    problem = NumericProblem([objective(k) for k in range(6)], [jnp.zeros(1)] * 6)
+    with pytest.raises(cost.CostError, match="6 levels.*method='exact'") as info:
+        problem.hypergradient(jnp.zeros(1), "cg")
+    assert info.value.levels == 6 and info.value.predicted_gb >= 12.9
+    with pytest.raises(cost.CostError, match="6 levels"):
+        problem.hypergradient_frozen([jnp.zeros(1)] * 6, "neumann")
     assert not problem._jit_cache

@@ -199,7 +199,7 @@ def _krawczyk_at(system, x1_balls, center_balls):
               for v, cv in zip(yg, c, strict=True)]
     for _ in range(6):
         z = [cv + arb(0, r) for cv, r in zip(c, radius, strict=True)]
-        k, _ = _operator(system, x1_balls, c, z, y_arb, yg)
+        k, _, _ = _operator(system, x1_balls, c, z, y_arb, yg)
         if k is not None and all(_inside(kv, zv) for kv, zv in zip(k, z, strict=True)):
             return Enclosure(True, [kv.intersection(zv) for kv, zv in zip(k, z, strict=True)])
         if k is None:

@@ -255,7 +255,11 @@ def krawczyk(system: CertifiedSystem, x1: Sequence[arb], center: ArrayLike, *,
     x1_mid = [arb(v.mid()) for v in x1]
     jac_mid = np.array([float(_as_arb(v).mid()) for v in system.jacobian([*x1_mid, *c])])
     jac_mid = jac_mid.reshape(dim, dim)
-    if not np.all(np.isfinite(jac_mid)) or np.linalg.cond(jac_mid) > 1e14:
+    if not np.all(np.isfinite(jac_mid)):
+        level = system.level_of[_deepest_bad_row(np.isfinite(jac_mid).all(axis=1))]
+        return Enclosure(False, None, f"level {level}: the Jacobian of the stationarity system "
+                                      f"is not finite at the centre{where}", level)
+    if np.linalg.cond(jac_mid) > 1e14:
         level = _worst_level(system, jac_mid)
         return Enclosure(False, None, f"level {level}: the Jacobian of the stationarity system "
                                       f"is singular at the centre{where}", level)
@@ -263,27 +267,31 @@ def krawczyk(system: CertifiedSystem, x1: Sequence[arb], center: ArrayLike, *,
     y_arb = [[arb(float(y[r, s])) for s in range(dim)] for r in range(dim)]
     g_c = [_as_arb(v) for v in system.residual([*x1, *c])]
     yg = [sum((y_arb[r][s] * g_c[s] for s in range(dim)), arb(0)) for r in range(dim)]
+    if not all(v.is_finite() for v in g_c):
+        level = system.level_of[_deepest_bad_row([v.is_finite() for v in g_c])]
+        return Enclosure(False, None, f"level {level}: the stationarity residual is not "
+                                      f"finite{where}", level)
     if not all(v.is_finite() for v in yg):
-        return Enclosure(False, None, f"the stationarity residual is not finite{where}")
+        return Enclosure(False, None, f"the Newton correction is not finite{where}")
     scale = [1e-14 * (1.0 + abs(float(v))) for v in center]
     radius = [2.0 * float(abs(v).upper()) + s for v, s in zip(yg, scale, strict=True)]
     last_bad, contraction = None, None
     for _ in range(INFLATIONS):
         z = [arb(cv, r) for cv, r in zip(c, radius, strict=True)]
-        k, contraction = _operator(system, x1, c, z, y_arb, yg)
+        k, contraction, bad_row = _operator(system, x1, c, z, y_arb, yg)
         if k is not None and all(_inside(kv, zv) for kv, zv in zip(k, z, strict=True)):
             for _ in range(tighten):
                 z = [kv.intersection(zv) for kv, zv in zip(k, z, strict=True)]
-                k_new, _ = _operator(system, x1, c, z, y_arb, yg)
+                k_new, _, _ = _operator(system, x1, c, z, y_arb, yg)
                 if k_new is None:
                     break
                 k = k_new
             z = [kv.intersection(zv) for kv, zv in zip(k, z, strict=True)]
             return Enclosure(True, z)
         if k is None:
-            return Enclosure(False, None, f"level {system.level_of[0]}: the Jacobian of the "
-                                          f"stationarity system is not finite over the "
-                                          f"box{where}", system.level_of[0])
+            level = system.level_of[bad_row]
+            return Enclosure(False, None, f"level {level}: the Jacobian of the stationarity "
+                                          f"system is not finite over the box{where}", level)
         last_bad = next(i for i in range(dim) if not _inside(k[i], z[i]))
         radius = [max(2.0 * r, 1.5 * float(abs(kv - cv).upper()) + s)
                   for r, kv, cv, s in zip(radius, k, c, scale, strict=True)]
@@ -303,15 +311,23 @@ def _operator(system, x1, c, z, y_arb, yg):
     dim = system.dim
     values = system.jacobian([*x1, *z])
     jac = [[_as_arb(values[r * dim + s]) for s in range(dim)] for r in range(dim)]
-    if not all(v.is_finite() for row in jac for v in row):
-        return None, None
+    finite = [all(v.is_finite() for v in row) for row in jac]
+    if not all(finite):
+        return None, None, _deepest_bad_row(finite)
     m = [[(arb(1) if r == s else arb(0))
           - sum((y_arb[r][t] * jac[t][s] for t in range(dim)), arb(0))
           for s in range(dim)] for r in range(dim)]
     contraction = max(sum(float(abs(v).upper()) for v in row) for row in m)
     dz = [zv - cv for zv, cv in zip(z, c, strict=True)]
     k = [c[r] - yg[r] + sum((m[r][s] * dz[s] for s in range(dim)), arb(0)) for r in range(dim)]
-    return k, contraction
+    return k, contraction, None
+
+
+def _deepest_bad_row(finite) -> int:
+    """The deepest component (row of $G$ or $D_z G$) that is not finite: a level's
+    conditions hold the levels below it (Lemma 3.1), so a value that is not finite below
+    spoils every level above."""
+    return max(i for i, ok in enumerate(finite) if not ok)
 
 
 def _worst_level(system, jac) -> int:

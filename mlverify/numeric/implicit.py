@@ -226,17 +226,12 @@ class ImplicitCore:
 
     # --------------------------------------------------------------- constants
     def level_constants(self, anchors, solve: LinearSolve, curvature=True, below=0, *,
-                        hessians: dict | None = None, gradients: dict | None = None,
-                        modified: bool = False):
+                        hessians: dict | None = None, gradients: dict | None = None):
         r"""Per-level solve data at the anchors (bottom-up; levels $\le$ ``below`` left empty).
 
         ``hessians`` / ``gradients``: dicts that receive each dense level's
         $H_m = D_{mm} F_m$ and $D_m F_m$ (one linearisation gives both, so that a caller
-        needing them does not differentiate again). ``modified``: where $H_m$ is not
-        positive definite, factor $V \lvert\Lambda\rvert V^\top$ instead (its eigenvalues'
-        absolute values, floored at $10^{-12} \lVert H_m \rVert$): the joint solve's
-        globalisation, never the formulas' values (their levels are checked positive
-        definite)."""
+        needing them does not differentiate again)."""
         anchors = tuple(sg(a) for a in anchors)
         consts = [{"chol": jnp.zeros((0, 0)), "step": jnp.zeros(())} for _ in range(self.n)]
         for m in range(self.n - 1, below, -1):
@@ -260,9 +255,6 @@ class ImplicitCore:
                     if gradients is not None:
                         gradients[m] = gradient
                 factor = cho_factor(hessian)[0]
-                if modified:
-                    factor = jnp.where(jnp.all(jnp.isfinite(factor)), factor,
-                                       cho_factor(absolute(hessian))[0])
                 consts[m] = {"chol": sg(factor), "step": jnp.zeros(())}
             else:
                 step = spec.step
@@ -319,16 +311,6 @@ class ImplicitCore:
         if dense:
             return jnp.linalg.eigvalsh(0.5 * (second + second.T))[-1]
         return _largest_eigenvalue(second, anchors[k], lanczos_steps or 30)
-
-
-def absolute(h, xp=jnp):
-    r"""$V \max(\lvert\Lambda\rvert, 10^{-12} \lVert H \rVert) V^\top$ of the symmetrised ``h``:
-    the joint solves' step where $H$ is not positive definite (this one, compiled, and
-    `mlverify.numeric.stacked`'s); ``xp``: ``jax.numpy`` or ``numpy``."""
-    h = 0.5 * (h + h.T)
-    eigenvalues, vectors = xp.linalg.eigh(h)
-    floor = 1e-12 * xp.maximum(xp.max(xp.abs(eigenvalues)), 1e-300)
-    return (vectors * xp.maximum(xp.abs(eigenvalues), floor)) @ vectors.T
 
 
 def _difference(t, s, like):

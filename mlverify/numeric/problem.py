@@ -286,6 +286,8 @@ class NumericProblem:
         _check_solve_options(solve_options)
         tol = solve_options.setdefault("tol", DEFAULT_TOL)
         max_iter = solve_options.setdefault("max_iter", 100)
+        if self._nested_rules(method, options):
+            self._check_affordable()  # before the solve: its hypergradient would not fit
         start = self._start(x1, solve_options.get("init"))
         # The compiled paths where nothing asks for the Python-side solve (a multistart, or
         # gradient descent).
@@ -401,9 +403,23 @@ class NumericProblem:
         return self._frozen_fn(method, options)(flat)
 
     def _frozen_fn(self, method, options):
-        """The compiled ``_frozen_builder(method, options)``, cached per method and options."""
+        """The compiled ``_frozen_builder(method, options)``, cached per method and options;
+        on the nested rules checked by `_check_affordable` before it is built."""
         key = ("frozen", method, _options_key(options))
-        return self._jit(key, lambda: self._frozen_builder(method, dict(options)))
+
+        def build():
+            return self._frozen_builder(method, dict(options))
+
+        return self._jit(key, self._affordable(build) if self._nested_rules(method, options)
+                         else build)
+
+    def _nested_rules(self, method, options) -> bool:
+        """Whether ``method`` with ``options`` builds its hypergradient on the nested
+        best-response rules (`mlverify.numeric.implicit`): every method but ITD and finite
+        differences, except the exact one with default options where every lower block is
+        dense (the stacked program)."""
+        return method not in ("itd", "fd") and not (
+            method == "exact" and not options and stacked.applicable(self.sizes))
 
     def _check_affordable(self):
         """CostError, naming the depth and the cheaper methods, before a deep lower-solve

@@ -55,7 +55,7 @@ import numpy as np
 from jax.scipy.linalg import lu_factor, lu_solve
 
 from .. import checks
-from .implicit import DENSE_LIMIT, absolute
+from .implicit import DENSE_LIMIT
 
 sg = jax.lax.stop_gradient
 
@@ -413,22 +413,23 @@ def _block_step(evaluated, blocks, first):
     Block elimination from the top: level $k$ takes its own Newton step
     $c_k = -H_k^{-1} \Phi_k$ and follows the moves above it by its best-response tangent
     (Lemma 3.1), $\delta_k = c_k + \dot y_k(\delta_{<k})$, the tangent from the
-    Jacobian's rows and columns of levels $\ge k$. Where $H_k$ is not positive definite it
-    steps with $V \lvert\Lambda\rvert V^\top$ instead (`mlverify.numeric.implicit.absolute`:
-    the globalisation, never a formula's value; the solved levels are checked positive
-    definite). Unlike Newton's step on the whole stacked system, a lower level's error
-    reaches the levels above one step late; from a cold start that is what converges
-    (blocks of 4, 5 levels: the full step stalled)."""
+    Jacobian's rows and columns of levels $\ge k$. The own step is taken with
+    $V \max(\lvert\Lambda\rvert, 10^{-12} \lVert H_k \rVert) V^\top$ from $H_k = V \Lambda
+    V^\top$: Newton's step where $H_k$ is positive definite (and not degenerate), a descent
+    step where it is not (the globalisation, never a formula's value; the solved levels are
+    checked positive definite). Unlike Newton's step on the whole stacked system, a lower
+    level's error reaches the levels above one step late; from a cold start that is what
+    converges (blocks of 4, 5 levels: the full step stalled)."""
     conditions, jacobian = evaluated["conditions"], evaluated["jacobian"]
     delta, at, size = [], 0, jnp.zeros((), jnp.float64)
     for i, (k, phi) in enumerate(zip(range(first, len(blocks)), conditions, strict=True)):
         h = evaluated["hessians"][i]
-        h = 0.5 * (h + h.T)
-        definite = jnp.all(jnp.isfinite(jnp.linalg.cholesky(h)))
-        step = -jnp.linalg.solve(jnp.where(definite, h, absolute(h, jnp)), phi)
+        eigenvalues, vectors = jnp.linalg.eigh(0.5 * (h + h.T))
+        floor = 1e-12 * jnp.maximum(jnp.max(jnp.abs(eigenvalues)), 1e-300)
+        step = -vectors @ ((vectors.T @ phi) / jnp.maximum(jnp.abs(eigenvalues), floor))
         if i:
-            follow = jnp.linalg.solve(jacobian[at:, at:],
-                                      -jacobian[at:, :at] @ jnp.concatenate(delta))
+            follow = lu_solve(lu_factor(jacobian[at:, at:]),
+                              -jacobian[at:, :at] @ jnp.concatenate(delta))
             step = step + follow[:phi.size]
         delta.append(step)
         at += phi.size
