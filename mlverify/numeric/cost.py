@@ -18,8 +18,9 @@ to compile it grow geometrically with $n$. Two kinds of program, two calibration
 extends it past the last measured depth by the last measured growth per level. It is
 calibrated on blocks of 4: other block sizes and objectives cost more or less.
 `check_affordable` compares the prediction with the memory this process may use
-(`memory_limit`) and raises `CostError` naming the depth and what costs less, instead of
-letting XLA exhaust the machine.
+(`memory_limit`; a depth known only by a lower bound planned at `UNKNOWN_MARGIN` times it)
+and raises `CostError` naming the depth and what costs less, instead of letting XLA
+exhaust the machine.
 """
 
 from __future__ import annotations
@@ -30,13 +31,16 @@ from dataclasses import dataclass
 from ..errors import CostError
 
 __all__ = ["CALIBRATION", "LOWER_BOUNDS", "NESTED_CALIBRATION", "NESTED_LOWER_BOUNDS",
-           "CostError", "CostEstimate", "check_affordable", "memory_limit", "predict_exact"]
+           "UNKNOWN_MARGIN", "CostError", "CostEstimate", "check_affordable", "memory_limit",
+           "predict_exact"]
 
 #: First call of the exact hypergradient on the stacked program (trace, compile, joint solve,
 #: checks, hypergradient) against the number of levels n: (seconds, peak resident memory in
 #: GB), blocks of 4, the benchmark's non-quadratic family, 2-core AMD EPYC
-#: (benchmarks/results/deep_jax.md, 2026-12-07, XLA level 0 from 4 levels).
-CALIBRATION = {3: (0.6, 0.40), 4: (1.3, 0.48), 5: (3.1, 0.66), 6: (12.3, 1.19), 7: (87.1, 5.14)}
+#: (benchmarks/results/deep_jax.md, 2026-12-07 05:18 UTC, XLA level 0 from 4 levels; the
+#: program is the joint solve's step, `stacked.Newton.iterate`).
+CALIBRATION = {3: (0.8, 0.45), 4: (1.5, 0.53), 5: (3.8, 0.73), 6: (18.3, 1.31),
+               7: (106.4, 5.11)}
 #: Depths whose measured first call on the stacked program did not finish (none measured).
 LOWER_BOUNDS: dict[int, tuple[float, float]] = {}
 #: The same first call on the nested best-response program (the exact formula before the
@@ -52,17 +56,23 @@ PROGRAMS = ("stacked", "nested")
 MEMORY_VARIABLE = "MLVERIFY_MEMORY_LIMIT"
 #: Plan for at most this share of the memory available.
 MEMORY_SHARE = 0.8
+#: A depth known only by a lower bound (its measured run ran out of memory there) is refused
+#: unless the limit is at least this many times the bound: what it needs beyond the bound is
+#: unknown (the nested rules' program grew 5.4x and 7.3x per level up to 5 levels).
+UNKNOWN_MARGIN = 2.0
 
 
 @dataclass(frozen=True)
 class CostEstimate:
     """A predicted first call: ``seconds`` and peak ``memory_gb`` on the calibration machine,
-    and ``basis``, what the numbers rest on (measured or extrapolated)."""
+    ``basis``, what the numbers rest on (measured or extrapolated), and ``lower_bound``:
+    whether they are only a lower bound (a measured run ran out of memory)."""
 
     levels: int
     seconds: float
     memory_gb: float
     basis: str
+    lower_bound: bool = False
 
 
 def predict_exact(n: int, program: str = "stacked") -> CostEstimate:
@@ -80,7 +90,7 @@ def predict_exact(n: int, program: str = "stacked") -> CostEstimate:
     if n in bounds:
         seconds, memory = bounds[n]
         return CostEstimate(n, seconds, memory, "at least: the measured run (blocks of 4) ran "
-                            f"out of memory at {memory:g} GB")
+                            f"out of memory at {memory:g} GB", lower_bound=True)
     points = {**calibration, **bounds}
     known = sorted(points)
     if n < known[0]:
@@ -93,7 +103,8 @@ def predict_exact(n: int, program: str = "stacked") -> CostEstimate:
     return CostEstimate(
         n, points[last][0] * time_growth**steps, points[last][1] * memory_growth**steps,
         f"extrapolated from n = {last} by x{time_growth:.1f} time and x{memory_growth:.1f} "
-        "memory per level (blocks of 4)")
+        "memory per level (blocks of 4)" + (", from a lower bound" if last in bounds else ""),
+        lower_bound=last in bounds)
 
 
 def memory_limit() -> float:
@@ -131,7 +142,8 @@ def check_affordable(n: int, program: str = "stacked") -> CostEstimate:
     exceeds `memory_limit`: the error names the depth and what costs less."""
     estimate = predict_exact(n, program)
     limit = memory_limit()
-    if estimate.memory_gb > limit:
+    needed = estimate.memory_gb * (UNKNOWN_MARGIN if estimate.lower_bound else 1.0)
+    if needed > limit:
         if program == "stacked":
             what = "the lower solve and exact hypergradient"
             cheaper = ("Every method solves the lower levels on this one program. Cheaper: "
@@ -144,8 +156,11 @@ def check_affordable(n: int, program: str = "stacked") -> CostEstimate:
                        "block is dense (one stacked program, which grows far slower), the "
                        "problem declared in sympy, or fewer levels")
         raise CostError(
-            f"{what} of {n} levels is predicted to need about {estimate.memory_gb:.1f} GB to "
-            f"compile ({estimate.basis}), more than the {limit:.1f} GB this process may use "
+            f"{what} of {n} levels is predicted to need "
+            + (f"more than {estimate.memory_gb:.1f} GB (planned as {needed:.1f} GB, what it "
+               "needs beyond the bound unknown)" if estimate.lower_bound
+               else f"about {estimate.memory_gb:.1f} GB")
+            + f" to compile ({estimate.basis}), more than the {limit:.1f} GB this process may use "
             f"({MEMORY_VARIABLE} sets it). {cheaper}",
             levels=n, predicted_gb=estimate.memory_gb, limit_gb=limit)
     return estimate
