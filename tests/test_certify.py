@@ -365,3 +365,32 @@ def test_a_krawczyk_failure_on_values_that_are_not_finite_names_their_level():
     # where everything is finite the same system proves the zero
     inside = krawczyk(system, [arb(0.0)], [0.0, 0.0])
     assert inside.ok
+
+
+def test_the_mpmath_arithmetic_serves_the_hessians_and_the_krawczyk_test():
+    """mpmath's interval arithmetic takes flint balls as the intervals of their end points
+    (they used to enter as their midpoints, or fail): its Hessian enclosures over a box hold
+    the float Hessians at points of the box, and its Krawczyk enclosure holds the lower
+    solution the flint one holds. A misspelled arithmetic is named."""
+    from flint import arb
+
+    from mlverify.certify.system import CertifiedSystem, krawczyk
+
+    x1, x2 = sp.symbols("x1 x2")
+    f2 = (x2 - x1) ** 2 + sp.sin(x2) / 10 + sp.Rational(1, 3) * x2**4
+    prob = mv.MultilevelProblem([mv.Level(x1, x1**2 + x2**2), mv.Level(x2, f2)])
+    system = CertifiedSystem(prob, arithmetic="mpmath")
+    box_x1, box_x2 = arb(0.5, 0.1), arb(0.45, 0.1)
+    h22 = system.hessian_blocks([box_x1], [box_x2])[0][0][0]
+    d22 = sp.lambdify((x1, x2), sp.diff(f2, x2, 2))
+    for a in np.linspace(0.4, 0.6, 5):
+        for b in np.linspace(0.35, 0.55, 5):
+            assert h22.contains(arb(float(d22(a, b))))
+    proven = krawczyk(system, [arb(0.5, 0.01)], [0.45])
+    reference = krawczyk(CertifiedSystem(prob), [arb(0.5, 0.01)], [0.45])
+    assert proven.ok and reference.ok
+    solution = np.ravel(prob.solve_lower([0.5])[0])[0]
+    assert proven.z[0].contains(arb(float(solution))) and reference.z[0].contains(
+        arb(float(solution)))
+    with pytest.raises(ValueError, match="unknown arithmetic 'flnt'.*flint, mpmath"):
+        CertifiedSystem(prob, arithmetic="flnt")

@@ -32,6 +32,7 @@ class Arithmetic:
     binary: object  # (mantissa, exponent) -> exact number or enclosure of m * 2^e
     constants: dict  # "pi", "E" -> enclosure
     power: object  # (enclosure, integer e >= 0) -> enclosure of its e-th power
+    enclose: object = None  # an input (flint ball or number) -> an enclosure of it
 
 
 def _flint_arithmetic() -> Arithmetic:
@@ -53,9 +54,29 @@ def _flint_arithmetic() -> Arithmetic:
 
 
 def _as_arb(value):
+    """``value`` as a flint ball that contains it: an mpmath interval (the ``"mpmath"``
+    arithmetic) becomes the hull of its two end points, each exact (mantissa times a power
+    of two), so nothing is rounded inward."""
     from flint import arb
 
-    return value if isinstance(value, arb) else arb(value)
+    if isinstance(value, arb):
+        return value
+    ends = getattr(value, "_mpi_", None)  # an mpmath.iv number: its raw end points
+    if ends is not None:
+        return _exact_arb(ends[0]).union(_exact_arb(ends[1]))
+    return arb(value)
+
+
+def _exact_arb(raw):
+    """A raw mpmath float (``mpmath.libmp`` tuple: sign, mantissa, exponent, bits) as an
+    exact flint ball; infinities and NaN as flint's."""
+    from flint import arb
+    from mpmath import libmp
+
+    sign, man, exp, _ = raw
+    if not man and exp:  # inf, -inf, nan
+        return arb(libmp.to_float(raw))
+    return (-1) ** sign * arb(int(man)) * arb(2) ** int(exp)
 
 
 def arb_power(value, e: int):
@@ -105,7 +126,30 @@ def _mpmath_arithmetic() -> Arithmetic:
         binary=lambda m, e: iv.ldexp(iv.mpf(m), e),
         constants={"pi": lambda: iv.pi, "E": lambda: iv.e},
         power=lambda a, e: a**e,
+        enclose=_as_interval,
     )
+
+
+def _as_interval(value):
+    """An input as an mpmath interval that contains it: a flint ball becomes the interval of
+    its exact end points (a ball passed as is would enter an interval operation as its
+    midpoint alone)."""
+    from flint import arb
+    from mpmath import iv
+
+    if not isinstance(value, arb):
+        return value
+    return iv.mpf([_exact_mpf(value.lower()), _exact_mpf(value.upper())])
+
+
+def _exact_mpf(point):
+    """An exact flint ball of radius 0 as an mpmath float (exactly; infinities as floats)."""
+    import mpmath
+
+    if not point.is_finite():
+        return mpmath.mpf(float(point))
+    man, exp = point.man_exp()
+    return mpmath.mpf((int(man), int(exp)))
 
 
 #: The arithmetics a `Program` runs on, by name, each a function making its `Arithmetic`:
@@ -182,6 +226,9 @@ class Program:
     """
 
     def __init__(self, graph, outputs, arithmetic: str = "flint"):
+        if arithmetic not in ARITHMETICS:
+            raise ValueError(f"unknown arithmetic {arithmetic!r}; the arithmetics are: "
+                             f"{', '.join(ARITHMETICS)}")
         self.arithmetic = ARITHMETICS[arithmetic]()
         assignments, exprs = straight_line(graph, list(outputs))
         names = {v: f"_x{i}" for i, v in enumerate(graph.variables)}
@@ -200,4 +247,5 @@ class Program:
         self._function = namespace["_program"]
 
     def __call__(self, values):
-        return self._function(*values)
+        enclose = self.arithmetic.enclose
+        return self._function(*(values if enclose is None else map(enclose, values)))

@@ -88,12 +88,15 @@ class CertifiedSystem:
         problem: A declared ``MultilevelProblem`` (its derivation with the curvature
             terms is compiled).
         arithmetic: The rigorous arithmetic of the programs, a key of
-            `mlverify.certify.programs.ARITHMETICS`: ``"flint"`` (ball arithmetic, what
-            `hessian_blocks` and the Krawczyk test use) or ``"mpmath"``.
+            `mlverify.certify.programs.ARITHMETICS`: ``"flint"`` (ball arithmetic, the
+            default) or ``"mpmath"`` (interval arithmetic: its programs take flint balls as
+            the intervals of their end points and return flint balls to `hessian_blocks` and
+            the Krawczyk test, so either runs them).
 
     Raises:
         ProblemDefinitionError: An objective uses a function that has no rigorous
             enclosure in the arithmetic.
+        ValueError: An unknown ``arithmetic``.
     """
 
     def __init__(self, problem: MultilevelProblem, arithmetic: str = "flint"):
