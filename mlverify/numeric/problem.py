@@ -287,7 +287,9 @@ class NumericProblem:
         tol = solve_options.setdefault("tol", DEFAULT_TOL)
         max_iter = solve_options.setdefault("max_iter", 100)
         if self._nested_rules(method, options):
-            self._check_affordable()  # before the solve: its hypergradient would not fit
+            # built (and checked by the cost model) once, before the first solve: a program
+            # that would not fit is refused before the solve, not after it
+            self._frozen_fn(method, options)
         start = self._start(x1, solve_options.get("init"))
         # The compiled paths where nothing asks for the Python-side solve (a multistart, or
         # gradient descent).

@@ -96,10 +96,10 @@ def evaluation(objectives: Sequence[Callable], sizes: Sequence[int], first: int 
 
 
 def packed_evaluation(objectives: Sequence[Callable], sizes: Sequence[int], first: int = 1):
-    """`evaluation` on one flat vector of all blocks, returning `pack`'s flat vector: one
-    transfer each way per call (what the Python-driven solve calls again and again; at 3
-    levels the per-call overhead of the dict of arrays was most of a call). `unpack`
-    turns the result back into `evaluation`'s dict."""
+    """`evaluation` on one flat vector of all blocks, returning `pack`'s flat vector: what
+    `Newton`'s state carries from step to step, and one transfer back (at 3 levels the
+    per-call overhead of a dict of arrays was most of a call). `unpack` turns it back into
+    `evaluation`'s dict."""
     run, split = evaluation(objectives, sizes, first), _offsets(sizes)
 
     def packed(flat):
@@ -318,8 +318,7 @@ def newton(iterate, state: dict, tol: float, max_iter: int):
     """`Newton` driven from Python from ``state`` (`Newton.start`), ``iterate`` its compiled
     `Newton.iterate`, until the state is done: ``(solution, packed evaluation there,
     steps)``, on the device."""
-    state = iterate(state, tol, max_iter)
-    while not bool(state["done"]):
+    while not bool(state["done"]):  # a start state is never done
         state = iterate(state, tol, max_iter)
     return state["base"], state["out"], state["steps"]
 
