@@ -7,6 +7,8 @@ fourth-order finite differences of F_1 with tightly solved lower levels."""
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,8 +55,9 @@ def test_the_stacked_conditions_are_the_nested_formulas_at_any_iterate(sizes):
     core = ImplicitCore(fs, sizes)
     rng = np.random.default_rng(1)
     xs = tuple(jnp.asarray(rng.normal(size=s) * 0.5) for s in sizes)
-    for first in range(1, len(sizes)):
-        evaluated = jax.jit(stacked.evaluation(fs, sizes, first))(xs)
+    for first, differentiable in itertools.product(range(1, len(sizes)), (True, False)):
+        evaluate = stacked.evaluation(fs, sizes, first, differentiable=differentiable)
+        evaluated = jax.jit(evaluate)(xs)
         top = core.reduced_gradient_at(first - 1, xs) if first > 1 else \
             core.hypergradient_frozen(xs, LinearSolve("auto"))
         assert rel_err(evaluated["gradient"], top) < 1e-13
@@ -62,6 +65,30 @@ def test_the_stacked_conditions_are_the_nested_formulas_at_any_iterate(sizes):
             g, h = core.reduced_gradient_hessian(k, xs, LinearSolve(), True)
             assert rel_err(evaluated["conditions"][i], g) < 1e-13
             assert rel_err(evaluated["hessians"][i], h) < 1e-13
+
+
+@pytest.mark.parametrize("sizes", SIZES[1:3], ids=lambda s: "x".join(map(str, s)))
+def test_the_differentiable_stacked_hypergradient_has_the_formulas_derivative(sizes):
+    """The pure exact function (`evaluation`, differentiable) differentiated in every block
+    at random iterates: the derivative of the nested best responses' formula there (its
+    anchors moving with the iterates), to round-off."""
+    fs = family(sizes, seed=3)
+    core = ImplicitCore(fs, sizes)
+    rng = np.random.default_rng(2)
+    flat = jnp.asarray(rng.normal(size=sum(sizes)) * 0.5)
+    split = np.cumsum(sizes)[:-1].tolist()
+    evaluate = stacked.evaluation(fs, sizes, 1)
+
+    def stacked_value(v):
+        return evaluate(tuple(jnp.split(v, split)))["gradient"]
+
+    def nested_value(v):
+        return core.hypergradient_frozen(tuple(jnp.split(v, split)), LinearSolve("auto"))
+
+    got = jax.jit(jax.jacfwd(stacked_value))(flat)
+    want = jax.jit(jax.jacfwd(nested_value))(flat)
+    assert np.all(np.isfinite(want)) and np.max(np.abs(want)) > 1e-3
+    assert rel_err(got, want) < 1e-12
 
 
 def test_schur_hessians_are_the_reduced_curvature_of_a_quadratic():

@@ -36,7 +36,11 @@ METHODS = ("exact", "no-curvature", "cg", "neumann", "itd", "fd")
 #: steeply with $n$ and XLA's LLVM optimisation dominates its compile time; at $n = 5$, blocks
 #: of 4, level 0 cut compile from ~29 s to ~11 s with run time unchanged (0.5 ms), since
 #: the work is many small ops rather than tight loops (benchmarks/results/numeric.md).
-COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+#: XLA:CPU's fusion emitters off: the joint solve's step (blocks of 4) compiled in 1.2 /
+#: 5.1 / 37 s instead of 2.6 / 8.9 / 65 s at 5 / 6 / 7 levels, peak memory 3.6 GB instead
+#: of 5.2 at 7, the same values to the last bit and run time within noise.
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+                    "xla_cpu_use_fusion_emitters": False}
 
 #: How often ITD's default inner steps are halved after its unrolled steps diverged.
 ITD_HALVINGS = 10

@@ -66,7 +66,8 @@ def applicable(sizes: Sequence[int], first: int = 1) -> bool:
     return all(size <= DENSE_LIMIT for size in sizes[first:])
 
 
-def evaluation(objectives: Sequence[Callable], sizes: Sequence[int], first: int = 1):
+def evaluation(objectives: Sequence[Callable], sizes: Sequence[int], first: int = 1, *,
+               differentiable: bool = True):
     r"""A pure function ``blocks -> dict`` at the flat ``blocks`` (all $n$), for the levels
     ``first .. n-1`` (0-based) below level ``top = first - 1``:
 
@@ -77,6 +78,11 @@ def evaluation(objectives: Sequence[Callable], sizes: Sequence[int], first: int 
       joint system);
     - ``hessians``: the tuple of $H_k = D_{kk} F_k$, $k$ = ``first .. n-1`` (Schur
       complements of ``jacobian``; not symmetrised).
+
+    ``differentiable=False``: the values alone, for a caller that does not differentiate
+    them (the joint solve). $\Phi_{top}$ is then solved from the Jacobian the evaluation
+    forms anyway, where its derivative would need the transposed linear map of $P_{first}$
+    (the largest piece of the program: a quarter of it at 6 levels, blocks of 4).
     """
     fs, sizes = tuple(objectives), tuple(int(s) for s in sizes)
     n, top = len(fs), first - 1
@@ -85,7 +91,7 @@ def evaluation(objectives: Sequence[Callable], sizes: Sequence[int], first: int 
 
     def run(blocks):
         blocks = tuple(blocks)
-        gradient, lower, jacobian = _level(fs, sizes, top, blocks)
+        gradient, lower, jacobian = _level(fs, sizes, top, blocks, differentiable)
         square = jacobian[:, sizes[top]:]
         return {"gradient": gradient,
                 "conditions": tuple(jnp.split(lower, _offsets(sizes[first:]))),
@@ -95,12 +101,14 @@ def evaluation(objectives: Sequence[Callable], sizes: Sequence[int], first: int 
     return run
 
 
-def packed_evaluation(objectives: Sequence[Callable], sizes: Sequence[int], first: int = 1):
+def packed_evaluation(objectives: Sequence[Callable], sizes: Sequence[int], first: int = 1,
+                      *, differentiable: bool = True):
     """`evaluation` on one flat vector of all blocks, returning `pack`'s flat vector: what
     `Newton`'s state carries from step to step, and one transfer back (at 3 levels the
     per-call overhead of a dict of arrays was most of a call). `unpack` turns it back into
     `evaluation`'s dict."""
-    run, split = evaluation(objectives, sizes, first), _offsets(sizes)
+    run = evaluation(objectives, sizes, first, differentiable=differentiable)
+    split = _offsets(sizes)
 
     def packed(flat):
         return pack(run(tuple(jnp.split(flat, split))))
@@ -162,9 +170,10 @@ def _stack(fs, sizes, k, blocks):
     return jnp.concatenate([gradient, lower])
 
 
-def _level(fs, sizes, k, blocks):
+def _level(fs, sizes, k, blocks, differentiable=True):
     r"""$(\Phi_k, P_{k+1}, D P_{k+1})$ at ``blocks``, the Jacobian in $x_k, \dots, x_{n-1}$
-    (held constant: it factors the solve; derivatives go through the linear map)."""
+    (held constant: it factors the solve; derivatives go through the linear map).
+    ``differentiable=False``: $\Phi_k$ from the Jacobian alone (its value, no derivative)."""
     split = _offsets(sizes[k:])
 
     def unpack(z):
@@ -180,9 +189,18 @@ def _level(fs, sizes, k, blocks):
     def linear(t):
         return partial(t)
 
-    jacobian = sg(jax.vmap(linear, out_axes=1)(jnp.eye(z.shape[0], dtype=z.dtype)))
+    held = jax.tree.map(sg, partial)
+
+    def constant(t):
+        return held(t)
+
+    jacobian = jax.vmap(constant, out_axes=1)(jnp.eye(z.shape[0], dtype=z.dtype))
     own, rest = jacobian[:, :d], jacobian[:, d:]
     factors = lu_factor(rest)
+    gradient_z = jax.grad(lambda w: fs[k](unpack(w)))(z)
+    if not differentiable:
+        lam = lu_solve(factors, gradient_z[d:], trans=1)
+        return gradient_z[:d] - own.T @ lam, lower, jacobian
     transpose = jax.linear_transpose(linear, z)
 
     # One linear system for (Phi_k, lambda_k): A (phi, lam) = J^T lam + (phi; 0) = D_z f_k.
@@ -199,7 +217,6 @@ def _level(fs, sizes, k, blocks):
         head = c[:d]
         return jnp.concatenate([head, lu_solve(factors, c[d:] - own @ head, trans=0)])
 
-    gradient_z = jax.grad(lambda w: fs[k](unpack(w)))(z)
     unknown = jax.lax.custom_linear_solve(matvec, gradient_z, solve=solve,
                                           transpose_solve=transpose_solve)
     return unknown[:d], lower, jacobian
@@ -240,7 +257,7 @@ class Newton:
     start."""
 
     def __init__(self, objectives: Sequence[Callable], sizes: Sequence[int], first: int = 1):
-        self.packed = packed_evaluation(objectives, sizes, first)
+        self.packed = packed_evaluation(objectives, sizes, first, differentiable=False)
         self.sizes, self.first = tuple(int(s) for s in sizes), first
         self.top = sum(self.sizes[:first])
         self.halvings, self.relaxed_steps = HALVINGS, RELAXED_STEPS
