@@ -106,7 +106,7 @@ def program_worker(n: int, kind: str) -> dict:
     conditions, their Jacobian and Hessians) or ``nested`` (the nested best-response rules'
     frozen exact hypergradient, `ImplicitCore.hypergradient_frozen`); trace (lowering),
     XLA compile, program size (characters of StableHLO) and one run (median of 5), each as
-    the package compiles it (XLA level 0 from 4 levels). Printed as JSON by
+    the package compiles it (XLA level 0, fusion emitters off, from 3 levels). Printed as JSON by
     ``--program-worker``."""
     import statistics
 
@@ -130,7 +130,7 @@ def program_worker(n: int, kind: str) -> dict:
     else:
         def program(b):
             return problem.core.hypergradient_frozen(b, LinearSolve("auto"))
-    fn = jax.jit(program, compiler_options=COMPILER_OPTIONS if n >= 4 else None)
+    fn = jax.jit(program, compiler_options=COMPILER_OPTIONS if n >= 3 else None)
     begin = time.perf_counter()
     lowered = fn.lower(blocks)
     traced = time.perf_counter()

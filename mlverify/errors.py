@@ -96,7 +96,8 @@ class UnboundedLevelError(MlverifyError, ArithmeticError):
 class CostError(MlverifyError, MemoryError):
     """An exact program of this many levels is predicted to need more memory than the process
     may use (``mlverify.numeric.cost``); ``levels``, ``predicted_gb`` and ``limit_gb`` hold
-    the numbers. Raised before anything is built."""
+    the numbers. Raised before XLA compiles it: from the depth alone, or from the size of
+    its traced program."""
 
     def __init__(self, message: str, *, levels: int, predicted_gb: float, limit_gb: float):
         self.levels = levels

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from mlverify.numeric import NumericProblem, cost
@@ -103,3 +106,50 @@ def test_a_depth_known_only_by_a_lower_bound_is_planned_with_a_margin(monkeypatc
     assert cost.check_affordable(6, "stacked").memory_gb < 16
     monkeypatch.setenv(cost.MEMORY_VARIABLE, "30")
     assert cost.check_affordable(6, "nested").lower_bound
+
+
+def test_the_program_prediction_is_the_upper_envelope_of_the_measurements():
+    envelope_seconds = envelope_memory = 0.0
+    for size, seconds, memory in sorted(cost.PROGRAM_CALIBRATION):
+        envelope_seconds, envelope_memory = max(envelope_seconds, seconds), max(envelope_memory,
+                                                                                memory)
+        estimate = cost.predict_program(size, 5)
+        assert estimate.seconds == pytest.approx(envelope_seconds, rel=1e-12)
+        assert estimate.memory_gb == pytest.approx(envelope_memory, rel=1e-12)
+        # never below what this program was measured at
+        assert estimate.seconds >= seconds and estimate.memory_gb >= memory
+    sizes = [int(s) for s in 10 ** np.linspace(2, 6.5, 60)]
+    predictions = [cost.predict_program(s, 5) for s in sizes]
+    assert all(a.memory_gb <= b.memory_gb and a.seconds <= b.seconds
+               for a, b in itertools.pairwise(predictions))
+    largest = max(p[0] for p in cost.PROGRAM_CALIBRATION)
+    beyond = cost.predict_program(4 * largest, 7)
+    assert beyond.memory_gb > 2 * envelope_memory and "extrapolated" in beyond.basis
+    assert beyond.levels == 7
+
+
+def _three_levels():
+    def objective(k):
+        return lambda xs: 0.5 * jnp.sum(xs[k] ** 2) + 0.1 * jnp.sum(xs[k]) * sum(
+            jnp.sum(jnp.tanh(x)) for m, x in enumerate(xs) if m != k)
+
+    return NumericProblem([objective(k) for k in range(3)], [jnp.zeros(2) for _ in range(3)])
+
+
+def test_a_traced_program_past_the_memory_limit_is_refused_before_xla_compiles_it(monkeypatch):
+    """Below 5 levels the depth alone rules nothing out; the traced program is measured
+    before it is compiled, whatever its objectives."""
+    monkeypatch.setenv(cost.MEMORY_VARIABLE, "0.05")
+    problem = _three_levels()
+    with pytest.raises(cost.CostError) as info:
+        problem.hypergradient(jnp.zeros(2), "exact")
+    assert info.value.levels == 3 and info.value.limit_gb == 0.05
+    assert "3 levels" in str(info.value) and "equations" in str(info.value)
+    (program,) = [p for p in problem._jit_cache.values() if isinstance(p, cost.CheckedProgram)]
+    assert program.jitted._cache_size() == 0  # traced, never compiled
+    # within the limit the same program compiles once and is measured once
+    monkeypatch.setenv(cost.MEMORY_VARIABLE, "8")
+    value = problem.hypergradient(jnp.zeros(2), "exact")
+    assert program.jitted._cache_size() == 1 and program.estimate is not None
+    assert "equations" in program.estimate.basis
+    assert value.shape == (2,)

@@ -25,14 +25,16 @@ exhaust the machine.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 from ..errors import CostError
 
 __all__ = ["CALIBRATION", "LOWER_BOUNDS", "NESTED_CALIBRATION", "NESTED_LOWER_BOUNDS",
-           "UNKNOWN_MARGIN", "CostError", "CostEstimate", "check_affordable", "memory_limit",
-           "predict_exact"]
+           "PROGRAM_CALIBRATION", "UNKNOWN_MARGIN", "CheckedProgram", "CostError",
+           "CostEstimate", "check_affordable", "check_program", "memory_limit",
+           "predict_exact", "predict_program"]
 
 #: First call of the exact hypergradient on the stacked program (trace, compile, joint solve,
 #: checks, hypergradient) against the number of levels n: (seconds, peak resident memory in
@@ -50,6 +52,17 @@ NESTED_CALIBRATION = {3: (1.4, 0.51), 4: (5.1, 0.74), 5: (41.8, 1.94)}
 #: Depths whose nested program ran out of memory: (seconds, GB) when it did, lower bounds (6
 #: levels: bad_alloc at 12.9 GB after 488 s, while compiling the joint solve's program).
 NESTED_LOWER_BOUNDS = {6: (488.0, 12.9)}
+#: Tracing, lowering and compiling the joint solve's step (`stacked.Newton.iterate`, jit with
+#: `COMPILER_OPTIONS`) against the size of its traced program: (top-level jaxpr equations,
+#: seconds, peak resident memory in GB of the whole process), 2-core AMD EPYC, 2026-12-07.
+#: Two families of 3 to 7 levels: the benchmark's (blocks of 4: 3..7 levels) and another
+#: (softplus, log1p-exp, cosh and Gaussian couplings, blocks (3, 3, 4, 5, 1, 1): 3..6 levels),
+#: whose programs are 2 to 4 times larger at the same depth. `predict_program` reads them as
+#: an upper envelope (neither seconds nor memory decreases with size).
+PROGRAM_CALIBRATION = ((599, 0.34, 0.34), (1597, 0.72, 0.36), (4782, 2.39, 0.40),
+                       (17048, 8.98, 0.73), (71652, 49.2, 3.62),
+                       (1108, 0.60, 0.36), (3873, 2.16, 0.42), (15497, 7.76, 0.77),
+                       (72301, 61.5, 4.32))
 #: The programs `predict_exact` knows.
 PROGRAMS = ("stacked", "nested")
 #: The environment variable that sets the memory (GB) a deep exact program may plan for.
@@ -144,23 +157,83 @@ def check_affordable(n: int, program: str = "stacked") -> CostEstimate:
     limit = memory_limit()
     needed = estimate.memory_gb * (UNKNOWN_MARGIN if estimate.lower_bound else 1.0)
     if needed > limit:
-        if program == "stacked":
-            what = "the lower solve and exact hypergradient"
-            cheaper = ("Every method solves the lower levels on this one program. Cheaper: "
-                       "the problem declared in sympy (a MultilevelProblem: its "
-                       "formulas run as compiled NumPy code, no JAX program), or fewer levels")
-        else:
-            what = "a hypergradient on the nested best-response rules (the approximate methods, "\
-                   "linear-solver options, blocks over the dense limit)"
-            cheaper = ("Cheaper: method='exact' with the default options where every lower "
-                       "block is dense (one stacked program, which grows far slower), the "
-                       "problem declared in sympy, or fewer levels")
-        raise CostError(
-            f"{what} of {n} levels is predicted to need "
-            + (f"more than {estimate.memory_gb:.1f} GB (planned as {needed:.1f} GB, what it "
-               "needs beyond the bound unknown)" if estimate.lower_bound
-               else f"about {estimate.memory_gb:.1f} GB")
-            + f" to compile ({estimate.basis}), more than the {limit:.1f} GB this process may use "
-            f"({MEMORY_VARIABLE} sets it). {cheaper}",
-            levels=n, predicted_gb=estimate.memory_gb, limit_gb=limit)
+        _refuse(estimate, needed, limit, program)
     return estimate
+
+
+def predict_program(equations: int, levels: int) -> CostEstimate:
+    """Tracing, lowering and compiling a stacked program of ``equations`` top-level
+    equations (its traced jaxpr) from `PROGRAM_CALIBRATION`: its upper envelope interpolated
+    in log-log between the measured sizes, beyond the largest extended by the growth from the
+    largest size at most half of it."""
+    points, seconds, memory = [], 0.0, 0.0
+    for size, s, m in sorted(PROGRAM_CALIBRATION):
+        seconds, memory = max(seconds, s), max(memory, m)
+        points.append((size, seconds, memory))
+    first, last = points[0], points[-1]
+    if equations <= first[0]:
+        return CostEstimate(levels, first[1], first[2],
+                            f"its {equations:,} equations, at most the measured {first[0]:,}")
+    if equations > last[0]:
+        a = max(p for p in points if p[0] <= last[0] / 2)
+        b, how = last, f"extrapolated from the measured {last[0]:,}"
+    else:
+        at = next(i for i, p in enumerate(points) if p[0] >= equations)
+        a, b, how = points[at - 1], points[at], "interpolated between measured programs"
+        if b[0] == equations:
+            return CostEstimate(levels, b[1], b[2], f"its {equations:,} equations, measured")
+    share = math.log(equations / a[0]) / math.log(b[0] / a[0])
+    return CostEstimate(levels, a[1] * (b[1] / a[1]) ** share, a[2] * (b[2] / a[2]) ** share,
+                        f"its {equations:,} equations, {how}")
+
+
+def check_program(equations: int, levels: int, program: str = "stacked") -> CostEstimate:
+    """`predict_program` for a traced program, or CostError where its memory exceeds
+    `memory_limit` (before XLA compiles it)."""
+    estimate = predict_program(equations, levels)
+    limit = memory_limit()
+    if estimate.memory_gb > limit:
+        _refuse(estimate, estimate.memory_gb, limit, program)
+    return estimate
+
+
+class CheckedProgram:
+    """A ``jax.jit`` function whose program is measured before its first compile: the first
+    call traces it (``jitted.trace``; the call reuses that trace), counts its equations and
+    raises CostError (`check_program`) where compiling it would need more memory than this
+    process may use. The depth alone (`check_affordable`) is calibrated on one family; what
+    a program costs depends on its objectives too (another family of 6 levels traced to 4x
+    the equations of the benchmark's and needed 4.3 GB where the benchmark's needs 0.7)."""
+
+    def __init__(self, jitted, levels: int, program: str = "stacked"):
+        self.jitted, self.levels, self.program = jitted, int(levels), program
+        self.estimate: CostEstimate | None = None
+
+    def __call__(self, *args):
+        if self.estimate is None:
+            traced = self.jitted.trace(*args)
+            self.estimate = check_program(len(traced.jaxpr.eqns), self.levels, self.program)
+        return self.jitted(*args)
+
+
+def _refuse(estimate: CostEstimate, needed: float, limit: float, program: str):
+    n = estimate.levels
+    if program == "stacked":
+        what = "the lower solve and exact hypergradient"
+        cheaper = ("Every method solves the lower levels on this one program. Cheaper: "
+                   "the problem declared in sympy (a MultilevelProblem: its "
+                   "formulas run as compiled NumPy code, no JAX program), or fewer levels")
+    else:
+        what = "a hypergradient on the nested best-response rules (the approximate methods, "\
+               "linear-solver options, blocks over the dense limit)"
+        cheaper = ("Cheaper: method='exact' with the default options where every lower "
+                   "block is dense (one stacked program, which grows far slower), the "
+                   "problem declared in sympy, or fewer levels")
+    raise CostError(
+        f"{what} of {n} levels is predicted to need "
+        + (f"more than {estimate.memory_gb:.1f} GB (planned as {needed:.1f} GB, what it "
+           "needs beyond the bound unknown)" if estimate.lower_bound
+           else f"about {estimate.memory_gb:.1f} GB")
+        + f" to compile ({estimate.basis}), more than the {limit:.1f} GB this process may use "
+        f"({MEMORY_VARIABLE} sets it). {cheaper}",
+        levels=n, predicted_gb=estimate.memory_gb, limit_gb=limit)
