@@ -39,10 +39,10 @@ __all__ = ["CALIBRATION", "LOWER_BOUNDS", "NESTED_CALIBRATION", "NESTED_LOWER_BO
 #: First call of the exact hypergradient on the stacked program (trace, compile, joint solve,
 #: checks, hypergradient) against the number of levels n: (seconds, peak resident memory in
 #: GB), blocks of 4, the benchmark's non-quadratic family, 2-core AMD EPYC
-#: (benchmarks/results/deep_jax.md, 2026-12-07 05:18 UTC, XLA level 0 from 4 levels; the
-#: program is the joint solve's step, `stacked.Newton.iterate`).
-CALIBRATION = {3: (0.8, 0.45), 4: (1.5, 0.53), 5: (3.8, 0.73), 6: (18.3, 1.31),
-               7: (106.4, 5.11)}
+#: (benchmarks/results/deep_jax.md, 2026-12-07 12:28 UTC, the deep compiler options from 3
+#: levels; the program is the joint solve's step, `stacked.Newton.iterate`).
+CALIBRATION = {3: (0.45, 0.35), 4: (0.93, 0.37), 5: (2.6, 0.41), 6: (11.6, 0.72),
+               7: (60.6, 3.55)}
 #: Depths whose measured first call on the stacked program did not finish (none measured).
 LOWER_BOUNDS: dict[int, tuple[float, float]] = {}
 #: The same first call on the nested best-response program (the exact formula before the
@@ -54,15 +54,17 @@ NESTED_CALIBRATION = {3: (1.4, 0.51), 4: (5.1, 0.74), 5: (41.8, 1.94)}
 NESTED_LOWER_BOUNDS = {6: (488.0, 12.9)}
 #: Tracing, lowering and compiling the joint solve's step (`stacked.Newton.iterate`, jit with
 #: `COMPILER_OPTIONS`) against the size of its traced program: (top-level jaxpr equations,
-#: seconds, peak resident memory in GB of the whole process), 2-core AMD EPYC, 2026-12-07.
-#: Two families of 3 to 7 levels: the benchmark's (blocks of 4: 3..7 levels) and another
-#: (softplus, log1p-exp, cosh and Gaussian couplings, blocks (3, 3, 4, 5, 1, 1): 3..6 levels),
-#: whose programs are 2 to 4 times larger at the same depth. `predict_program` reads them as
-#: an upper envelope (neither seconds nor memory decreases with size).
-PROGRAM_CALIBRATION = ((599, 0.34, 0.34), (1597, 0.72, 0.36), (4782, 2.39, 0.40),
-                       (17048, 8.98, 0.73), (71652, 49.2, 3.62),
-                       (1108, 0.60, 0.36), (3873, 2.16, 0.42), (15497, 7.76, 0.77),
-                       (72301, 61.5, 4.32))
+#: seconds, peak resident memory of the process in GB), 2-core AMD EPYC, 2026-12-07
+#: (benchmarks/results/program_cost.md). Two families: the benchmark's (blocks of 4, 3 to 7
+#: levels) and one with softplus, log(1 + e^t) of a bilinear form, cosh and Gaussian
+#: couplings (blocks (3, 3, 4, 5, 1, 1), 3 to 6 levels), whose programs are 1.4 to 3.2 times
+#: larger at the same depth and need more memory per equation. `predict_program` reads them
+#: as an upper envelope (neither seconds nor memory decreases with size).
+PROGRAM_CALIBRATION = (
+    (601, 0.39, 0.32), (1599, 0.95, 0.34), (4784, 2.38, 0.38), (17050, 9.37, 0.69),
+    (71654, 58.81, 3.45),
+    (868, 0.68, 0.34), (2925, 1.93, 0.41), (11670, 8.86, 0.79), (55311, 77.05, 5.91),
+)
 #: The programs `predict_exact` knows.
 PROGRAMS = ("stacked", "nested")
 #: The environment variable that sets the memory (GB) a deep exact program may plan for.
@@ -202,8 +204,9 @@ class CheckedProgram:
     call traces it (``jitted.trace``; the call reuses that trace), counts its equations and
     raises CostError (`check_program`) where compiling it would need more memory than this
     process may use. The depth alone (`check_affordable`) is calibrated on one family; what
-    a program costs depends on its objectives too (another family of 6 levels traced to 4x
-    the equations of the benchmark's and needed 4.3 GB where the benchmark's needs 0.7)."""
+    a program costs depends on its objectives too (another family of 6 levels traced to 3.2
+    times the equations of the benchmark's and needed 5.9 GB where the benchmark's needs
+    0.69)."""
 
     def __init__(self, jitted, levels: int, program: str = "stacked"):
         self.jitted, self.levels, self.program = jitted, int(levels), program

@@ -1,0 +1,145 @@
+"""What the joint solve's program costs against its size: the calibration of
+`mlverify.numeric.cost.PROGRAM_CALIBRATION`.
+
+For two families and each depth, in a fresh process: the joint solve's step
+(`stacked.Newton.iterate`, jit with the package's compiler options) traced, its top-level
+jaxpr equations counted, then lowered and compiled; seconds for trace, lowering and compile
+together, and the process's peak resident memory. The families:
+
+- ``bench``: the non-quadratic family of ``bench_deep_jax.py`` (blocks of 4; tanh couplings,
+  quartic and sine terms);
+- ``other``: softplus, log(1 + e^t) of a bilinear form, cosh and Gaussian couplings with block sizes cycling through
+  (3, 3, 4, 5, 1, 1): at the same depth its programs are several times larger.
+
+    python benchmarks/bench_program_cost.py --max-n 7 --other-max-n 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _machine import describe, markdown  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+OTHER_SIZES = (3, 3, 4, 5, 1, 1)
+
+
+def other_family(n: int, seed: int = 1):
+    """Softplus, log(1 + e^t) of a bilinear form, cosh and Gaussian couplings, each level
+    inside the nonlinearity with every other; blocks cycling through `OTHER_SIZES`."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from mlverify.numeric import NumericProblem
+
+    sizes = [OTHER_SIZES[k % len(OTHER_SIZES)] for k in range(n)]
+    rng = np.random.default_rng(seed)
+    targets = [jnp.asarray(rng.normal(size=d) / 2) for d in sizes]
+    weights = {(k, m): jnp.asarray(rng.normal(size=(sizes[m], sizes[k])) / 3)
+               for k in range(n) for m in range(n) if m != k}
+
+    def objective(k):
+        def f(xs):
+            x = xs[k]
+            value = 0.5 * jnp.sum((x - targets[k]) ** 2) + 0.1 * jnp.sum(jnp.cosh(x / 2))
+            for m in range(n):
+                if m == k:
+                    continue
+                near = xs[m] @ weights[(k, m)]
+                value = value + 0.2 * jnp.sum(jax.nn.softplus(near) * x)
+                value = value + 0.05 * jnp.log1p(jnp.exp(near @ x))
+                if m > k:
+                    value = value + 0.1 * jnp.exp(-jnp.sum((near - x) ** 2) / 4)
+            return value
+
+        return f
+
+    return NumericProblem([objective(k) for k in range(n)], [jnp.zeros(d) for d in sizes])
+
+
+def worker(n: int, family: str) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from bench_deep_jax import family as bench_family
+    from mlverify.numeric import stacked
+    from mlverify.numeric.problem import COMPILER_OPTIONS
+
+    problem = bench_family(n) if family == "bench" else other_family(n)
+    blocks = problem._start(jnp.full(problem.sizes[0], 0.1), None)
+    flat = jnp.concatenate([jnp.ravel(b) for b in blocks])
+    state = stacked.compiled_start(tuple(problem.sizes), 1)(flat)
+    fn = jax.jit(stacked.Newton(problem.core.fs, problem.sizes, 1).iterate,
+                 compiler_options=COMPILER_OPTIONS if n >= 3 else None)
+    begin = time.perf_counter()
+    traced = fn.trace(state, 1e-12, 100)
+    equations = len(traced.jaxpr.eqns)
+    traced.lower().compile()
+    seconds = time.perf_counter() - begin
+    return {"n": n, "family": family, "equations": equations, "seconds": seconds,
+            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--min-n", type=int, default=3)
+    parser.add_argument("--max-n", type=int, default=7)
+    parser.add_argument("--other-max-n", type=int, default=6)
+    parser.add_argument("--limit", type=float, default=600, help="seconds per process")
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        print(json.dumps(worker(int(args.worker[0]), args.worker[1])))
+        return
+    info, rows = describe(), []
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for family, top in (("bench", args.max_n), ("other", args.other_max_n)):
+        for n in range(args.min_n, top + 1):
+            done = subprocess.run([sys.executable, __file__, "--worker", str(n), family],
+                                  env=env, capture_output=True, text=True,
+                                  timeout=args.limit, check=False)
+            if done.returncode != 0:
+                print(done.stderr[-2000:], file=sys.stderr)
+                continue
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), flush=True)
+    command = (f"python benchmarks/bench_program_cost.py --min-n {args.min_n} "
+               f"--max-n {args.max_n} --other-max-n {args.other_max_n}")
+    lines = ["# The joint solve's program: cost against size",
+             "",
+             "Each row a fresh process: `stacked.Newton.iterate` traced (its top-level jaxpr "
+             "equations counted), lowered and compiled with the package's compiler options; "
+             "seconds for the three together, peak resident memory of the process. "
+             "`mlverify.numeric.cost.PROGRAM_CALIBRATION` holds these rows.",
+             "", markdown(info, command), "",
+             "| family | n | block sizes | equations | growth | trace + compile (s) | "
+             "peak memory (GB) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    previous = {}
+    for row in rows:
+        sizes = ("4" if row["family"] == "bench"
+                 else ", ".join(str(OTHER_SIZES[k % 6]) for k in range(row["n"])))
+        before = previous.get(row["family"])
+        growth = f"x{row['equations'] / before:.1f}" if before else ""
+        previous[row["family"]] = row["equations"]
+        lines.append(f"| {row['family']} | {row['n']} | {sizes} | {row['equations']:,} | "
+                     f"{growth} | {row['seconds']:.2f} | {row['peak_gb']:.2f} |")
+    out = ROOT / "benchmarks" / "results" / "program_cost.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
