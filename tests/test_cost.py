@@ -47,6 +47,18 @@ def test_memory_limit_reads_the_environment(monkeypatch):
     assert cost.memory_limit() > 0
 
 
+def test_memory_limit_respects_the_address_space_limit(monkeypatch):
+    """Under ``ulimit -v`` XLA's allocations fail at the cap: plan for a share of it."""
+    import resource
+
+    monkeypatch.delenv(cost.MEMORY_VARIABLE, raising=False)
+    unlimited = cost.memory_limit()
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (
+        (2 * 2**30, resource.RLIM_INFINITY) if which == resource.RLIMIT_AS
+        else (resource.RLIM_INFINITY, resource.RLIM_INFINITY)))
+    assert cost.memory_limit() == pytest.approx(min(unlimited, cost.MEMORY_SHARE * 2.0))
+
+
 def _five_levels():
     def objective(k):
         return lambda xs: 0.5 * jnp.sum(xs[k] ** 2) + 0.1 * jnp.sum(xs[k]) * sum(

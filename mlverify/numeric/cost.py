@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 from dataclasses import dataclass
 
 from ..errors import CostError
@@ -124,8 +125,9 @@ def predict_exact(n: int, program: str = "stacked") -> CostEstimate:
 
 def memory_limit() -> float:
     """The memory (GB) a program of this process may plan for: ``MLVERIFY_MEMORY_LIMIT`` if
-    set, else `MEMORY_SHARE` of the smaller of the memory the system has available and the
-    process's control-group limit."""
+    set, else `MEMORY_SHARE` of the smallest of the memory the system has available, the
+    process's control-group limit and its address-space limit (``ulimit -v``, where XLA's
+    allocations fail first)."""
     value = os.environ.get(MEMORY_VARIABLE, "").strip()
     if value:
         try:
@@ -149,6 +151,9 @@ def memory_limit() -> float:
             continue
         if text.isdigit() and int(text) < 2**60:
             limits.append(int(text) / 2**30)
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft not in (resource.RLIM_INFINITY, -1):
+        limits.append(soft / 2**30)
     return MEMORY_SHARE * min(limits) if limits else float("inf")
 
 
