@@ -121,25 +121,25 @@ def program_worker(n: int, kind: str) -> dict:
     blocks = tuple(problem._start(jnp.full(4, 0.1), None))
     if kind == "stacked":
         # the shipped program: one evaluation and the joint solve's update (what every
-        # exact call, its solve and its checks run)
-        iterate = stacked.Newton(problem.core.fs, problem.sizes, 1).iterate
-        state = stacked.compiled_start(tuple(problem.sizes), 1)(jnp.concatenate(blocks))
-
-        def program(b):
-            return iterate(state, 1e-12, 100)
+        # exact call, its solve and its checks run), its state, tolerance and step limit
+        # arguments as the package passes them (not constants XLA could fold)
+        program = stacked.Newton(problem.core.fs, problem.sizes, 1).iterate
+        args = (stacked.compiled_start(tuple(problem.sizes), 1)(jnp.concatenate(blocks)),
+                jnp.float64(1e-12), jnp.int32(100))
     else:
         def program(b):
             return problem.core.hypergradient_frozen(b, LinearSolve("auto"))
+        args = (blocks,)
     fn = jax.jit(program, compiler_options=COMPILER_OPTIONS if n >= 3 else None)
     begin = time.perf_counter()
-    lowered = fn.lower(blocks)
+    lowered = fn.lower(*args)
     traced = time.perf_counter()
     compiled = lowered.compile()
     done = time.perf_counter()
     runs = []
     for _ in range(5):
         start = time.perf_counter()
-        jax.block_until_ready(compiled(blocks))
+        jax.block_until_ready(compiled(*args))
         runs.append(time.perf_counter() - start)
     return {"n": n, "kind": kind, "trace": traced - begin, "compile": done - traced,
             "hlo_chars": len(lowered.as_text()), "run_ms": statistics.median(runs) * 1e3,
