@@ -59,17 +59,18 @@ def test_memory_limit_respects_the_address_space_limit(monkeypatch):
     assert cost.memory_limit() == pytest.approx(min(unlimited, cost.MEMORY_SHARE * 2.0))
 
 
-def _five_levels():
+def _levels(n, coupling=jnp.sin):
+    """n levels of blocks of 2, each coupled to every other through ``coupling``."""
     def objective(k):
         return lambda xs: 0.5 * jnp.sum(xs[k] ** 2) + 0.1 * jnp.sum(xs[k]) * sum(
-            jnp.sum(jnp.sin(x)) for m, x in enumerate(xs) if m != k)
+            jnp.sum(coupling(x)) for m, x in enumerate(xs) if m != k)
 
-    return NumericProblem([objective(k) for k in range(5)], [jnp.zeros(2) for _ in range(5)])
+    return NumericProblem([objective(k) for k in range(n)], [jnp.zeros(2) for _ in range(n)])
 
 
 def test_a_deep_exact_program_past_the_memory_limit_is_refused_before_it_is_built(monkeypatch):
     monkeypatch.setenv(cost.MEMORY_VARIABLE, "0.01")
-    problem = _five_levels()
+    problem = _levels(5)
     with pytest.raises(cost.CostError) as info:
         problem.hypergradient(jnp.zeros(2), "exact")
     message = str(info.value)
@@ -140,19 +141,11 @@ def test_the_program_prediction_is_the_upper_envelope_of_the_measurements():
     assert beyond.levels == 7
 
 
-def _three_levels():
-    def objective(k):
-        return lambda xs: 0.5 * jnp.sum(xs[k] ** 2) + 0.1 * jnp.sum(xs[k]) * sum(
-            jnp.sum(jnp.tanh(x)) for m, x in enumerate(xs) if m != k)
-
-    return NumericProblem([objective(k) for k in range(3)], [jnp.zeros(2) for _ in range(3)])
-
-
 def test_a_traced_program_past_the_memory_limit_is_refused_before_xla_compiles_it(monkeypatch):
     """Below 5 levels the depth alone rules nothing out; the traced program is measured
     before it is compiled, whatever its objectives."""
     monkeypatch.setenv(cost.MEMORY_VARIABLE, "0.05")
-    problem = _three_levels()
+    problem = _levels(3, jnp.tanh)
     with pytest.raises(cost.CostError) as info:
         problem.hypergradient(jnp.zeros(2), "exact")
     assert info.value.levels == 3 and info.value.limit_gb == 0.05
