@@ -40,10 +40,10 @@ __all__ = ["CALIBRATION", "LOWER_BOUNDS", "NESTED_CALIBRATION", "NESTED_LOWER_BO
 #: First call of the exact hypergradient on the stacked program (trace, compile, joint solve,
 #: checks, hypergradient) against the number of levels n: (seconds, peak resident memory in
 #: GB), blocks of 4, the benchmark's non-quadratic family, 2-core AMD EPYC
-#: (benchmarks/results/deep_jax.md, 2026-12-07 12:28 UTC, the deep compiler options from 3
+#: (benchmarks/results/deep_jax.md, 2026-12-07 13:05 UTC, the deep compiler options from 3
 #: levels; the program is the joint solve's step, `stacked.Newton.iterate`).
-CALIBRATION = {3: (0.45, 0.35), 4: (0.93, 0.37), 5: (2.6, 0.41), 6: (11.6, 0.72),
-               7: (60.6, 3.55)}
+CALIBRATION = {3: (0.6, 0.35), 4: (1.0, 0.37), 5: (3.1, 0.41), 6: (11.0, 0.71),
+               7: (56.4, 3.55)}
 #: Depths whose measured first call on the stacked program did not finish (none measured).
 LOWER_BOUNDS: dict[int, tuple[float, float]] = {}
 #: The same first call on the nested best-response program (the exact formula before the
