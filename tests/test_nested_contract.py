@@ -109,10 +109,13 @@ def test_a_refinement_sweep_takes_one_step_per_level_and_raises_nothing():
     nested.solve(Trilevel(unbounded=True), _blocks(0.3, 0.0, 1.0), 0.0, 1, strict=False)
 
 
-@pytest.mark.parametrize(("n", "size", "seed"), [(3, 2, 0), (4, 1, 3)])
+@pytest.mark.parametrize(("n", "size", "seed"), [(3, 2, 0), (3, 1, 5), (4, 1, 3)])
 def test_both_backends_drive_the_one_solver_to_the_same_point(n, size, seed):
-    """The symbolic evaluator and the JAX core as `nested.Levels`: the same steps (same
-    count) to the same point."""
+    """The symbolic evaluator and the JAX core as `nested.Levels`: the same point, and at 3
+    levels the same steps (same count). At 4 levels the nested solve's count follows
+    rounding: moving x_1 by 1e-15 (relative) changes the symbolic backend's count on seeds
+    0, 1 and 2 of this family (256 against 77 steps on seed 0), so there the count is not a
+    property of the mathematics, and the backends round differently."""
     from mlverify.numeric.solvers import _Levels
 
     problem = zoo.nonquadratic(n, size, seed=seed)
@@ -123,5 +126,22 @@ def test_both_backends_drive_the_one_solver_to_the_same_point(n, size, seed):
     _, d_jax, steps_jax = nested.solve(_Levels(problem.lower()), jax_blocks, 1e-12, 100)
     for a, b in zip(symbolic[1:], jax_blocks[1:], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
-    assert steps_sym == steps_jax
+    if n == 3:
+        assert steps_sym == steps_jax
     assert max(d_sym) <= 1e-11 and max(d_jax) <= 1e-11
+
+
+def test_the_nested_solves_count_at_four_levels_follows_rounding():
+    """Why the test above compares counts at 3 levels only: at 4 levels a 1e-15 relative
+    move of x_1 changes the count of the same backend, the point it reaches staying put."""
+    problem = zoo.nonquadratic(4, 1, seed=0).numeric()
+    x1 = np.random.default_rng(0).uniform(-1, 1, 1)
+    runs = []
+    for eps in (0.0, 1e-15):
+        blocks = [x1 * (1 + eps)] + [np.zeros(1) for _ in range(3)]
+        _, _, steps = nested.solve(problem, blocks, 1e-12, 100)
+        runs.append((steps, blocks))
+    (a, blocks_a), (b, blocks_b) = runs
+    assert a != b
+    for u, v in zip(blocks_a[1:], blocks_b[1:], strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)
