@@ -10,6 +10,7 @@ computation of the process: import mlverify before computing anything with JAX.
 """
 
 import os
+import warnings
 
 import jax
 
@@ -28,11 +29,25 @@ CPU_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
 
 def _set_xla_flags(flags=CPU_FLAGS) -> str:
     current = os.environ.get("XLA_FLAGS", "")
-    for flag in flags:
-        if flag.split("=")[0] not in current:
-            current = f"{current} {flag}".strip()
+    added = [flag for flag in flags if flag.split("=")[0] not in current]
+    current = " ".join([current, *added]).strip()
     os.environ["XLA_FLAGS"] = current
+    if added and _backend_started():
+        warnings.warn(
+            "JAX's backend started before mlverify was imported, so XLA ignores "
+            f"{' '.join(added)} in XLA_FLAGS: a vmapped solve may then hang on a small CPU "
+            "(batched LAPACK calls waiting on each other). Import mlverify before the first "
+            "JAX computation, or set the flag in XLA_FLAGS yourself.",
+            RuntimeWarning, stacklevel=3)
     return current
+
+
+def _backend_started() -> bool:
+    try:
+        from jax._src import xla_bridge
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # a JAX without it: nothing to warn about
+        return False
 
 
 _set_xla_flags()

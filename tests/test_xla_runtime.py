@@ -20,6 +20,7 @@ def _run(code: str, env: dict, timeout: float) -> subprocess.CompletedProcess:
 
 
 def test_importing_mlverify_adds_the_cpu_flags_and_keeps_the_users(monkeypatch):
+    monkeypatch.setattr(_config, "_backend_started", lambda: False)
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     assert _config._set_xla_flags() == f"{FLAG}=false"
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
@@ -28,6 +29,31 @@ def test_importing_mlverify_adds_the_cpu_flags_and_keeps_the_users(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", f"{FLAG}=true")  # the user's own choice stands
     assert _config._set_xla_flags() == f"{FLAG}=true"
     assert os.environ["XLA_FLAGS"] == f"{FLAG}=true"
+
+
+def test_importing_mlverify_after_a_computation_says_the_flags_come_too_late():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = _run("""
+        import warnings
+        import jax.numpy as jnp
+        jnp.ones(2).block_until_ready()  # the backend starts here
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import mlverify
+        print([str(w.message) for w in caught if w.category is RuntimeWarning])
+    """, env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "started before mlverify was imported" in done.stdout
+    assert FLAG in done.stdout
+    # imported first, nothing to say
+    quiet = _run("""
+        import warnings
+        warnings.simplefilter("error")
+        import mlverify
+        import jax.numpy as jnp
+        print(float(jnp.ones(2).sum()))
+    """, env, timeout=120)
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "2.0", quiet.stderr[-2000:]
 
 
 def test_a_joint_solve_vmapped_over_many_starts_finishes():
