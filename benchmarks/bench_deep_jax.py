@@ -115,7 +115,7 @@ def program_worker(n: int, kind: str) -> dict:
 
     from mlverify.numeric import stacked
     from mlverify.numeric.implicit import LinearSolve
-    from mlverify.numeric.problem import COMPILER_OPTIONS
+    from mlverify.numeric.problem import compiler_options
 
     problem = family(n)
     blocks = tuple(problem._start(jnp.full(4, 0.1), None))
@@ -130,7 +130,7 @@ def program_worker(n: int, kind: str) -> dict:
         def program(b):
             return problem.core.hypergradient_frozen(b, LinearSolve("auto"))
         args = (blocks,)
-    fn = jax.jit(program, compiler_options=COMPILER_OPTIONS if n >= 3 else None)
+    fn = jax.jit(program, compiler_options=compiler_options(n))
     begin = time.perf_counter()
     lowered = fn.lower(*args)
     traced = time.perf_counter()

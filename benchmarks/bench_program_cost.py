@@ -8,8 +8,9 @@ together, and the process's peak resident memory. The families:
 
 - ``bench``: the non-quadratic family of ``bench_deep_jax.py`` (blocks of 4; tanh couplings,
   quartic and sine terms);
-- ``other``: softplus, log(1 + e^t) of a bilinear form, cosh and Gaussian couplings with block sizes cycling through
-  (3, 3, 4, 5, 1, 1): at the same depth its programs are several times larger.
+- ``other``: softplus, log(1 + e^t) of a bilinear form, cosh and Gaussian couplings with
+  block sizes cycling through (3, 3, 4, 5, 1, 1): at the same depth its programs are several
+  times larger.
 
     python benchmarks/bench_program_cost.py --max-n 7 --other-max-n 6
 """
@@ -72,20 +73,21 @@ def worker(n: int, family: str) -> dict:
 
     from bench_deep_jax import family as bench_family
     from mlverify.numeric import stacked
-    from mlverify.numeric.problem import COMPILER_OPTIONS
+    from mlverify.numeric.problem import compiler_options
 
     problem = bench_family(n) if family == "bench" else other_family(n)
     blocks = problem._start(jnp.full(problem.sizes[0], 0.1), None)
     flat = jnp.concatenate([jnp.ravel(b) for b in blocks])
     state = stacked.compiled_start(tuple(problem.sizes), 1)(flat)
     fn = jax.jit(stacked.Newton(problem.core.fs, problem.sizes, 1).iterate,
-                 compiler_options=COMPILER_OPTIONS if n >= 3 else None)
+                 compiler_options=compiler_options(n))
     begin = time.perf_counter()
     traced = fn.trace(state, 1e-12, 100)
     equations = len(traced.jaxpr.eqns)
     traced.lower().compile()
     seconds = time.perf_counter() - begin
-    return {"n": n, "family": family, "equations": equations, "seconds": seconds,
+    return {"n": n, "family": family, "sizes": list(problem.sizes), "equations": equations,
+            "seconds": seconds,
             "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
@@ -129,8 +131,8 @@ def main() -> None:
              "| --- | --- | --- | --- | --- | --- | --- |"]
     previous = {}
     for row in rows:
-        sizes = ("4" if row["family"] == "bench"
-                 else ", ".join(str(OTHER_SIZES[k % 6]) for k in range(row["n"])))
+        blocks = row["sizes"]  # one size for every block: that size alone
+        sizes = ", ".join(map(str, blocks if len(set(blocks)) > 1 else blocks[:1]))
         before = previous.get(row["family"])
         growth = f"x{row['equations'] / before:.1f}" if before else ""
         previous[row["family"]] = row["equations"]

@@ -41,6 +41,16 @@ METHODS = ("exact", "no-curvature", "cg", "neumann", "itd", "fd")
 #: of 5.2 at 7, the same values to the last bit and run time within noise.
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
                     "xla_cpu_use_fusion_emitters": False}
+#: The depth from which a problem's solve programs compile with `COMPILER_OPTIONS` (at 3
+#: levels the joint solve's step compiled in 0.22 s instead of 0.83, running 0.33 against
+#: 0.26 ms; below, XLA's defaults).
+DEEP_FROM = 3
+
+
+def compiler_options(n: int) -> dict | None:
+    """The compiler options of an ``n``-level solve program: `COMPILER_OPTIONS` from
+    `DEEP_FROM` levels, else XLA's defaults (None)."""
+    return COMPILER_OPTIONS if n >= DEEP_FROM else None
 
 #: How often ITD's default inner steps are halved after its unrolled steps diverged.
 ITD_HALVINGS = 10
@@ -157,9 +167,13 @@ class NumericProblem:
             )
         return tuple(self.flatten(k, x) for k, x in enumerate(xs))
 
-    def _jit(self, key, build, options=COMPILER_OPTIONS):
+    def _jit(self, key, build, options=COMPILER_OPTIONS, checked_levels: int | None = None):
+        """``jax.jit(build())`` under ``key``, built once; with ``checked_levels``, a
+        `cost.CheckedProgram` (its traced size checked before XLA compiles it)."""
         if key not in self._jit_cache:
-            self._jit_cache[key] = jax.jit(build(), compiler_options=options)
+            program = jax.jit(build(), compiler_options=options)
+            self._jit_cache[key] = (program if checked_levels is None
+                                    else cost.CheckedProgram(program, checked_levels))
         return self._jit_cache[key]
 
     # ------------------------------------------------------------------ hypergradients
@@ -306,7 +320,7 @@ class NumericProblem:
         elif compiled and self.n <= FUSED_MAX_LEVELS and not stacked.applicable(self.sizes):
             key = ("solve+frozen", method, _options_key(options))
             fn = self._jit(key, lambda: self._solve_frozen_builder(method, dict(options)),
-                           COMPILER_OPTIONS if self.n >= 3 else None)
+                           compiler_options(self.n))
             value, blocks, status = fn(tuple(start), np.float64(tol), np.int32(max_iter))
             status = jax.device_get(status)
             if _passed(status):
@@ -360,15 +374,17 @@ class NumericProblem:
         (`stacked.Newton.iterate`: one evaluation of the stacked conditions and the update),
         and its start. One program per ``first``: the solve, its checks and the
         hypergradient all call it."""
-        key, levels = ("stacked", first), self.n - first + 1
-        if key not in self._jit_cache:
+        levels = self.n - first + 1
+
+        def build():
             if levels >= 5:  # the depth alone rules out what the benchmark family cannot do
                 cost.check_affordable(levels, "stacked")
-            program = jax.jit(stacked.Newton(self.core.fs, self.sizes, first).iterate,
-                              compiler_options=COMPILER_OPTIONS if self.n >= 3 else None)
-            # and the traced program, whatever its objectives, before XLA compiles it
-            self._jit_cache[key] = cost.CheckedProgram(program, levels)
-        return self._jit_cache[key], stacked.compiled_start(tuple(self.sizes), first)
+            return stacked.Newton(self.core.fs, self.sizes, first).iterate
+
+        # and the traced program, whatever its objectives, before XLA compiles it
+        iterate = self._jit(("stacked", first), build, compiler_options(self.n),
+                            checked_levels=levels)
+        return iterate, stacked.compiled_start(tuple(self.sizes), first)
 
     def _stacked_fn(self, first: int):
         """`stacked.evaluation` of the levels below ``first`` at the given blocks, NumPy in
