@@ -157,4 +157,7 @@ def test_a_traced_program_past_the_memory_limit_is_refused_before_xla_compiles_i
     value = problem.hypergradient(jnp.zeros(2), "exact")
     assert program.jitted._cache_size() == 1 and program.estimate is not None
     assert "equations" in program.estimate.basis
+    # the count the estimate rests on is kept for whoever reports it
+    assert program.equations > 0 and f"{program.equations:,}" in program.estimate.basis
+    assert program.estimate == cost.predict_program(program.equations, 3)
     assert value.shape == (2,)

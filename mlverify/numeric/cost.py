@@ -215,12 +215,16 @@ class CheckedProgram:
 
     def __init__(self, jitted, levels: int, program: str = "stacked"):
         self.jitted, self.levels, self.program = jitted, int(levels), program
+        #: After the first call: the traced program's top-level equations, and what
+        #: `check_program` predicted from them.
+        self.equations: int | None = None
         self.estimate: CostEstimate | None = None
 
     def __call__(self, *args):
         if self.estimate is None:
             traced = self.jitted.trace(*args)
-            self.estimate = check_program(len(traced.jaxpr.eqns), self.levels, self.program)
+            self.equations = len(traced.jaxpr.eqns)
+            self.estimate = check_program(self.equations, self.levels, self.program)
         return self.jitted(*args)
 
 
