@@ -1,9 +1,33 @@
 """Theorem 4.1 over a batch of seeded instances in one vmapped call."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mlverify import verify
+
+
+def _coupled(sizes, seed, own, coupling):
+    """``strength -> [f_1, ..., f_n]``: level k minimises ``own(x_k, k)`` plus ``strength``
+    times ``coupling(x_m) @ W_km @ x_k`` for every other level m (W_km seeded normal / 2)."""
+    n = len(sizes)
+    rng = np.random.default_rng(seed)
+    weights = {(k, m): rng.normal(size=(sizes[m], sizes[k])) / 2
+               for k in range(n) for m in range(n) if m != k}
+
+    def objectives_of(strength):
+        def objective(k):
+            def f(xs):
+                x = xs[k]
+                value = own(x, k)
+                for m in range(n):
+                    if m != k:
+                        value = value + strength * coupling(xs[m]) @ weights[(k, m)] @ x
+                return value
+            return f
+        return [objective(k) for k in range(n)]
+
+    return objectives_of
 
 
 def test_batched_check_matches_closed_form_constants_and_loop():
@@ -26,26 +50,12 @@ def test_batched_check_at_five_levels_agrees_with_each_instance_solved_apart():
     the couplings). The batch's L is checked against second differences of F_1 itself (each
     instance a NumericProblem, lower levels solved apart: no hypergradient formula), its
     run against projected gradient descent driven by NumericProblem.hypergradient."""
-    import jax.numpy as jnp
-
     from mlverify.numeric import NumericProblem
 
-    sizes, n = (1, 2, 1, 2, 1), 5
-    rng = np.random.default_rng(3)
-    weights = {(k, m): rng.normal(size=(sizes[m], sizes[k])) / 2
-               for k in range(n) for m in range(n) if m != k}
-
-    def objectives_of(strength):
-        def objective(k):
-            def f(xs):
-                x = xs[k]
-                value = jnp.sum((x - 0.3 * (k + 1)) ** 2) + jnp.sum(x**4) / 10
-                for m in range(n):
-                    if m != k:
-                        value = value + strength * jnp.tanh(xs[m]) @ weights[(k, m)] @ x
-                return value
-            return f
-        return [objective(k) for k in range(n)]
+    sizes = (1, 2, 1, 2, 1)
+    objectives_of = _coupled(
+        sizes, 3, lambda x, k: jnp.sum((x - 0.3 * (k + 1)) ** 2) + jnp.sum(x**4) / 10,
+        jnp.tanh)
 
     strengths = np.array([0.05, 0.4])
     box, T = (-1.0, 1.0), 6
@@ -76,24 +86,10 @@ def test_warm_started_rounds_reach_the_cold_solves_results():
     """Each round's lower solve starts from the last round's solution by default; from zero
     it reaches the same lower solutions, so every reported number agrees to the solves'
     accuracy (three non-quadratic levels, vector blocks, two instances)."""
-    import jax.numpy as jnp
-
-    sizes, n = (2, 2, 1), 3
-    rng = np.random.default_rng(5)
-    weights = {(k, m): rng.normal(size=(sizes[m], sizes[k])) / 2
-               for k in range(n) for m in range(n) if m != k}
-
-    def objectives_of(strength):
-        def objective(k):
-            def f(xs):
-                x = xs[k]
-                value = jnp.sum((x - 0.4 * (k + 1)) ** 2) + jnp.sum(jnp.cosh(x)) / 4
-                for m in range(n):
-                    if m != k:
-                        value = value + strength * jnp.sin(xs[m]) @ weights[(k, m)] @ x
-                return value
-            return f
-        return [objective(k) for k in range(n)]
+    sizes = (2, 2, 1)
+    objectives_of = _coupled(
+        sizes, 5, lambda x, k: jnp.sum((x - 0.4 * (k + 1)) ** 2) + jnp.sum(jnp.cosh(x)) / 4,
+        jnp.sin)
 
     strengths = jnp.asarray([0.1, 0.5])
 
