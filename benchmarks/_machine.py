@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -92,6 +93,21 @@ def _repo_root() -> str:
 
 REPO_ROOT = _repo_root()
 RESULTS = os.path.join(REPO_ROOT, "benchmarks", "results")
+
+
+def run_worker(script: str, *arguments, limit: float, env: dict | None = None) -> dict:
+    """``python script *arguments`` in a fresh process (a first call is a first call) under
+    ``limit`` seconds: the JSON object its last line of output prints, or ``{"failed":
+    why}`` (over the limit, or its last line of errors)."""
+    command = [sys.executable, script, *map(str, arguments)]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True,
+                              timeout=limit, check=False)
+    except subprocess.TimeoutExpired:
+        return {"failed": f"over {limit:.0f} s"}
+    if done.returncode != 0:
+        return {"failed": (done.stderr.strip().splitlines() or ["?"])[-1][:120]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- code version

@@ -22,12 +22,11 @@ import json
 import os
 import pathlib
 import resource
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _machine import describe, markdown  # noqa: E402
+from _machine import describe, markdown, run_worker  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OTHER_SIZES = (3, 3, 4, 5, 1, 1)
@@ -109,13 +108,11 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for family, top in (("bench", args.max_n), ("other", args.other_max_n)):
         for n in range(args.min_n, top + 1):
-            done = subprocess.run([sys.executable, __file__, "--worker", str(n), family],
-                                  env=env, capture_output=True, text=True,
-                                  timeout=args.limit, check=False)
-            if done.returncode != 0:
-                print(done.stderr[-2000:], file=sys.stderr)
+            row = run_worker(__file__, "--worker", n, family, limit=args.limit, env=env)
+            if "failed" in row:  # no row: the table's growth compares measured depths
+                print(f"{family}, {n} levels: {row['failed']}", file=sys.stderr)
                 continue
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            rows.append(row)
             print(json.dumps(rows[-1]), flush=True)
     command = (f"python benchmarks/bench_program_cost.py --min-n {args.min_n} "
                f"--max-n {args.max_n} --other-max-n {args.other_max_n}")

@@ -25,12 +25,11 @@ import json
 import os
 import pathlib
 import resource
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _machine import describe, markdown  # noqa: E402
+from _machine import describe, markdown, run_worker  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NONLINEARITIES = ("tanh", "sin", "cos", "softplus", "gauss", "log1p_square")
@@ -114,18 +113,8 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for n in args.levels:
         for seed in args.seeds:
-            try:
-                done = subprocess.run([sys.executable, __file__, "--worker", str(n), str(seed)],
-                                      env=env, capture_output=True, text=True,
-                                      timeout=args.limit, check=False)
-            except subprocess.TimeoutExpired:
-                rows.append({"n": n, "seed": seed, "failed": f"over {args.limit:.0f} s"})
-                continue
-            if done.returncode != 0:
-                last = (done.stderr.strip().splitlines() or ["?"])[-1]
-                rows.append({"n": n, "seed": seed, "failed": last[:120]})
-            else:
-                rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            row = run_worker(__file__, "--worker", n, seed, limit=args.limit, env=env)
+            rows.append({"n": n, "seed": seed, **row})
             print(json.dumps(rows[-1]), flush=True)
     command = ("python benchmarks/bench_random_deep.py --levels "
                + " ".join(map(str, args.levels)) + " --seeds " + " ".join(map(str, args.seeds)))
