@@ -30,12 +30,15 @@ import os
 import resource
 from dataclasses import dataclass
 
+import jax
+
 from ..errors import CostError
+from . import pieces
 
 __all__ = ["CALIBRATION", "LOWER_BOUNDS", "NESTED_CALIBRATION", "NESTED_LOWER_BOUNDS",
-           "PROGRAM_CALIBRATION", "UNKNOWN_MARGIN", "CheckedProgram", "CostError",
-           "CostEstimate", "check_affordable", "check_program", "memory_limit",
-           "predict_exact", "predict_program"]
+           "PIECE_EQUATIONS", "PROGRAM_CALIBRATION", "SPLIT_CALIBRATION", "SPLIT_FROM",
+           "UNKNOWN_MARGIN", "CheckedProgram", "CostError", "CostEstimate", "check_affordable",
+           "check_program", "memory_limit", "predict_exact", "predict_program"]
 
 #: First call of the exact hypergradient on the stacked program (trace, compile, joint solve,
 #: checks, hypergradient) against the number of levels n: (seconds, peak resident memory in
@@ -54,17 +57,34 @@ NESTED_CALIBRATION = {3: (1.4, 0.51), 4: (5.1, 0.74), 5: (41.8, 1.94)}
 #: levels: bad_alloc at 12.9 GB after 488 s, while compiling the joint solve's program).
 NESTED_LOWER_BOUNDS = {6: (488.0, 12.9)}
 #: Tracing, lowering and compiling the joint solve's step (`stacked.Newton.iterate`, jit with
-#: `COMPILER_OPTIONS`) against the size of its traced program: (top-level jaxpr equations,
-#: seconds, peak resident memory of the process in GB), 2-core AMD EPYC, 2026-12-07
-#: (benchmarks/results/program_cost.md). Two families: the benchmark's (blocks of 4, 3 to 7
-#: levels) and one with softplus, log(1 + e^t) of a bilinear form, cosh and Gaussian
-#: couplings (blocks (3, 3, 4, 5, 1, 1), 3 to 6 levels), whose programs are 1.4 to 3.2 times
-#: larger at the same depth and need more memory per equation. `predict_program` reads them
-#: as an upper envelope (neither seconds nor memory decreases with size).
+#: `COMPILER_OPTIONS`) as one program, against the size of its traced program: (top-level
+#: jaxpr equations, seconds, peak resident memory of the process in GB), 2-core AMD EPYC,
+#: 2026-12-07 17:42 UTC (benchmarks/results/program_cost.md). Two families: the benchmark's
+#: (blocks of 4, 3 to 7 levels) and one with softplus, log(1 + e^t) of a bilinear form, cosh
+#: and Gaussian couplings (blocks (3, 3, 4, 5, 1, 1), 3 to 6 levels), whose programs are 1.4
+#: to 4.1 times larger at the same depth and need more memory per equation. `predict_program`
+#: reads them as an upper envelope (neither seconds nor memory decreases with size).
 PROGRAM_CALIBRATION = (
-    (601, 0.39, 0.32), (1599, 0.95, 0.34), (4784, 2.38, 0.38), (17050, 9.37, 0.69),
-    (71654, 58.81, 3.45),
-    (868, 0.68, 0.34), (2925, 1.93, 0.41), (11670, 8.86, 0.79), (55311, 77.05, 5.91),
+    (601, 0.55, 0.34), (1599, 1.14, 0.35), (4784, 3.20, 0.40), (17050, 12.05, 0.71),
+    (71654, 70.39, 3.46),
+    (868, 0.82, 0.36), (2925, 2.43, 0.42), (11670, 10.33, 0.80), (55311, 91.40, 5.92),
+)
+#: A traced program of at least this many equations compiles in pieces (`CheckedProgram`,
+#: `mlverify.numeric.pieces`). Below, one program costs about what pieces cost (6 levels of
+#: the benchmark's family, 17,050 equations: 12.1 s and 0.71 GB as one, 11.1 s and 0.57 GB
+#: in 3 pieces) and runs a step sooner (2.6 against 3.4 ms); above, pieces cost far less (7
+#: levels, 71,654 equations: 70 s and 3.5 GB as one, 42 s and 0.97 GB in 9 pieces; the
+#: second family's 6 levels, 55,311: 91 s and 5.9 GB, 43 s and 1.07 GB).
+SPLIT_FROM = 20_000
+#: The size of a piece, in equations after `pieces.deduplicate`.
+PIECE_EQUATIONS = 5_000
+#: As `PROGRAM_CALIBRATION`, for the same programs compiled in pieces (traced, deduplicated,
+#: cut into pieces of `PIECE_EQUATIONS`, compiled side by side on 2 threads, one step run),
+#: the same run; the second family's 7 levels (293,700 equations, 47 pieces) need far more
+#: than this machine's memory as one program.
+SPLIT_CALIBRATION = (
+    (1599, 1.36, 0.37), (4784, 3.05, 0.42), (17050, 11.06, 0.57), (71654, 41.90, 0.97),
+    (2925, 2.61, 0.44), (11670, 8.34, 0.70), (55311, 43.39, 1.07), (293700, 230.58, 3.33),
 )
 #: The programs `predict_exact` knows.
 PROGRAMS = ("stacked", "nested")
@@ -168,13 +188,14 @@ def check_affordable(n: int, program: str = "stacked") -> CostEstimate:
     return estimate
 
 
-def predict_program(equations: int, levels: int) -> CostEstimate:
+def predict_program(equations: int, levels: int, *, split: bool = False) -> CostEstimate:
     """Tracing, lowering and compiling a stacked program of ``equations`` top-level
-    equations (its traced jaxpr) from `PROGRAM_CALIBRATION`: its upper envelope interpolated
-    in log-log between the measured sizes, beyond the largest extended by the growth from the
-    largest size at most half of it."""
+    equations (its traced jaxpr) from `PROGRAM_CALIBRATION` (``split``: compiled in pieces,
+    `SPLIT_CALIBRATION`): its upper envelope interpolated in log-log between the measured
+    sizes, beyond the largest extended by the growth from the largest size at most half of
+    it."""
     points, seconds, memory = [], 0.0, 0.0
-    for size, s, m in sorted(PROGRAM_CALIBRATION):
+    for size, s, m in sorted(SPLIT_CALIBRATION if split else PROGRAM_CALIBRATION):
         seconds, memory = max(seconds, s), max(memory, m)
         points.append((size, seconds, memory))
     first, last = points[0], points[-1]
@@ -182,8 +203,12 @@ def predict_program(equations: int, levels: int) -> CostEstimate:
         return CostEstimate(levels, first[1], first[2],
                             f"its {equations:,} equations, at most the measured {first[0]:,}")
     if equations > last[0]:
-        a = max(p for p in points if p[0] <= last[0] / 2)
+        a = max((p for p in points if p[0] <= last[0] / 2), default=first)
         b, how = last, f"extrapolated from the measured {last[0]:,}"
+        if a == b:  # one measurement: in proportion to the equations
+            scale = equations / b[0]
+            return CostEstimate(levels, b[1] * scale, b[2] * scale,
+                                f"its {equations:,} equations, {how} in proportion")
     else:
         at = next(i for i, p in enumerate(points) if p[0] >= equations)
         a, b, how = points[at - 1], points[at], "interpolated between measured programs"
@@ -194,10 +219,11 @@ def predict_program(equations: int, levels: int) -> CostEstimate:
                         f"its {equations:,} equations, {how}")
 
 
-def check_program(equations: int, levels: int, program: str = "stacked") -> CostEstimate:
+def check_program(equations: int, levels: int, program: str = "stacked", *,
+                  split: bool = False) -> CostEstimate:
     """`predict_program` for a traced program, or CostError where its memory exceeds
     `memory_limit` (before XLA compiles it)."""
-    estimate = predict_program(equations, levels)
+    estimate = predict_program(equations, levels, split=split)
     limit = memory_limit()
     if estimate.memory_gb > limit:
         _refuse(estimate, estimate.memory_gb, limit, program)
@@ -211,21 +237,51 @@ class CheckedProgram:
     process may use. The depth alone (`check_affordable`) is calibrated on one family; what
     a program costs depends on its objectives too (another family of 6 levels traced to 3.2
     times the equations of the benchmark's and needed 5.9 GB where the benchmark's needs
-    0.69)."""
+    0.69).
 
-    def __init__(self, jitted, levels: int, program: str = "stacked"):
+    A program of at least `SPLIT_FROM` equations is compiled in pieces
+    (`mlverify.numeric.pieces`): its repeated equations computed once, then cut into pieces
+    of about `PIECE_EQUATIONS`, compiled side by side on the processors this process may
+    use, and run one after the other; the same values to round-off, in a fraction of the
+    memory and time (7 levels of the benchmark's family, tracing included: 42 s and 0.97 GB
+    instead of 70 s and 3.5 GB). Its arguments must then have the shapes and types of the
+    first call's."""
+
+    def __init__(self, jitted, levels: int, program: str = "stacked", compiler_options=None):
         self.jitted, self.levels, self.program = jitted, int(levels), program
+        self.compiler_options = compiler_options
         #: After the first call: the traced program's top-level equations, and what
         #: `check_program` predicted from them.
         self.equations: int | None = None
         self.estimate: CostEstimate | None = None
+        #: Where the program was compiled in pieces: how many (else None).
+        self.pieces: int | None = None
+        self._split = None
 
     def __call__(self, *args):
         if self.estimate is None:
             traced = self.jitted.trace(*args)
             self.equations = len(traced.jaxpr.eqns)
-            self.estimate = check_program(self.equations, self.levels, self.program)
+            split = self.equations >= SPLIT_FROM and pieces.splittable(traced.jaxpr)
+            self.estimate = check_program(self.equations, self.levels, self.program,
+                                          split=split)
+            if split:
+                self._compile_in_pieces(traced, args)
+        if self._split is not None:
+            run, tree, out = self._split
+            leaves, structure = jax.tree.flatten(args)
+            if structure != tree:
+                raise TypeError(f"a program compiled in pieces takes {tree}, got {structure}")
+            return jax.tree.unflatten(out, run(*leaves))
         return self.jitted(*args)
+
+    def _compile_in_pieces(self, traced, args):
+        closed = pieces.deduplicate(traced.jaxpr)
+        count = max(2, math.ceil(len(closed.jaxpr.eqns) / PIECE_EQUATIONS))
+        run, compilers = pieces.split(closed, count, self.compiler_options)
+        pieces.compile_all(compilers)
+        self.pieces = count
+        self._split = (run, jax.tree.structure(args), jax.tree.structure(traced.out_info))
 
 
 def _refuse(estimate: CostEstimate, needed: float, limit: float, program: str):

@@ -173,7 +173,8 @@ class NumericProblem:
         if key not in self._jit_cache:
             program = jax.jit(build(), compiler_options=options)
             self._jit_cache[key] = (program if checked_levels is None
-                                    else cost.CheckedProgram(program, checked_levels))
+                                    else cost.CheckedProgram(program, checked_levels,
+                                                             compiler_options=options))
         return self._jit_cache[key]
 
     # ------------------------------------------------------------------ hypergradients
