@@ -257,8 +257,9 @@ def main() -> None:
         "",
         "## The exact program alone: stacked conditions against nested best responses",
         "",
-        "Each program compiled in its own process at the declared start, x_1 = 0.1, as the "
-        "package compiles it: `stacked` is the shipped exact path "
+        "Each program compiled as one in its own process at the declared start, x_1 = 0.1, "
+        "with the package's compiler options (from 20,000 equations the package compiles it "
+        "in pieces instead: `program_cost.md`): `stacked` is the shipped exact path "
         "(`numeric.stacked.evaluation`: hypergradient, lower conditions, their Jacobian and "
         "Hessians; the solve and the checks call it again and again), `nested` the nested "
         "best-response rules' exact hypergradient (`ImplicitCore.hypergradient_frozen`: the "

@@ -43,10 +43,11 @@ __all__ = ["CALIBRATION", "LOWER_BOUNDS", "NESTED_CALIBRATION", "NESTED_LOWER_BO
 #: First call of the exact hypergradient on the stacked program (trace, compile, joint solve,
 #: checks, hypergradient) against the number of levels n: (seconds, peak resident memory in
 #: GB), blocks of 4, the benchmark's non-quadratic family, 2-core AMD EPYC
-#: (benchmarks/results/deep_jax.md, 2026-12-07 13:05 UTC, the deep compiler options from 3
-#: levels; the program is the joint solve's step, `stacked.Newton.iterate`).
-CALIBRATION = {3: (0.6, 0.35), 4: (1.0, 0.37), 5: (3.1, 0.41), 6: (11.0, 0.71),
-               7: (56.4, 3.55)}
+#: (benchmarks/results/deep_jax.md, 2026-12-07 18:00 UTC, the deep compiler options from 3
+#: levels; the program is the joint solve's step, `stacked.Newton.iterate`, compiled in
+#: pieces from `SPLIT_FROM` equations: at 7 levels, which took 67.1 s and 3.56 GB as one).
+CALIBRATION = {3: (0.61, 0.36), 4: (1.03, 0.38), 5: (2.85, 0.42), 6: (10.85, 0.73),
+               7: (37.9, 0.99)}
 #: Depths whose measured first call on the stacked program did not finish (none measured).
 LOWER_BOUNDS: dict[int, tuple[float, float]] = {}
 #: The same first call on the nested best-response program (the exact formula before the
