@@ -98,13 +98,13 @@ RESULTS = os.path.join(REPO_ROOT, "benchmarks", "results")
 def run_worker(script: str, *arguments, limit: float, env: dict | None = None) -> dict:
     """``python script *arguments`` in a fresh process (a first call is a first call) under
     ``limit`` seconds: the JSON object its last line of output prints, or ``{"failed":
-    why}`` (over the limit, or its last line of errors)."""
+    why}`` (its last line of errors; over the limit, with ``"timed_out": True``)."""
     command = [sys.executable, script, *map(str, arguments)]
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True,
                               timeout=limit, check=False)
     except subprocess.TimeoutExpired:
-        return {"failed": f"over {limit:.0f} s"}
+        return {"failed": f"over {limit:.0f} s", "timed_out": True}
     if done.returncode != 0:
         return {"failed": (done.stderr.strip().splitlines() or ["?"])[-1][:120]}
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -33,7 +33,7 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _machine import describe, markdown  # noqa: E402
+from _machine import describe, markdown, run_worker  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -148,20 +148,15 @@ def program_worker(n: int, kind: str) -> dict:
 
 def _measure(package_root: pathlib.Path, n: int, limit: float, variant=None,
              method: str = "exact") -> dict:
-    env = dict(os.environ, PYTHONPATH=str(package_root))
-    command = [sys.executable, __file__, "--worker", str(n), "--method", method]
-    if variant is not None:
-        command = [sys.executable, __file__, "--program-worker", str(n), variant]
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=limit,
-                              check=False)
-    except subprocess.TimeoutExpired:
+    arguments = (("--worker", n, "--method", method) if variant is None
+                 else ("--program-worker", n, variant))
+    row = run_worker(__file__, *arguments, limit=limit,
+                     env=dict(os.environ, PYTHONPATH=str(package_root)))
+    if row.get("timed_out"):
         return {"n": n, "method": method, "timed_out": True}
-    if done.returncode != 0:
-        errors = [line for line in done.stderr.splitlines()
-                  if line.split(":")[0].split(".")[-1].endswith("Error")]
-        return {"n": n, "method": method, "failed": (errors or ["?"])[-1].split(":")[0]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    if "failed" in row:  # the exception's name, from the last line of its traceback
+        return {"n": n, "method": method, "failed": row["failed"].split(":")[0]}
+    return row
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:
