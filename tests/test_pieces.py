@@ -126,3 +126,30 @@ def test_the_split_prediction_is_the_envelope_of_its_own_measurements():
     largest = max(p[0] for p in cost.PROGRAM_CALIBRATION)
     assert (cost.predict_program(largest, 7, split=True).memory_gb
             < cost.predict_program(largest, 7).memory_gb)
+
+
+def test_pieces_pass_on_inputs_literals_empty_and_mixed_dtype_values():
+    """What crosses a cut may be an input returned as it is, a literal output, an empty
+    array, a boolean or an integer, or a value read by every later piece."""
+    def f(x, flags, k):
+        early = jnp.sin(x) * 2.0                       # read by every later piece
+        empty = x[:0] * 3.0                            # zero elements
+        mask = flags & (x > 0.0)                       # boolean
+        count = k + jnp.sum(mask.astype(jnp.int32))    # integer
+        values = [early]
+        for i in range(12):
+            values.append(jnp.cos(values[-1]) + early * i)
+        return x, 1.0, empty, mask, count, values[-1] + early, jnp.where(mask, early, -early)
+
+    args = (jnp.linspace(-1.0, 1.0, 5), jnp.array([True, False, True, True, False]),
+            jnp.int32(4))
+    closed = jax.make_jaxpr(f)(*args)
+    want = jax.tree.leaves(jax.jit(f)(*args))
+    for count in (2, 3, 7):
+        run, compilers = pieces.split(closed, count)
+        pieces.compile_all(compilers, workers=1)
+        got = run(*args)
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            assert np.shape(a) == np.shape(b) and np.asarray(a).dtype == np.asarray(b).dtype
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-15, atol=0)
