@@ -36,14 +36,14 @@ def _coupled(sizes, seed=0):
 
 
 def _step(sizes, seed=0):
-    """The joint solve's step (`stacked.Newton.iterate`) traced at the declared start, with
-    its arguments: a program that mixes float, integer and boolean values."""
+    """The joint solve's step (`stacked.Newton.iterate`), its arguments at the declared start
+    and its trace there: a program that mixes float, integer and boolean values."""
     problem = _coupled(sizes, seed)
     flat = jnp.concatenate([jnp.full(sizes[0], 0.2), *(jnp.zeros(d) for d in sizes[1:])])
     args = (stacked.compiled_start(tuple(sizes), 1)(flat), np.float64(1e-12), np.int32(50))
     fn = jax.jit(stacked.Newton(problem.core.fs, sizes, 1).iterate,
                  compiler_options=compiler_options(len(sizes)))
-    return fn, args, fn.trace(*args).jaxpr
+    return fn, args, fn.trace(*args)
 
 
 def test_deduplicate_computes_each_repeat_once_and_drops_what_nothing_reads():
@@ -72,7 +72,8 @@ def test_a_program_cut_into_pieces_gives_the_programs_values(count):
     solve's step of 4 levels (floats, the step counters, the done flag) gives the values of
     the one compiled program to round-off (XLA may contract a product and a sum differently
     in a piece: seen 1 ulp)."""
-    fn, args, closed = _step((2, 3, 1, 2))
+    fn, args, traced = _step((2, 3, 1, 2))
+    closed = traced.jaxpr
     whole = jax.tree.leaves(fn(*args))
     once = pieces.deduplicate(closed)
     assert len(once.jaxpr.eqns) < 0.8 * len(closed.jaxpr.eqns)
@@ -85,7 +86,7 @@ def test_a_program_cut_into_pieces_gives_the_programs_values(count):
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-14, atol=1e-15)
     # the next step runs from the pieces' own state, as the solve drives it
-    state = jax.tree.unflatten(jax.tree.structure(fn.trace(*args).out_info), got)
+    state = jax.tree.unflatten(jax.tree.structure(traced.out_info), got)
     after = run(*jax.tree.leaves((state, *args[1:])))
     for a, b in zip(after, jax.tree.leaves(fn(state, *args[1:])), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=1e-15)

@@ -148,7 +148,7 @@ def split(closed, pieces: int, compiler_options=None) -> tuple[Callable, list]:
                 handed_on.add(v)
                 exported[made_in[v]].append(v)
     layout = {}  # value -> (piece, dtype, offset, size, shape)
-    buffers = []  # per piece, its dtypes in order
+    buffers = []  # per piece, its buffers' dtypes and sizes, in order
     for p in range(pieces):
         offsets = {}
         for v in exported[p]:
@@ -156,7 +156,7 @@ def split(closed, pieces: int, compiler_options=None) -> tuple[Callable, list]:
             size = int(np.prod(v.aval.shape, dtype=np.int64))
             layout[v] = (p, dtype, offsets.get(dtype, 0), size, tuple(v.aval.shape))
             offsets[dtype] = offsets.get(dtype, 0) + size
-        buffers.append(list(offsets))
+        buffers.append(offsets)  # the offsets past the last value: the sizes
 
     programs, reads_from = [], []
     for p, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
@@ -174,7 +174,7 @@ def split(closed, pieces: int, compiler_options=None) -> tuple[Callable, list]:
     # each piece takes the program's arguments it reads, by their position in `sources`
     takes = [[position[v] for v in needs[p] if v not in layout] for p in range(pieces)]
     arguments = [tuple(_abstract(sources[i].aval) for i in takes[p]) for p in range(pieces)]
-    handed = [tuple(jax.ShapeDtypeStruct((_buffer_size(layout, p, d),), d) for d in buffers[p])
+    handed = [tuple(jax.ShapeDtypeStruct((size,), d) for d, size in buffers[p].items())
               for p in range(pieces)]
 
     def compile_piece(p):
@@ -195,10 +195,6 @@ def _abstract(aval):
     return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=aval.weak_type)
 
 
-def _buffer_size(layout, piece, dtype) -> int:
-    return sum(size for (p, d, _, size, _) in layout.values() if p == piece and d == dtype)
-
-
 def _piece(piece, inputs: Sequence, layout: dict, used: Sequence[int], buffers: list,
            exports: int | None):
     """The function of one piece: ``(program arguments, buffers of the pieces in used) ->
@@ -210,7 +206,7 @@ def _piece(piece, inputs: Sequence, layout: dict, used: Sequence[int], buffers: 
         for v in inputs:
             if v in layout:
                 p, dtype, offset, size, shape = layout[v]
-                buffer = handed[slot[p]][buffers[p].index(dtype)]
+                buffer = handed[slot[p]][list(buffers[p]).index(dtype)]
                 read.append(buffer[offset:offset + size].reshape(shape))
             else:
                 read.append(next(values))
