@@ -66,6 +66,26 @@ def test_deduplicate_computes_each_repeat_once_and_drops_what_nothing_reads():
         assert [float(v) for v in jaxpr_as_fun(once)(x, y)] == [float(v) for v in f(x, y)]
 
 
+def test_deduplicate_reads_stop_gradient_through():
+    """A stopped copy is its operand in a program that is only run: the copy's readers read
+    the operand, so the copy and a repeat it hid are gone and an output copied from an input
+    is that input."""
+    def f(x, y):
+        s = jax.lax.stop_gradient(jnp.sin(x))
+        t = jnp.sin(x) * y                              # a repeat once s reads sin(x)
+        return s * y + t, jax.lax.stop_gradient(y), s
+
+    closed = jax.make_jaxpr(f)(1.0, 2.0)
+    before = [eqn.primitive.name for eqn in closed.jaxpr.eqns]
+    assert before.count("stop_gradient") == 2 and before.count("mul") == 2
+    once = pieces.deduplicate(closed)
+    names = [eqn.primitive.name for eqn in once.jaxpr.eqns]
+    assert "stop_gradient" not in names and names.count("sin") == 1
+    assert names.count("mul") == 1 and once.jaxpr.outvars[1] is once.jaxpr.invars[1]
+    for x, y in [(0.3, 0.7), (-2.0, 5.0)]:
+        assert [float(v) for v in jaxpr_as_fun(once)(x, y)] == [float(v) for v in f(x, y)]
+
+
 @pytest.mark.parametrize("count", [1, 2, 5])
 def test_a_program_cut_into_pieces_gives_the_programs_values(count):
     """Each piece its own executable, the values between them packed per dtype: the joint

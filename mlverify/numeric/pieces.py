@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
-__all__ = ["compile_all", "deduplicate", "processors", "splittable", "split"]
+__all__ = ["IDENTITIES", "compile_all", "deduplicate", "processors", "splittable", "split"]
 
 
 def _is_var(v) -> bool:
@@ -63,13 +63,21 @@ def _key(value):
     return value
 
 
+#: Primitives that are the identity in a program that is run, not differentiated again.
+IDENTITIES = ("stop_gradient",)
+
+
 def deduplicate(closed):
     """``closed`` with its top-level equations that repeat an earlier one (the same
-    primitive and parameters on the same inputs, no effects) computed once, and the
-    equations whose results nothing reads dropped. The derivative programs repeat much
-    (a third of the equations of the joint solve's step at 5 and 6 levels): XLA removes the
-    repeats of one computation itself, but not across `split`'s pieces. Values unchanged: the
-    kept equation is the repeated one."""
+    primitive and parameters on the same inputs, no effects) computed once, its
+    ``stop_gradient`` equations (`IDENTITIES`: the identity in a program that is only run)
+    read through, and the equations whose results nothing reads dropped. The derivative
+    programs repeat much (a third of the equations of the joint solve's step at 5 and 6
+    levels): XLA removes the repeats of one computation itself, but not across `split`'s
+    pieces; and a value and its stopped copy would cross between pieces apart (7 levels of
+    the benchmark's family in 4 pieces: 3,807 values crossed, 3,400 with the copies read
+    through, and its 40,569 equations became 38,655). Values unchanged: the kept equation
+    is the repeated one, and XLA lowers ``stop_gradient`` to its operand."""
     jaxpr = closed.jaxpr
     rename, seen, kept = {}, {}, []
 
@@ -78,6 +86,11 @@ def deduplicate(closed):
 
     for eqn in jaxpr.eqns:
         invars = [read(v) for v in eqn.invars]
+        if (eqn.primitive.name in IDENTITIES and len(invars) == len(eqn.outvars) == 1
+                and not eqn.effects and eqn.outvars[0].aval == invars[0].aval):
+            if not isinstance(eqn.outvars[0], jex_core.DropVar):
+                rename[eqn.outvars[0]] = invars[0]
+            continue
         try:
             key = (eqn.primitive, _key(invars), _key(eqn.params)) if not eqn.effects else None
         except _Unhashable:
