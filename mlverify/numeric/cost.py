@@ -43,11 +43,11 @@ __all__ = ["CALIBRATION", "LOWER_BOUNDS", "NESTED_CALIBRATION", "NESTED_LOWER_BO
 #: First call of the exact hypergradient on the stacked program (trace, compile, joint solve,
 #: checks, hypergradient) against the number of levels n: (seconds, peak resident memory in
 #: GB), blocks of 4, the benchmark's non-quadratic family, 2-core AMD EPYC
-#: (benchmarks/results/deep_jax.md, 2026-12-07 19:47 UTC, the deep compiler options from 3
+#: (benchmarks/results/deep_jax.md, 2026-12-07 20:40 UTC, the deep compiler options from 3
 #: levels; the program is the joint solve's step, `stacked.Newton.iterate`, compiled in
-#: pieces from `SPLIT_FROM` equations: at 7 levels, which took 104 s and 3.55 GB as one).
-CALIBRATION = {3: (0.99, 0.35), 4: (1.95, 0.37), 5: (6.08, 0.41), 6: (21.0, 0.72),
-               7: (69.6, 1.16)}
+#: pieces from `SPLIT_FROM` equations: at 7 levels, which took 108 s and 3.55 GB as one).
+CALIBRATION = {3: (0.82, 0.35), 4: (1.74, 0.37), 5: (5.08, 0.41), 6: (16.0, 0.72),
+               7: (66.8, 1.37)}
 #: Depths whose measured first call on the stacked program did not finish (none measured).
 LOWER_BOUNDS: dict[int, tuple[float, float]] = {}
 #: The same first call on the nested best-response program (the exact formula before the
@@ -60,38 +60,38 @@ NESTED_LOWER_BOUNDS = {6: (488.0, 12.9)}
 #: Tracing, lowering and compiling the joint solve's step (`stacked.Newton.iterate`, jit with
 #: `COMPILER_OPTIONS`) as one program, against the size of its traced program: (top-level
 #: jaxpr equations, seconds, peak resident memory of the process in GB), 2-core AMD EPYC,
-#: 2026-12-07 19:31 UTC (benchmarks/results/program_cost.md). Two families: the benchmark's
+#: 2026-12-07 20:24 UTC (benchmarks/results/program_cost.md). Two families: the benchmark's
 #: (blocks of 4, 3 to 7 levels) and one with softplus, log(1 + e^t) of a bilinear form, cosh
 #: and Gaussian couplings (blocks (3, 3, 4, 5, 1, 1), 3 to 6 levels), whose programs are 1.4
 #: to 4.1 times larger at the same depth and need more memory per equation. `predict_program`
 #: reads them as an upper envelope (neither seconds nor memory decreases with size).
 PROGRAM_CALIBRATION = (
-    (601, 1.00, 0.33), (1599, 1.71, 0.35), (4784, 4.27, 0.39), (17050, 18.71, 0.70),
-    (71654, 112.33, 3.46),
-    (868, 1.32, 0.35), (2925, 3.86, 0.42), (11670, 19.18, 0.80), (55311, 151.05, 5.92),
+    (601, 0.72, 0.33), (1599, 1.49, 0.34), (4784, 3.94, 0.38), (17050, 15.22, 0.69),
+    (71654, 99.11, 3.45),
+    (868, 1.26, 0.34), (2925, 3.65, 0.41), (11670, 14.92, 0.79), (55311, 116.89, 5.91),
 )
 #: A traced program of at least this many equations compiles in pieces (`CheckedProgram`,
 #: `mlverify.numeric.pieces`). Below, one program costs about what pieces cost (6 levels of
-#: the benchmark's family, 17,050 equations: 18.7 s and 0.70 GB as one, 16.5 s and 0.66 GB
+#: the benchmark's family, 17,050 equations: 15.2 s and 0.69 GB as one, 15.2 s and 0.62 GB
 #: in 2 pieces) and runs a step sooner (on an earlier machine, in 4 pieces: 2.6 against
-#: 3.4 ms); above, pieces cost far less (7 levels, 71,654 equations: 112 s and 3.5 GB as
-#: one, 65 s and 1.15 GB in 5 pieces; the second family's 6 levels, 55,311: 151 s and
-#: 5.9 GB, 68 s and 1.42 GB; `SPLIT_CALIBRATION`'s run).
+#: 3.4 ms); above, pieces cost far less (7 levels, 71,654 equations: 99 s and 3.45 GB as
+#: one, 62 s and 1.34 GB in 4 pieces; the second family's 6 levels, 55,311: 117 s and
+#: 5.9 GB, 67 s and 1.80 GB; `SPLIT_CALIBRATION`'s run).
 SPLIT_FROM = 20_000
 #: The size of a piece, in equations after `pieces.deduplicate`. Larger pieces hand fewer
 #: values on (each one crossing is one slice more in every step) and run a step sooner, at
 #: more memory per compile: 7 levels of the benchmark's family, each size in its own
 #: process, one run: a second call of 0.60 s in 9 pieces of 5,000 (peak 0.95 GB), 0.47 s
 #: in 5 of 10,000 (1.16 GB), 0.54 s in 3 of 20,000 (1.68 GB), the first call 65, 65 and
-#: 81 s.
+#: 81 s (before `pieces.deduplicate` read stop_gradient through: 4 pieces now).
 PIECE_EQUATIONS = 10_000
 #: As `PROGRAM_CALIBRATION`, for the same programs compiled in pieces (traced, deduplicated,
 #: cut into pieces of `PIECE_EQUATIONS`, compiled side by side on 2 threads, one step run),
-#: the same run; the second family's 7 levels (293,700 equations, 24 pieces) need far more
+#: the same run; the second family's 7 levels (293,700 equations, 22 pieces) need far more
 #: than this machine's memory as one program.
 SPLIT_CALIBRATION = (
-    (1599, 1.93, 0.36), (4784, 4.40, 0.41), (17050, 16.48, 0.66), (71654, 65.40, 1.15),
-    (2925, 4.30, 0.44), (11670, 15.53, 0.70), (55311, 67.66, 1.42), (293700, 378.90, 3.75),
+    (1599, 1.81, 0.36), (4784, 4.49, 0.41), (17050, 15.22, 0.62), (71654, 62.35, 1.34),
+    (2925, 4.21, 0.43), (11670, 12.31, 0.66), (55311, 66.90, 1.80), (293700, 355.45, 3.77),
 )
 #: The programs `predict_exact` knows.
 PROGRAMS = ("stacked", "nested")
@@ -250,8 +250,8 @@ class CheckedProgram:
     (`mlverify.numeric.pieces`): its repeated equations computed once, then cut into pieces
     of about `PIECE_EQUATIONS`, compiled side by side on the processors this process may
     use, and run one after the other; the same values to round-off, in a fraction of the
-    memory and time (7 levels of the benchmark's family, tracing included: 65 s and 1.15 GB
-    instead of 112 s and 3.5 GB). Its arguments must then have the shapes and types of the
+    memory and time (7 levels of the benchmark's family, tracing included: 62 s and 1.34 GB
+    instead of 99 s and 3.45 GB). Its arguments must then have the shapes and types of the
     first call's."""
 
     def __init__(self, jitted, levels: int, program: str = "stacked", compiler_options=None):

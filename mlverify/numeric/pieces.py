@@ -6,9 +6,9 @@ a 6-level family of 55,311 equations: 83 of the 142 s compile in fusion, the pro
 from 0.8 to 5.9 GB while it ran). The deepest exact programs are single computations of
 tens of thousands of small operations, so the same program cut into consecutive pieces, each
 compiled as its own executable, needs a fraction of that memory, and with the pieces
-compiled side by side, of the time: that family's 6 levels traced and compiled in 68 s at a
-peak of 1.42 GB instead of 151 s and 5.9 GB, its 7 levels (293,700 equations) in 379 s and
-3.75 GB, the benchmark family's 7 levels in 65 s and 1.15 GB instead of 112 s and 3.5 GB
+compiled side by side, of the time: that family's 6 levels traced and compiled in 67 s at a
+peak of 1.80 GB instead of 117 s and 5.9 GB, its 7 levels (293,700 equations) in 355 s and
+3.77 GB, the benchmark family's 7 levels in 62 s and 1.34 GB instead of 99 s and 3.45 GB
 (``benchmarks/results/program_cost.md``).
 
 `split` cuts a closed jaxpr's top-level equations into pieces of about equal size. Each
