@@ -82,7 +82,7 @@ def deduplicate(closed):
     rename, seen, kept = {}, {}, []
 
     def read(v):
-        return v if isinstance(v, jex_core.Literal) else rename.get(v, v)
+        return rename.get(v, v) if _is_var(v) else v
 
     for eqn in jaxpr.eqns:
         invars = [read(v) for v in eqn.invars]
@@ -103,12 +103,12 @@ def deduplicate(closed):
         if key is not None:
             seen[key] = eqn.outvars
     outvars = [read(v) for v in jaxpr.outvars]
-    live = {v for v in outvars if not isinstance(v, jex_core.Literal)}
+    live = {v for v in outvars if _is_var(v)}
     alive = []
     for eqn in reversed(kept):
         if eqn.effects or any(v in live for v in eqn.outvars):
             alive.append(eqn)
-            live.update(v for v in eqn.invars if not isinstance(v, jex_core.Literal))
+            live.update(v for v in eqn.invars if _is_var(v))
     return jex_core.ClosedJaxpr(jaxpr.replace(eqns=alive[::-1], outvars=outvars), closed.consts)
 
 
