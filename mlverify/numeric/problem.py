@@ -364,7 +364,7 @@ class NumericProblem:
 
         def newton(blocks, tol, max_iter):
             solution, packed, steps = jax.device_get(stacked.newton(
-                iterate, start(_flat(blocks)), np.float64(tol), np.int32(max_iter)))
+                iterate, start(stacked.flat_blocks(blocks)), np.float64(tol), np.int32(max_iter)))
             return (np.split(solution, np.cumsum(self.sizes)[:-1]),
                     stacked.unpack(packed, self.sizes, first), int(steps))
 
@@ -391,12 +391,7 @@ class NumericProblem:
         """`stacked.evaluation` of the levels below ``first`` at the given blocks, NumPy in
         and out (`_stacked_program`)."""
         iterate, start = self._stacked_program(first)
-
-        def evaluate(blocks):
-            packed = stacked.evaluate(iterate, start, _flat(blocks))
-            return stacked.unpack(np.asarray(packed), self.sizes, first)
-
-        return evaluate
+        return stacked.Evaluator(iterate, start, self.sizes, first)
 
     def _solve_frozen_builder(self, method, options):
         """Some lower block over the dense limit: the nested solve (`solvers.nested_newton`)
@@ -887,10 +882,6 @@ def _check_method(method, exclude=()):
         raise ValueError(
             f"unknown hypergradient method {method!r}; the valid methods are: {', '.join(valid)}"
         )
-
-
-def _flat(blocks) -> np.ndarray:
-    return np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1) for b in blocks])
 
 
 def _options_key(options) -> tuple:

@@ -331,6 +331,30 @@ def evaluate(iterate, start, flat):
     return iterate(start(flat), np.float64(0.0), np.int32(0))["out"]
 
 
+class Evaluator:
+    """`evaluation` at given blocks, NumPy in and out, from the compiled ``iterate`` and
+    ``start`` of a `Newton` (`evaluate`): at one point (a call) or at several (`many`: every
+    point dispatched before the first result is fetched, so the device runs them back to back
+    while Python prepares the next; the final checks' curvature probes, two per level)."""
+
+    def __init__(self, iterate, start, sizes: Sequence[int], first: int = 1):
+        self.iterate, self.start = iterate, start
+        self.sizes, self.first = tuple(int(s) for s in sizes), first
+
+    def __call__(self, blocks) -> dict:
+        return self.many([blocks])[0]
+
+    def many(self, points: Sequence) -> list[dict]:
+        """`evaluation` at each of ``points`` (each a sequence of all blocks)."""
+        packed = [evaluate(self.iterate, self.start, flat_blocks(blocks)) for blocks in points]
+        return [unpack(np.asarray(vector), self.sizes, self.first) for vector in packed]
+
+
+def flat_blocks(blocks) -> np.ndarray:
+    """The blocks as one flat float64 NumPy vector (what `Newton.start` takes)."""
+    return np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1) for b in blocks])
+
+
 def newton(iterate, state: dict, tol: float, max_iter: int):
     """`Newton` driven from Python from ``state`` (`Newton.start`), ``iterate`` its compiled
     `Newton.iterate`, until the state is done: ``(solution, packed evaluation there,
@@ -376,18 +400,21 @@ def passed(status: dict) -> bool:
     return bool(np.all(status["converged"]) and np.all(status["hessian_ok"]))
 
 
-def final_status(evaluate, blocks, evaluated, first: int, tol: float) -> dict:
+def final_status(evaluate: Evaluator, blocks, evaluated, first: int, tol: float) -> dict:
     r"""The per-level checks of a solve of the levels ``first .. n-1`` at its final ``blocks``
     (``evaluated``: ``evaluate(blocks)``), as every lower solve judges its result:
     ``residual`` ($\lVert D_k F_k \rVert$), ``distance`` (Newton's step
     $\lVert H_k^{-1} D_k F_k \rVert$, inf where $H_k$ does not factor), ``converged``
     (`mlverify.checks.solved`) and ``hessian_ok`` ($H_k$ surely positive definite and not
     degenerate against the level's curvature scale: its norm and the curvature probes of
-    `mlverify.checks` at $x_k \pm r u$, levels below frozen, each one more ``evaluate``).
+    `mlverify.checks` at $x_k \pm r u$, levels below frozen, two more evaluations per level,
+    all dispatched at once: `Evaluator.many`).
     False leaves the verdict to the exact check, which names the level."""
+    levels = range(first, len(blocks))
+    conditions = [np.asarray(evaluated["conditions"][k - first]) for k in levels]
+    probes = probe_scales(evaluate, blocks, first, levels, conditions)
     residual, distance, converged, hessian_ok = [], [], [], []
-    for i, k in enumerate(range(first, len(blocks))):
-        g = np.asarray(evaluated["conditions"][i])
+    for i, (k, g, probe) in enumerate(zip(levels, conditions, probes, strict=True)):
         h = symmetric(evaluated["hessians"][i])
         factor = _cholesky(h)
         step = (np.full_like(g, np.inf) if factor is None
@@ -396,30 +423,43 @@ def final_status(evaluate, blocks, evaluated, first: int, tol: float) -> dict:
         residual.append(float(np.linalg.norm(g)))
         distance.append(dist)
         converged.append(checks.solved(dist, blocks[k], tol))
-        scale = max(float(np.linalg.norm(h)), probe_scale(evaluate, blocks, first, k, g))
+        scale = max(float(np.linalg.norm(h)), probe)
         shifted = h - checks.DEGENERATE_RATIO * scale * np.eye(h.shape[0])
         hessian_ok.append(bool(scale > 0 and _cholesky(shifted) is not None))
     return {"residual": np.array(residual), "distance": np.array(distance),
             "converged": np.array(converged), "hessian_ok": np.array(hessian_ok)}
 
 
-def probe_scale(evaluate, blocks, first: int, k: int, g0) -> float:
+def probe_scale(evaluate: Evaluator, blocks, first: int, k: int, g0) -> float:
     r"""The largest finite curvature probe of level ``k`` (`mlverify.checks`): $u^\top H_k u$
     and the secant slope $\lVert D_k F_k(x + r u) - D_k F_k(x) \rVert / r$ at
     $x_k \pm r u$, levels below frozen (the formulas at the moved iterates)."""
-    x = np.asarray(blocks[k])
-    u = checks.probe_direction(x.shape[0])
-    r = checks.probe_radius(x)
-    probes = []
-    for sign in (1.0, -1.0):
-        moved = list(blocks)
-        moved[k] = x + sign * r * u
-        at = evaluate(moved)
-        i = k - first
-        probes += [abs(float(u @ np.asarray(at["hessians"][i]) @ u)),
-                   float(np.linalg.norm(np.asarray(at["conditions"][i]) - g0) / r)]
-    finite = [p for p in probes if np.isfinite(p)]
-    return max(finite, default=0.0)
+    return probe_scales(evaluate, blocks, first, [k], [g0])[0]
+
+
+def probe_scales(evaluate: Evaluator, blocks, first: int, levels, conditions) -> list[float]:
+    """`probe_scale` of each of ``levels`` (``conditions``: $D_k F_k$ at ``blocks`` for
+    each), its evaluations dispatched together (`Evaluator.many`)."""
+    points, moves = [], []
+    for k in levels:
+        x = np.asarray(blocks[k])
+        u = checks.probe_direction(x.shape[0])
+        r = checks.probe_radius(x)
+        moves.append((u, r))
+        for sign in (1.0, -1.0):
+            moved = list(blocks)
+            moved[k] = x + sign * r * u
+            points.append(moved)
+    evaluations = iter(evaluate.many(points))
+    scales = []
+    for k, g0, (u, r) in zip(levels, conditions, moves, strict=True):
+        i, probes = k - first, []
+        for at in (next(evaluations), next(evaluations)):
+            probes += [abs(float(u @ np.asarray(at["hessians"][i]) @ u)),
+                       float(np.linalg.norm(np.asarray(at["conditions"][i]) - g0) / r)]
+        finite = [p for p in probes if np.isfinite(p)]
+        scales.append(max(finite, default=0.0))
+    return scales
 
 
 def _block_step(evaluated, blocks, first):
