@@ -2,8 +2,10 @@
 
 ITD's default step per lower level is 1/(1.2 L_k), L_k = lambda_max of the reduced Hessian at
 the start. It used to be computed from a dense reduced Hessian of every level inside the
-compiled call: 20-40 ms per call at blocks of 100, against 5 ms with ``inner_lr`` given. It
-now takes 10 Lanczos steps (Hessian-vector products). Target: default within 1.5x of given.
+compiled call: 20-40 ms per call at blocks of 100, against 5 ms with ``inner_lr`` given. Up
+to ``itd.LANCZOS_MAX_LEVELS`` levels it takes 10 Lanczos steps (Hessian-vector products of the
+nested rules); deeper, every H_k from one evaluation of the stacked conditions (the nested
+rules' program grows about 8x per level). Target: default within 1.5x of given.
 
 Both variants run in this one process, compiled first, then timed in A-B-A blocks (median of
 ``REPEATS`` calls each, ``block_until_ready``).
@@ -28,6 +30,7 @@ import _machine  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from mlverify.numeric.itd import LANCZOS_MAX_LEVELS  # noqa: E402
 from mlverify.zoo import quadratic  # noqa: E402
 
 REPEATS = 15
@@ -46,7 +49,8 @@ def median_time(call) -> float:
 def main():
     info = _machine.describe()
     rows = []
-    for n, sizes in [(3, (10, 100, 100)), (3, (10, 50, 50)), (4, (5, 20, 20, 20))]:
+    for n, sizes in [(3, (10, 100, 100)), (3, (10, 50, 50)), (4, (5, 20, 20, 20)),
+                     (5, (2, 3, 1, 4, 2))]:
         num = quadratic(n, sizes=sizes, seed=0).numeric()
         x1 = jnp.full(sizes[0], 0.1)
         start = (x1,) + tuple(num.unflatten(k, num.init[k]) for k in range(1, n))
@@ -69,8 +73,10 @@ def main():
         "",
         _machine.markdown(info, "python benchmarks/bench_itd_steps.py"),
         "",
-        f"`num.hypergradient(x1, 'itd', steps={STEPS})` with the default steps (10 Lanczos "
-        "steps per level inside the compiled call) against the same call with `inner_lr` "
+        f"`num.hypergradient(x1, 'itd', steps={STEPS})` with the default steps (inside the "
+        f"compiled call: up to {LANCZOS_MAX_LEVELS} levels 10 Lanczos steps per level on the "
+        "nested rules, deeper every H_k from the stacked conditions) against the same call "
+        "with `inner_lr` "
         "given (1/(1.2 L_k) from `lower_lipschitz`). Quadratic family, median of "
         f"{REPEATS} warm calls, A-B-A, one process.",
         "",

@@ -34,6 +34,15 @@ ARMIJO = 1e-4
 #: itself; a Lanczos estimate that is a little low is caught by the divergence check, which
 #: halves the step.
 DEFAULT_LANCZOS_STEPS = 10
+#: Up to this many levels ITD's default steps take $L_k$ from Lanczos on the nested rules;
+#: deeper (every lower block dense), exactly from the stacked conditions. Per call the
+#: Lanczos estimate is cheaper for large blocks (3 levels, blocks (10, 100, 100): 1.2x the
+#: call with the steps given, against 1.6x from the stacked conditions' 200 x 200 Jacobian),
+#: but the nested rules' program grows about 8x per level: ITD on 5 levels, blocks
+#: (2, 3, 1, 4, 2), took 348 s and 2.8 GB for three outer steps on that estimate and 6 levels
+#: exhausted 8 GB; from the stacked conditions its first call takes 17 s (4 levels: 8.6 ->
+#: 3.6 s, the same value).
+LANCZOS_MAX_LEVELS = 3
 #: Up to this many unrolled steps per level are written out as straight-line code instead of
 #: a ``fori_loop``: differentiating a loop nested in loops re-traces every inner body
 #: several times per nesting depth, which dominated ITD's first call at four levels.
@@ -106,11 +115,10 @@ def _learning_rates(core, anchors, inner_lr):
     The steps descend the (unrolled) reduced objective F_k, whose curvature includes the
     levels below; the partial Hessian D_kk f_k can understate it badly (and ITD then
     diverges), so L_k is that of the reduced Hessian, by the lemmas at the start. Where every
-    lower block is dense it is exact, from one evaluation of the stacked conditions
-    (`mlverify.numeric.stacked`: every H_k as a Schur complement); else
-    ``DEFAULT_LANCZOS_STEPS`` Lanczos steps on Hessian-vector products of the nested rules,
-    whose program grows about 8x per level (ITD at 5 levels, blocks (2, 3, 1, 4, 2): 348 s
-    and 2.8 GB on that estimate, 7 s with the stacked one; 6 levels exhausted 8 GB).
+    lower block is dense, from more than `LANCZOS_MAX_LEVELS` levels, it is exact, from one
+    evaluation of the stacked conditions (`mlverify.numeric.stacked`: every H_k as a Schur
+    complement); else ``DEFAULT_LANCZOS_STEPS`` Lanczos steps on Hessian-vector products of
+    the nested rules.
     """
     if inner_lr is not None:
         if np.ndim(inner_lr) == 0:
@@ -125,7 +133,7 @@ def _learning_rates(core, anchors, inner_lr):
     anchors = tuple(jax.lax.stop_gradient(a) for a in anchors)
     if core.n < 2:
         return (None,)
-    if stacked.applicable(core.sizes):
+    if core.n > LANCZOS_MAX_LEVELS and stacked.applicable(core.sizes):
         evaluated = stacked.evaluation(core.fs, core.sizes, 1, differentiable=False)(anchors)
         largest = [jnp.linalg.eigvalsh(0.5 * (h + h.T))[-1] for h in evaluated["hessians"]]
     else:
