@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -161,3 +162,34 @@ def test_a_traced_program_past_the_memory_limit_is_refused_before_xla_compiles_i
     assert program.equations > 0 and f"{program.equations:,}" in program.estimate.basis
     assert program.estimate == cost.predict_program(program.equations, 3)
     assert value.shape == (2,)
+
+
+def test_itd_is_measured_before_it_compiles_refused_past_the_limit_and_split_when_large(
+        monkeypatch):
+    """ITD's program (unrolled steps at every level, differentiated through; about 7x per
+    level: 6 levels of blocks (2, 3, 1, 4, 2, 3) peaked at 4.3 GB) goes through the same
+    check as the stacked program, with a message of its own; its value, whole or compiled in
+    pieces, is the pure program's."""
+    problem = _levels(3, jnp.tanh)
+    xs = [jnp.asarray([0.3, -0.2]), jnp.asarray([0.1, 0.4]), jnp.asarray([-0.5, 0.2])]
+    flat = tuple(problem.flatten(k, x) for k, x in enumerate(xs))
+    reference, _ = jax.jit(problem.hypergradient_function("itd", steps=3, inner_lr=0.2))(flat)
+    monkeypatch.setenv(cost.MEMORY_VARIABLE, "0.05")
+    with pytest.raises(cost.CostError) as info:
+        problem.hypergradient_frozen(xs, "itd", steps=3, inner_lr=0.2)
+    message = str(info.value)
+    assert "ITD's hypergradient" in message and "3 levels" in message
+    assert "method='exact'" in message and info.value.levels == 3
+    monkeypatch.setenv(cost.MEMORY_VARIABLE, "8")
+    whole = problem.hypergradient_frozen(xs, "itd", steps=3, inner_lr=0.2)
+    np.testing.assert_array_equal(np.asarray(whole), np.asarray(reference))
+    # in pieces (a fresh problem: programs are cached per problem), default steps too
+    monkeypatch.setattr(cost, "SPLIT_FROM", 0)
+    split = _levels(3, jnp.tanh)
+    value = split.hypergradient_frozen(xs, "itd", steps=3, inner_lr=0.2)
+    (program,) = [p for p in split._jit_cache.values() if isinstance(p, cost.CheckedProgram)]
+    assert program.pieces is not None and program.pieces >= 2
+    np.testing.assert_allclose(np.asarray(value), np.asarray(reference), rtol=1e-13, atol=1e-15)
+    default, _ = jax.jit(split.hypergradient_function("itd", steps=3))(flat)
+    np.testing.assert_allclose(np.asarray(split.hypergradient_frozen(xs, "itd", steps=3)),
+                               np.asarray(default), rtol=1e-13, atol=1e-15)

@@ -298,6 +298,10 @@ def _refuse(estimate: CostEstimate, needed: float, limit: float, program: str):
         cheaper = ("Every method solves the lower levels on this one program. Cheaper: "
                    "the problem declared in sympy (a MultilevelProblem: its "
                    "formulas run as compiled NumPy code, no JAX program), or fewer levels")
+    elif program == "itd":
+        what = "ITD's hypergradient (unrolled inner steps at every level, differentiated through)"
+        cheaper = ("Cheaper: method='exact' (the stacked program, which grows far slower), "
+                   "fewer unrolled steps, or fewer levels")
     else:
         what = "a hypergradient on the nested best-response rules (the approximate methods, "\
                "linear-solver options, blocks over the dense limit)"

@@ -167,13 +167,15 @@ class NumericProblem:
             )
         return tuple(self.flatten(k, x) for k, x in enumerate(xs))
 
-    def _jit(self, key, build, options=COMPILER_OPTIONS, checked_levels: int | None = None):
+    def _jit(self, key, build, options=COMPILER_OPTIONS, checked_levels: int | None = None,
+             program: str = "stacked"):
         """``jax.jit(build())`` under ``key``, built once; with ``checked_levels``, a
-        `cost.CheckedProgram` (its traced size checked before XLA compiles it)."""
+        `cost.CheckedProgram` (its traced size checked before XLA compiles it; ``program``
+        names what it computes in a refusal)."""
         if key not in self._jit_cache:
-            program = jax.jit(build(), compiler_options=options)
-            self._jit_cache[key] = (program if checked_levels is None
-                                    else cost.CheckedProgram(program, checked_levels,
+            jitted = jax.jit(build(), compiler_options=options)
+            self._jit_cache[key] = (jitted if checked_levels is None
+                                    else cost.CheckedProgram(jitted, checked_levels, program,
                                                              compiler_options=options))
         return self._jit_cache[key]
 
@@ -420,16 +422,23 @@ class NumericProblem:
                   for k, h in enumerate(evaluated["hessians"], start=1)}
             return jnp.asarray(value), {"finite": bool(np.all(np.isfinite(value))),
                                         "cholesky_ok": ok}
+        if method == "itd":  # one signature for every call (`_frozen_fn`)
+            return self._frozen_fn(method, options)(flat, np.float64(1.0))
         return self._frozen_fn(method, options)(flat)
 
     def _frozen_fn(self, method, options):
         """The compiled ``_frozen_builder(method, options)``, cached per method and options;
-        on the nested rules checked by `_check_affordable` before it is built."""
+        on the nested rules checked by `_check_affordable` before it is built. ITD's program
+        (``(flat, step_scale)``, its size growing about 7x per level) is a
+        `cost.CheckedProgram`: measured before it compiles, refused where it would not fit,
+        compiled in pieces where it is large."""
         key = ("frozen", method, _options_key(options))
 
         def build():
             return self._frozen_builder(method, dict(options))
 
+        if method == "itd":
+            return self._jit(key, build, checked_levels=self.n, program="itd")
         return self._jit(key, self._affordable(build) if self._nested_rules(method, options)
                          else build)
 
