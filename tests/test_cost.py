@@ -183,6 +183,10 @@ def test_itd_is_measured_before_it_compiles_refused_past_the_limit_and_split_whe
     monkeypatch.setenv(cost.MEMORY_VARIABLE, "8")
     whole = problem.hypergradient_frozen(xs, "itd", steps=3, inner_lr=0.2)
     np.testing.assert_array_equal(np.asarray(whole), np.asarray(reference))
+    (checked,) = [p for p in problem._jit_cache.values() if isinstance(p, cost.CheckedProgram)]
+    # planned with ITD's own margin over the stacked programs' calibration
+    plain = cost.predict_program(checked.equations, 3)
+    assert checked.estimate.memory_gb == pytest.approx(plain.memory_gb * cost.ITD_MEMORY_FACTOR)
     # in pieces (a fresh problem: programs are cached per problem), default steps too
     monkeypatch.setattr(cost, "SPLIT_FROM", 0)
     split = _levels(3, jnp.tanh)
