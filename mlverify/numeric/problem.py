@@ -429,7 +429,7 @@ class NumericProblem:
     def _frozen_fn(self, method, options):
         """The compiled ``_frozen_builder(method, options)``, cached per method and options;
         on the nested rules checked by `_check_affordable` before it is built. ITD's program
-        (``(flat, step_scale)``, its size growing about 7x per level) is a
+        (``(flat, step_scale)``; its first call grew about 7x per level) is a
         `cost.CheckedProgram`: measured before it compiles, refused where it would not fit,
         compiled in pieces where it is large."""
         key = ("frozen", method, _options_key(options))
